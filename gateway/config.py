@@ -351,9 +351,7 @@ def parse_config(data: Any, path: Path) -> Config:
     control_plane = ControlPlaneConfig(
         type=cp_type,
         local=local,
-        default_intention_policy=r.get(
-            cp, "control_plane", "default_intention_policy", choice("allow", "deny"), "deny"
-        )
+        default_intention_policy=r.get(cp, "control_plane", "default_intention_policy", choice("allow", "deny"), "deny")
         or "deny",
     )
 

@@ -1,0 +1,129 @@
+"""Leaf certificates from the built-in CA: issued at start, renewed at about 2/3 of their life.
+
+Renewal only swaps the snapshot's SSLContexts: connections already open keep the SSL state they
+were made with, new ones get the new leaf, so a rotation drops nothing. The CA directory is also
+watched, so a new root (or an extra trusted root under roots/) reaches new connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from connect.ca import BuiltinCA, CAError, Leaf
+from gateway import metrics
+from gateway.config import BuiltinCAConfig, ConfigError
+
+log = logging.getLogger("meshgw.certs")
+
+# Renew between 60% and 73% of the leaf's life: about 2/3, spread so a fleet started together does
+# not renew together (Consul's agent cache does the same kind of spread, consul.md §2.2).
+RENEW_AT = (0.60, 0.73)
+RETRY_DELAY = 5.0
+ROOTS_POLL = 2.0
+
+
+def renew_delay(leaf: Leaf, now: float | None = None) -> float:
+    now = time.time() if now is None else now
+    life = leaf.not_after - leaf.not_before
+    return max(0.0, leaf.not_before + life * random.uniform(*RENEW_AT) - now)
+
+
+class BuiltinCertProvider:
+    def __init__(
+        self,
+        cfg: BuiltinCAConfig,
+        service: str,
+        datacenter: str,
+        on_tls: Callable[[str, Leaf, bytes], None],
+    ):
+        self.cfg = cfg
+        self.service = service
+        self.datacenter = datacenter
+        self.on_tls = on_tls
+        self.ca: BuiltinCA | None = None
+        self.leaf: Leaf | None = None
+        self._roots_sig: tuple[tuple[str, int, int], ...] = ()
+        self._task: asyncio.Task[None] | None = None
+
+    def _dir_signature(self) -> tuple[tuple[str, int, int], ...]:
+        sig = []
+        d = self.cfg.dir
+        for p in [d / "ca.crt", d / "ca.key", *sorted((d / "roots").glob("*.crt"))]:
+            try:
+                st = os.stat(p)
+            except OSError:
+                continue
+            sig.append((p.name, st.st_ino, st.st_mtime_ns))
+        return tuple(sig)
+
+    def load_initial(self) -> None:
+        try:
+            self.ca = BuiltinCA.init(Path(self.cfg.dir), self.cfg.trust_domain, exist_ok=True)
+        except CAError as e:
+            raise ConfigError([f"certificates.builtin.dir: {e}"]) from None
+        except OSError as e:
+            raise ConfigError([f"{self.cfg.dir}: certificates.builtin.dir: cannot create CA: {e.strerror}"]) from None
+        if self.cfg.trust_domain and self.cfg.trust_domain != self.ca.trust_domain:
+            raise ConfigError(
+                [
+                    f"certificates.builtin.trust_domain: {self.cfg.trust_domain!r} does not match the CA in "
+                    f"{self.cfg.dir} ({self.ca.trust_domain!r})"
+                ]
+            )
+        self._roots_sig = self._dir_signature()
+        self._issue()
+
+    def _issue(self) -> None:
+        assert self.ca is not None
+        leaf = self.ca.issue(self.service, self.datacenter, self.cfg.leaf_ttl)
+        self.leaf = leaf
+        self.on_tls(self.ca.trust_domain, leaf, self.ca.roots_pem())
+        metrics.CERT_ROTATIONS.inc()
+        log.info(
+            "leaf certificate %s serial %s valid until %s",
+            leaf.spiffe_id,
+            leaf.serial,
+            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(leaf.not_after)),
+        )
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="builtin-certs")
+
+    async def _run(self) -> None:
+        assert self.leaf is not None
+        next_renew = time.monotonic() + renew_delay(self.leaf)
+        while True:
+            await asyncio.sleep(min(ROOTS_POLL, max(0.0, next_renew - time.monotonic())))
+            sig = self._dir_signature()
+            roots_changed = sig != self._roots_sig
+            if not roots_changed and time.monotonic() < next_renew:
+                continue
+            try:
+                if roots_changed:
+                    self._roots_sig = sig
+                    self.ca = BuiltinCA.load(Path(self.cfg.dir))
+                    log.info("CA in %s changed: issuing a new leaf from it", self.cfg.dir)
+                self._issue()
+                assert self.leaf is not None
+                next_renew = time.monotonic() + renew_delay(self.leaf)
+            except (CAError, OSError, ValueError) as e:
+                metrics.CERT_FAILURES.labels("builtin").inc()
+                log.error(
+                    "cannot issue a leaf certificate: %s (keeping the current one; retrying in %.0fs)", e, RETRY_DELAY
+                )
+                next_renew = time.monotonic() + RETRY_DELAY
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None

@@ -1,0 +1,251 @@
+"""Process lifecycle: start providers, listeners and admin; SIGHUP reload; SIGTERM drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from connect.builtin_certs import BuiltinCertProvider
+from connect.local import LocalControlPlane
+from gateway import metrics
+from gateway.admin import Admin
+from gateway.config import Config, ConfigError, load_config
+from gateway.listeners import InboundListener, Listener, UpstreamListener
+from gateway.preflight import check_files
+from gateway.snapshot import SnapshotBuilder
+
+log = logging.getLogger("meshgw")
+
+
+class StartupError(Exception):
+    """Start-up failed for a reason the operator can fix (one line)."""
+
+
+def _listener_specs(cfg: Config) -> dict[tuple[Any, ...], Any]:
+    """Everything that, when changed, needs a new listener (not just a new snapshot)."""
+    specs: dict[tuple[Any, ...], Any] = {}
+    if cfg.inbound is not None:
+        specs[("inbound", cfg.inbound, cfg.service.address, cfg.service.port)] = None
+    for u in cfg.upstreams:
+        specs[("upstream", u, cfg.datacenter)] = u
+    return specs
+
+
+class Sidecar:
+    def __init__(self, config: Config):
+        self.config = config
+        self.builder = SnapshotBuilder(config)
+        self.holder = self.builder.holder
+        self.control_plane = self._make_control_plane(config)
+        self.certs = self._make_certs(config)
+        self.listeners: dict[tuple[Any, ...], Listener] = {}
+        self.admin = Admin(config.admin.bind, self.holder, self._config_json, lambda: self.draining)
+        self.draining = False
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # ------------------------------------------------------------------ construction
+
+    def _make_control_plane(self, cfg: Config) -> LocalControlPlane:
+        return LocalControlPlane(
+            cfg.control_plane.local, cfg.datacenter, self.builder.set_catalog, self.builder.set_intentions
+        )
+
+    def _make_certs(self, cfg: Config) -> BuiltinCertProvider:
+        assert cfg.certificates.builtin is not None
+        return BuiltinCertProvider(cfg.certificates.builtin, cfg.service.name, cfg.datacenter, self.builder.set_tls)
+
+    def _make_listener(self, key: tuple[Any, ...], cfg: Config) -> Listener:
+        if key[0] == "inbound":
+            return InboundListener(cfg, self.holder)
+        return UpstreamListener(cfg, key[1], self.holder)
+
+    def _config_json(self) -> dict[str, Any]:
+        return self.config.to_public_dict()
+
+    # ------------------------------------------------------------------ start / stop
+
+    async def start(self) -> None:
+        self.certs.load_initial()
+        self.control_plane.load_initial()
+        for key in _listener_specs(self.config):
+            await self._start_listener(key, self.config)
+        try:
+            await self.admin.start()
+        except OSError as e:
+            raise StartupError(
+                f"{self.config.path}: admin.bind: cannot listen on {self.config.admin.bind}: {e.strerror or e}"
+            ) from None
+        self.certs.start()
+        self.control_plane.start()
+        log.info(
+            "meshgw ready: service %s in %s, admin on %s:%s",
+            self.config.service.name,
+            self.config.datacenter,
+            self.config.admin.bind.host,
+            self.admin.port,
+        )
+
+    async def _start_listener(self, key: tuple[Any, ...], cfg: Config) -> None:
+        listener = self._make_listener(key, cfg)
+        try:
+            await listener.start()
+        except OSError as e:
+            where = "inbound.bind" if key[0] == "inbound" else f"upstreams[{cfg.upstreams.index(key[1])}].bind"
+            raise StartupError(f"{cfg.path}: {where}: cannot listen on {listener.bind}: {e.strerror or e}") from None
+        self.listeners[key] = listener
+
+    async def shutdown(self) -> None:
+        """Stop accepting, let open connections finish up to drain_timeout, then stop everything."""
+        self.draining = True
+        for listener in self.listeners.values():
+            listener.stop_accepting()
+        open_now = sum(len(lis.relays) for lis in self.listeners.values())
+        log.info("draining %d open connection(s) for up to %.0fs", open_now, self.config.drain_timeout)
+        results = await asyncio.gather(*(lis.drain(self.config.drain_timeout) for lis in self.listeners.values()))
+        if sum(results):
+            log.warning("drain timeout: closed %d connection(s) still open", sum(results))
+        await self.certs.stop()
+        await self.control_plane.stop()
+        for t in list(self._background):
+            t.cancel()
+        await self.admin.stop()
+        log.info("stopped")
+
+    # ------------------------------------------------------------------ reload
+
+    async def reload(self) -> bool:
+        """Re-read the config file; a bad file is rejected and the running config keeps serving."""
+        path = self.config.path
+        try:
+            new = load_config(path)
+            check_files(new)
+        except ConfigError as e:
+            metrics.CONFIG_RELOADS.labels("rejected").inc()
+            for line in e.problems:
+                log.error("reload rejected: %s", line)
+            return False
+        old = self.config
+        try:
+            await self._apply(old, new)
+        except (ConfigError, StartupError) as e:
+            metrics.CONFIG_RELOADS.labels("rejected").inc()
+            log.error("reload rejected: %s", e)
+            return False
+        metrics.CONFIG_RELOADS.labels("applied").inc()
+        log.info("reloaded %s", path)
+        return True
+
+    async def _apply(self, old: Config, new: Config) -> None:
+        if (
+            new.certificates != old.certificates
+            or new.service.name != old.service.name
+            or new.datacenter != old.datacenter
+        ):
+            certs = self._make_certs(new)
+            certs.load_initial()
+            await self.certs.stop()
+            self.certs = certs
+            certs.start()
+        if new.control_plane != old.control_plane or new.datacenter != old.datacenter:
+            cp = self._make_control_plane(new)
+            cp.load_initial()
+            await self.control_plane.stop()
+            self.control_plane = cp
+            cp.start()
+        self.config = new
+        self.builder.reconfigure(new)
+
+        want = _listener_specs(new)
+        for key in [k for k in self.listeners if k not in want]:
+            listener = self.listeners.pop(key)
+            listener.stop_accepting()
+            self._bg(listener.drain(new.drain_timeout))
+        for key in want:
+            if key not in self.listeners:
+                await self._start_listener(key, new)
+        if new.admin != old.admin:
+            await self.admin.stop()
+            self.admin = Admin(new.admin.bind, self.holder, self._config_json, lambda: self.draining)
+            await self.admin.start()
+
+    def _bg(self, coro: Coroutine[Any, Any, Any]) -> None:
+        t = asyncio.get_running_loop().create_task(coro)
+        self._background.add(t)
+        t.add_done_callback(self._background.discard)
+
+
+# ---------------------------------------------------------------------- entry point
+
+
+class _UTCFormatter(logging.Formatter):
+    converter = time.gmtime
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        _UTCFormatter("%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+async def serve(cfg: Config) -> int:
+    sidecar = Sidecar(cfg)
+    try:
+        await sidecar.start()
+    except ConfigError as e:
+        for line in e.problems:
+            print(f"meshgw: {line}", file=sys.stderr)
+        await sidecar.shutdown()
+        return 2
+    except StartupError as e:
+        print(f"meshgw: {e}", file=sys.stderr)
+        await sidecar.shutdown()
+        return 1
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    reloading: set[asyncio.Task[bool]] = set()
+
+    def on_hup() -> None:
+        t = loop.create_task(sidecar.reload())
+        reloading.add(t)
+        t.add_done_callback(reloading.discard)
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    await stop.wait()
+    log.info("signal received: shutting down")
+    await sidecar.shutdown()
+    return 0
+
+
+def event_loop_runner() -> Any:
+    """uvloop where installed: its C transports are what makes the relay fast."""
+    try:
+        import uvloop
+
+        return uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.run
+
+
+def run(path: Path) -> int:
+    try:
+        cfg = load_config(path)
+        check_files(cfg)
+    except ConfigError as e:
+        for line in e.problems:
+            print(line, file=sys.stderr)
+        return 2
+    setup_logging(cfg.log_level)
+    return int(event_loop_runner()(serve(cfg)))

@@ -1,0 +1,111 @@
+"""Every Prometheus metric meshgw exports, defined in one place.
+
+Label values are bounded: listener names come from the config (``inbound`` or ``upstream:<service>``),
+reasons from the fixed sets below. Never a peer address, a SPIFFE ID or a path.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+DENY_REASONS = (
+    "intention",  # an intention (or the default policy) denied the caller
+    "no_client_cert",  # TLS: the caller sent no certificate
+    "untrusted_cert",  # TLS: the certificate does not chain to the current roots
+    "cert_expired",  # TLS: the caller's certificate is expired or not yet valid
+    "tls_error",  # any other handshake failure (protocol version, garbage instead of TLS...)
+    "foreign_trust_domain",  # a valid chain, but a SPIFFE ID of another trust domain
+    "no_spiffe_id",  # a valid chain without a service SPIFFE URI SAN
+    "not_ready",  # this sidecar has no valid leaf or roots: fail closed
+)
+
+UPSTREAM_ERRORS = (
+    "no_healthy_endpoints",
+    "connect_failed",  # TCP connect refused / unreachable / timed out
+    "tls_failed",  # the handshake with the upstream failed
+    "identity_mismatch",  # the upstream presented another service's SPIFFE ID
+    "not_ready",  # no valid leaf of our own
+)
+
+CONNECTIONS_ACCEPTED = Counter(
+    "meshgw_connections_accepted",
+    "Connections accepted and forwarded, by listener.",
+    ["listener"],
+    registry=REGISTRY,
+)
+CONNECTIONS_DENIED = Counter(
+    "meshgw_connections_denied",
+    "Inbound connections refused before any byte reached the app, by reason.",
+    ["listener", "reason"],
+    registry=REGISTRY,
+)
+CONNECTIONS_ACTIVE = Gauge(
+    "meshgw_connections_active",
+    "Connections currently open, by listener.",
+    ["listener"],
+    registry=REGISTRY,
+)
+BYTES_RECEIVED = Counter(
+    "meshgw_bytes_received",
+    "Bytes received from the downstream side of a listener (counted when a connection closes).",
+    ["listener"],
+    registry=REGISTRY,
+)
+BYTES_SENT = Counter(
+    "meshgw_bytes_sent",
+    "Bytes sent back to the downstream side of a listener (counted when a connection closes).",
+    ["listener"],
+    registry=REGISTRY,
+)
+UPSTREAM_CONNECT_ERRORS = Counter(
+    "meshgw_upstream_connect_errors",
+    "Failures to reach an upstream (or the local app), by reason.",
+    ["listener", "reason"],
+    registry=REGISTRY,
+)
+CERT_EXPIRY = Gauge(
+    "meshgw_leaf_cert_expiry_timestamp_seconds",
+    "Unix time at which the current leaf certificate expires.",
+    registry=REGISTRY,
+)
+CERT_ROTATIONS = Counter(
+    "meshgw_leaf_cert_rotations",
+    "Leaf certificates issued and put into service.",
+    registry=REGISTRY,
+)
+CERT_FAILURES = Counter(
+    "meshgw_leaf_cert_failures",
+    "Failures to obtain a leaf certificate, by provider.",
+    ["provider"],
+    registry=REGISTRY,
+)
+SNAPSHOT_VERSION = Gauge(
+    "meshgw_snapshot_version",
+    "Version of the configuration snapshot in service (grows with every change).",
+    registry=REGISTRY,
+)
+SNAPSHOT_AGE = Gauge(
+    "meshgw_snapshot_last_change_timestamp_seconds",
+    "Unix time at which the snapshot in service was built.",
+    registry=REGISTRY,
+)
+UPSTREAM_ENDPOINTS = Gauge(
+    "meshgw_upstream_healthy_endpoints",
+    "Healthy endpoints known for each upstream.",
+    ["upstream"],
+    registry=REGISTRY,
+)
+CONTROL_PLANE_ERRORS = Counter(
+    "meshgw_control_plane_errors",
+    "Control-plane inputs rejected (the last good content kept serving), by source.",
+    ["source"],
+    registry=REGISTRY,
+)
+CONFIG_RELOADS = Counter(
+    "meshgw_config_reloads",
+    "Config reloads (SIGHUP), by result.",
+    ["result"],
+    registry=REGISTRY,
+)

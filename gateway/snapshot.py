@@ -1,0 +1,217 @@
+"""Immutable snapshots of everything the data plane needs, and the builder that makes them.
+
+Providers hand facts (catalog, intentions, TLS material) to the builder; the builder does the
+expensive work once (SSLContexts, compiled intention tables, healthy endpoint lists) and swaps
+``holder.current`` in one assignment. Listeners read ``holder.current`` once per connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from connect.ca import Leaf
+from connect.intentions import IntentionTable, ServiceIntentions
+from connect.spiffe import service_uri, upstream_sni
+from gateway import metrics
+from gateway.config import Config, UpstreamConfig
+from gateway.tls import client_context, server_context
+
+log = logging.getLogger("meshgw.snapshot")
+
+# Consul's Envoy config keeps warning instances in the load-balancing set (only critical ones leave it)
+# unless a resolver asks for OnlyPassing; `?passing` on the HTTP API is stricter (consul.md §4.1).
+HEALTHY = frozenset({"passing", "warning"})
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    address: str
+    port: int
+    datacenter: str
+    health: str = "passing"
+    weight: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "address": self.address,
+            "port": self.port,
+            "datacenter": self.datacenter,
+            "health": self.health,
+            "weight": self.weight,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class TLSState:
+    trust_domain: str
+    leaf: Leaf
+    roots_pem: bytes
+    server_ctx: ssl.SSLContext
+    client_ctx: ssl.SSLContext
+
+    @classmethod
+    def build(cls, trust_domain: str, leaf: Leaf, roots_pem: bytes) -> TLSState:
+        return cls(
+            trust_domain=trust_domain,
+            leaf=leaf,
+            roots_pem=roots_pem,
+            server_ctx=server_context(roots_pem, leaf.cert_pem, leaf.key_pem),
+            client_ctx=client_context(roots_pem, leaf.cert_pem, leaf.key_pem),
+        )
+
+    def valid(self, now: float | None = None) -> bool:
+        now = time.time() if now is None else now
+        return self.leaf.not_before <= now < self.leaf.not_after
+
+    def to_json(self) -> dict[str, Any]:
+        # The leaf's identity and validity, never its key (or the PEM, which /certs may serve later).
+        return {
+            "trust_domain": self.trust_domain,
+            "leaf": {
+                "spiffe_id": self.leaf.spiffe_id,
+                "serial": self.leaf.serial,
+                "not_before": self.leaf.not_before,
+                "not_after": self.leaf.not_after,
+            },
+            "roots": self.roots_pem.count(b"-----BEGIN CERTIFICATE-----"),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamView:
+    """One upstream listener's target: who to dial, what SNI to send, which identity to expect."""
+
+    key: str
+    service: str
+    datacenter: str
+    sni: str
+    expected_uri: str
+    endpoints: tuple[Endpoint, ...]
+
+
+def upstream_key(u: UpstreamConfig, local_dc: str) -> str:
+    return f"{u.service}.{u.datacenter or local_dc}"
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    version: int
+    built_at: float
+    datacenter: str
+    service: str
+    tls: TLSState | None
+    upstreams: Mapping[str, UpstreamView]
+    intentions: IntentionTable
+    intention_entries: tuple[ServiceIntentions, ...] = field(default=())
+
+    def ready(self) -> tuple[bool, str]:
+        if self.tls is None:
+            return False, "no leaf certificate yet"
+        if not self.tls.valid():
+            return False, f"leaf certificate {self.tls.leaf.serial} is not valid now (expired or not yet valid)"
+        return True, "ok"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "built_at": self.built_at,
+            "datacenter": self.datacenter,
+            "service": self.service,
+            "tls": self.tls.to_json() if self.tls else None,
+            "upstreams": {
+                k: {
+                    "service": v.service,
+                    "datacenter": v.datacenter,
+                    "sni": v.sni,
+                    "expected_identity": v.expected_uri,
+                    "endpoints": [e.to_json() for e in v.endpoints],
+                }
+                for k, v in self.upstreams.items()
+            },
+            "intentions": self.intentions.rules(),
+        }
+
+
+class SnapshotHolder:
+    """The one piece of shared mutable state in the data plane: a reference, swapped atomically."""
+
+    def __init__(self, snapshot: Snapshot):
+        self.current = snapshot
+
+
+class SnapshotBuilder:
+    """Collects provider facts and publishes a new Snapshot whenever one of them changes."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self._catalog: Mapping[str, tuple[Endpoint, ...]] = {}
+        self._entries: tuple[ServiceIntentions, ...] = ()
+        self._tls: TLSState | None = None
+        self._version = 0
+        self.holder = SnapshotHolder(self._build())
+
+    def reconfigure(self, config: Config) -> None:
+        self.config = config
+        self.publish()
+
+    def set_catalog(self, catalog: Mapping[str, tuple[Endpoint, ...]]) -> None:
+        self._catalog = catalog
+        self.publish()
+
+    def set_intentions(self, entries: tuple[ServiceIntentions, ...]) -> None:
+        self._entries = entries
+        self.publish()
+
+    def set_tls(self, trust_domain: str, leaf: Leaf, roots_pem: bytes) -> None:
+        self._tls = TLSState.build(trust_domain, leaf, roots_pem)
+        metrics.CERT_EXPIRY.set(leaf.not_after)
+        self.publish()
+
+    @property
+    def trust_domain(self) -> str | None:
+        return self._tls.trust_domain if self._tls else None
+
+    def publish(self) -> None:
+        self.holder.current = self._build()
+
+    def _build(self) -> Snapshot:
+        cfg = self.config
+        self._version += 1
+        td = self._tls.trust_domain if self._tls else "unknown.consul"
+        ups: dict[str, UpstreamView] = {}
+        for u in cfg.upstreams:
+            dc = u.datacenter or cfg.datacenter
+            key = upstream_key(u, cfg.datacenter)
+            eps = tuple(e for e in self._catalog.get(u.service, ()) if e.health in HEALTHY and e.datacenter == dc)
+            ups[key] = UpstreamView(
+                key=key,
+                service=u.service,
+                datacenter=dc,
+                sni=upstream_sni(u.service, dc, td),
+                expected_uri=service_uri(td, dc, u.service),
+                endpoints=eps,
+            )
+            metrics.UPSTREAM_ENDPOINTS.labels(key).set(len(eps))
+        snap = Snapshot(
+            version=self._version,
+            built_at=time.time(),
+            datacenter=cfg.datacenter,
+            service=cfg.service.name,
+            tls=self._tls,
+            upstreams=MappingProxyType(ups),
+            intentions=IntentionTable.build(
+                self._entries,
+                cfg.service.name,
+                default_allow=cfg.control_plane.default_intention_policy == "allow",
+            ),
+            intention_entries=self._entries,
+        )
+        metrics.SNAPSHOT_VERSION.set(snap.version)
+        metrics.SNAPSHOT_AGE.set(snap.built_at)
+        return snap
