@@ -29,9 +29,13 @@ ROOTS_POLL = 2.0
 
 
 def renew_delay(leaf: Leaf, now: float | None = None) -> float:
+    """Seconds until renewal: about 2/3 of the validity left when the leaf arrived.
+
+    Measured from now, not from NotBefore: CAs backdate NotBefore (a minute, for clock skew), which
+    would make a short-lived leaf look two-thirds spent the moment it is issued.
+    """
     now = time.time() if now is None else now
-    life = leaf.not_after - leaf.not_before
-    return max(0.0, leaf.not_before + life * random.uniform(*RENEW_AT) - now)
+    return max(0.0, (leaf.not_after - now) * random.uniform(*RENEW_AT))
 
 
 class BuiltinCertProvider:

@@ -264,8 +264,10 @@ class BuiltinCA:
             ),
             spiffe_id=spiffe,
             serial=colon_hex(serial),
-            not_before=start.timestamp(),
-            not_after=end.timestamp(),
+            # X.509 times have whole seconds: report what the certificate says, not what was asked for,
+            # or a short-lived leaf would be renewed after it has already expired.
+            not_before=cert.not_valid_before_utc.timestamp(),
+            not_after=cert.not_valid_after_utc.timestamp(),
         )
 
 

@@ -91,11 +91,11 @@ class Side(asyncio.Protocol):
         assert other is not None and other.transport is not None
         if other.transport.can_write_eof():
             other.transport.write_eof()
-        elif other.eof or self.tls:
-            # Both directions are done (or a TLS peer closed): nothing more will flow.
+        else:
+            # A TLS hop cannot be half-closed through asyncio (close_notify only comes with close()),
+            # and keeping it open could leak it forever when the caller has gone: close it once what
+            # is buffered has been flushed. Full closes, the common case, behave exactly right.
             other.transport.close()
-        # else: a plaintext client half-closed towards a TLS hop. TLS transports in asyncio cannot
-        # send close_notify and keep reading, so the hop stays open until the far side closes.
 
     def pause_writing(self) -> None:
         if self._other is not None and self._other.transport is not None:
