@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from mesh import Mesh  # noqa: E402
+from mesh import Mesh
 
 
 @pytest.fixture

@@ -59,6 +59,7 @@ def test_good_config_loads_into_the_typed_model(workdir: Path) -> None:
     assert r.returncode == 0, r.stderr
 
 
+S = "service: {name: web, port: 80}\ninbound: {bind: 127.0.0.1:1}\n"
 BAD = [
     ("service: {name: web, port: 8080}\ninbound: {bind: nowhere}\n", "inbound.bind", "host:port"),
     ("service: {name: web, port: 99999}\ninbound: {bind: 127.0.0.1:1}\n", "service.port", "1-65535"),
@@ -69,7 +70,8 @@ BAD = [
     ("inbound: {bind: 127.0.0.1:1}\n", "service", "is required"),
     ("service: {name: web, port: 80}\nupstreams: [{service: api}]\n", "upstreams[0].bind", "is required"),
     (
-        "service: {name: web, port: 80}\nupstreams: [{service: a, bind: '127.0.0.1:5'}, {service: b, bind: '127.0.0.1:5'}]\n",
+        "service: {name: web, port: 80}\n"
+        "upstreams: [{service: a, bind: '127.0.0.1:5'}, {service: b, bind: '127.0.0.1:5'}]\n",
         "upstreams[1].bind",
         "already used",
     ),
@@ -84,7 +86,7 @@ BAD = [
         "local",
     ),
     (
-        "service: {name: web, port: 80}\ninbound: {bind: 127.0.0.1:1}\ncontrol_plane: {default_intention_policy: maybe}\n",
+        S + "control_plane: {default_intention_policy: maybe}\n",
         "control_plane.default_intention_policy",
         "allow, deny",
     ),
