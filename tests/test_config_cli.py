@@ -277,3 +277,17 @@ def test_intentions_file_takes_one_entry_or_a_list(tmp_path: Path) -> None:
 def test_config_error_type_carries_every_line() -> None:
     e = ConfigError(["a: b: c", "d: e: f"])
     assert e.problems == ["a: b: c", "d: e: f"] and str(e) == "a: b: c\nd: e: f"
+
+
+@pytest.mark.slow
+def test_demo_runs_and_exits_by_itself(tmp_path: Path) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "demo", "--duration", "0.5", "--dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "10 answered 200" in r.stdout
+    assert "3 refused" in r.stdout
+    assert 'reason="intention"} = 3' in r.stdout
