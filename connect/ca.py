@@ -100,6 +100,10 @@ class BuiltinCA:
             return cls._wait_for_other_init(directory)
         try:
             os.close(fd)
+            if (directory / "ca.crt").exists():  # another process created it while we took the lock
+                if exist_ok:
+                    return cls.load(directory)
+                raise CAError(f"{directory}/ca.crt: a CA already exists here (remove it or use another --dir)")
             td = (trust_domain or f"{uuid.uuid4()}.consul").lower()
             key = ec.generate_private_key(ec.SECP256R1())
             now = dt.datetime.now(dt.UTC)

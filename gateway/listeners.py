@@ -16,8 +16,8 @@ import ssl
 
 from gateway import metrics
 from gateway.config import Address, Config, UpstreamConfig
-from gateway.l4 import Relay, Side
-from gateway.snapshot import SnapshotHolder, upstream_key
+from gateway.l4 import Relay, TLSSide
+from gateway.snapshot import Snapshot, SnapshotHolder, upstream_key
 from gateway.tls import handshake_failure_reason, peer_identity
 
 log = logging.getLogger("meshgw.listener")
@@ -66,7 +66,7 @@ class Listener:
         log.info("%s listening on %s", self.name, self.bind)
 
     def _protocol(self) -> asyncio.Protocol:
-        raise NotImplementedError  # each stack supplies its accept protocol
+        raise NotImplementedError  # abstract: each stack supplies its accept protocol
 
     def _track(self, relay: Relay) -> None:
         self.relays.add(relay)
@@ -127,88 +127,55 @@ class InboundListener(Listener):
         self.m_denied = {r: metrics.CONNECTIONS_DENIED.labels(self.name, r) for r in metrics.DENY_REASONS}
         self.m_app_error = metrics.UPSTREAM_CONNECT_ERRORS.labels(self.name, "connect_failed")
 
-    # uvloop starts reading an accepted socket right after connection_made, even when the protocol
-    # paused it, so a later start_tls() would miss the ClientHello. Accepting the socket ourselves and
-    # handing it to connect_accepted_socket(ssl=...) avoids that, and gives the handshake's exception
-    # to us (create_server(ssl=...) would swallow it), so refusals are counted by reason.
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(self.bind.host, self.bind.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family, _, _, _, addr = infos[0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(addr)
-            sock.listen(1024)
-        except OSError:
-            sock.close()
-            raise
-        sock.setblocking(False)
-        self.sock = sock
-        self.accept_task = loop.create_task(self._accept_loop(), name=f"{self.name}-accept")
-        log.info("%s listening on %s", self.name, self.bind)
+    def _protocol(self) -> asyncio.Protocol:
+        # The snapshot is read once per connection, here: the TLS context (leaf, roots) it was
+        # accepted with stays with it even if a rotation happens during the handshake.
+        snap = self.holder.current
+        relay = Relay(on_close=self._closed)
+        tls = snap.tls
+        if tls is None or not tls.valid():
+            # Fail closed: without a valid leaf there is no mTLS, and there is never plaintext.
+            relay.down.on_made = lambda transport: self._refuse_not_ready(transport)
+            return relay.down
+        side = TLSSide(relay, tls.server_ctx, server_side=True, handshake_timeout=HANDSHAKE_TIMEOUT)
+        relay.down = side
+        side.on_made = lambda transport: self._spawn(self._serve(relay, side, snap))
+        return side
 
-    @property
-    def port(self) -> int:
-        return self.sock.getsockname()[1]
-
-    async def _accept_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                conn, _ = await loop.sock_accept(self.sock)
-            except OSError as e:
-                # EMFILE and friends: back off instead of spinning; the backlog holds the callers.
-                log.error("%s: accept failed: %s", self.name, e)
-                await asyncio.sleep(0.1)
-                continue
-            self._spawn(self._serve(conn))
-
-    def stop_accepting(self) -> None:
-        task = getattr(self, "accept_task", None)
-        if task is not None:
-            task.cancel()
-            self.accept_task = None
-        sock = getattr(self, "sock", None)
-        if sock is not None and sock.fileno() >= 0:
-            sock.close()
+    def _refuse_not_ready(self, transport: asyncio.BaseTransport) -> None:
+        transport.abort()  # type: ignore[attr-defined]
+        self._deny("not_ready", "no valid leaf certificate")
 
     def _deny(self, reason: str, detail: str) -> None:
         self.m_denied[reason].inc()
         log.info("inbound: denied %s: %s", reason, detail)
 
-    async def _serve(self, conn: socket.socket) -> None:
+    async def _serve(self, relay: Relay, side: TLSSide, snap: Snapshot) -> None:
         loop = asyncio.get_running_loop()
-        snap = self.holder.current
-        tls = snap.tls
-        if tls is None or not tls.valid():
-            # Fail closed: without a valid leaf there is no mTLS, and there is never plaintext.
-            conn.close()
-            self._deny("not_ready", "no valid leaf certificate")
-            return
-        relay = Relay(down_tls=True, up_tls=False, on_close=self._closed)
         try:
-            tls_transport, _ = await loop.connect_accepted_socket(
-                lambda: relay.down, conn, ssl=tls.server_ctx, ssl_handshake_timeout=HANDSHAKE_TIMEOUT
-            )
+            await side.handshake
         except (ssl.SSLError, *CONNECT_ERRORS) as e:
-            conn.close()
+            side.abort()
             self._deny(handshake_failure_reason(e), f"TLS handshake failed: {getattr(e, 'reason', None) or e}")
             return
-        peer = peer_identity(tls_transport.get_extra_info("ssl_object"))
+        assert snap.tls is not None
+        peer = peer_identity(side.peercert())
         if peer.service is None:
-            tls_transport.abort()
+            side.abort()
             self._deny("no_spiffe_id", f"peer certificate has no service SPIFFE ID ({peer.uri})")
             return
-        if peer.service.trust_domain != tls.trust_domain:
-            tls_transport.abort()
-            self._deny("foreign_trust_domain", f"{peer.uri} is not in trust domain {tls.trust_domain}")
+        if peer.service.trust_domain != snap.tls.trust_domain:
+            side.abort()
+            self._deny("foreign_trust_domain", f"{peer.uri} is not in trust domain {snap.tls.trust_domain}")
             return
         decision = snap.intentions.authorize_l4(peer.service.service, peer.service.namespace)
         if not decision.allowed:
-            tls_transport.abort()
+            side.abort()
             self._deny("intention", f"{peer.uri}: {decision.reason}")
             return
+        if side.lost:
+            return
+        _nodelay(side.transport)  # type: ignore[arg-type]
         self._track(relay)
         try:
             await asyncio.wait_for(
@@ -234,7 +201,7 @@ class UpstreamListener(Listener):
         self.m_err = {r: metrics.UPSTREAM_CONNECT_ERRORS.labels(self.name, r) for r in metrics.UPSTREAM_ERRORS}
 
     def _protocol(self) -> asyncio.Protocol:
-        relay = Relay(down_tls=False, up_tls=True, on_close=self._closed)
+        relay = Relay(on_close=self._closed)
         self._track(relay)
         # The relay's downstream side is the accept protocol itself: no hand-over, no extra object.
         relay.down.on_made = lambda transport: self._accepted(relay, transport)
@@ -258,9 +225,7 @@ class UpstreamListener(Listener):
         view = snap.upstreams[self.key]
         eps = view.endpoints
         if not eps:
-            return self._fail(
-                relay, "no_healthy_endpoints", f"no healthy instance of {view.service} in {view.datacenter}"
-            )
+            return self._fail(relay, "no_healthy_endpoints", f"no healthy instance of {view.service} in {view.datacenter}")
         start = self._rr
         self._rr += 1
         last = ""
@@ -268,34 +233,30 @@ class UpstreamListener(Listener):
             ep = eps[(start + i) % len(eps)]
             if relay.down.lost:
                 return relay.close()
-            relay.up = Side(relay, tls=True)  # a fresh side per attempt: a rejected one must not close the relay
+            # A fresh side per attempt: a rejected one must not close the relay.
+            side = TLSSide(relay, tls.client_ctx, server_side=False, server_hostname=view.sni,
+                           handshake_timeout=HANDSHAKE_TIMEOUT)
+            relay.up = side
             try:
-                transport, _ = await asyncio.wait_for(
-                    loop.create_connection(
-                        lambda: relay.up,
-                        ep.address,
-                        ep.port,
-                        ssl=tls.client_ctx,
-                        server_hostname=view.sni,
-                        ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
-                    ),
-                    self.connect_timeout,
-                )
-            except ssl.SSLError as e:
-                self.m_err["tls_failed"].inc()
-                last = f"TLS with {ep.address}:{ep.port} failed: {e.reason or e}"
-                continue
+                await asyncio.wait_for(loop.create_connection(lambda: side, ep.address, ep.port), self.connect_timeout)
             except CONNECT_ERRORS as e:
                 self.m_err["connect_failed"].inc()
                 last = f"cannot connect to {ep.address}:{ep.port}: {e or type(e).__name__}"
                 continue
-            peer = peer_identity(transport.get_extra_info("ssl_object"))
+            try:
+                await side.handshake
+            except (ssl.SSLError, *CONNECT_ERRORS) as e:
+                side.abort()
+                self.m_err["tls_failed"].inc()
+                last = f"TLS with {ep.address}:{ep.port} failed: {getattr(e, 'reason', None) or e}"
+                continue
+            peer = peer_identity(side.peercert())
             if peer.uri != view.expected_uri:
+                side.abort()
                 self.m_err["identity_mismatch"].inc()
                 last = f"{ep.address}:{ep.port} presented {peer.uri}, expected {view.expected_uri}"
-                transport.abort()
                 continue
-            _nodelay(transport)
+            _nodelay(side.transport)  # type: ignore[arg-type]
             self.m_accepted.inc()
             relay.start()
             return

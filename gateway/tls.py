@@ -6,6 +6,7 @@ import os
 import ssl
 import tempfile
 from dataclasses import dataclass
+from typing import Any
 
 from connect.spiffe import ServiceID, parse_service_uri
 
@@ -60,11 +61,8 @@ class PeerIdentity:
     service: ServiceID | None
 
 
-def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> PeerIdentity:
-    """The SPIFFE service identity in the verified peer certificate's URI SAN."""
-    if ssl_object is None:
-        return PeerIdentity(None, None)
-    cert = ssl_object.getpeercert()
+def peer_identity(cert: dict[str, Any] | None) -> PeerIdentity:
+    """The SPIFFE service identity in the verified peer certificate's URI SAN (``getpeercert()``)."""
     if not cert:
         return PeerIdentity(None, None)
     for kind, value in cert.get("subjectAltName", ()):
