@@ -225,7 +225,9 @@ class UpstreamListener(Listener):
         view = snap.upstreams[self.key]
         eps = view.endpoints
         if not eps:
-            return self._fail(relay, "no_healthy_endpoints", f"no healthy instance of {view.service} in {view.datacenter}")
+            return self._fail(
+                relay, "no_healthy_endpoints", f"no healthy instance of {view.service} in {view.datacenter}"
+            )
         start = self._rr
         self._rr += 1
         last = ""
@@ -234,11 +236,15 @@ class UpstreamListener(Listener):
             if relay.down.lost:
                 return relay.close()
             # A fresh side per attempt: a rejected one must not close the relay.
-            side = TLSSide(relay, tls.client_ctx, server_side=False, server_hostname=view.sni,
-                           handshake_timeout=HANDSHAKE_TIMEOUT)
+            side = TLSSide(
+                relay, tls.client_ctx, server_side=False, server_hostname=view.sni, handshake_timeout=HANDSHAKE_TIMEOUT
+            )
             relay.up = side
             try:
-                await asyncio.wait_for(loop.create_connection(lambda: side, ep.address, ep.port), self.connect_timeout)
+                await asyncio.wait_for(
+                    loop.create_connection(lambda s=side: s, ep.address, ep.port),  # type: ignore[misc]
+                    self.connect_timeout,
+                )
             except CONNECT_ERRORS as e:
                 self.m_err["connect_failed"].inc()
                 last = f"cannot connect to {ep.address}:{ep.port}: {e or type(e).__name__}"
