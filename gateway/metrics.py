@@ -15,6 +15,7 @@ DENY_REASONS = (
     "no_client_cert",  # TLS: the caller sent no certificate
     "untrusted_cert",  # TLS: the certificate does not chain to the current roots
     "cert_expired",  # TLS: the caller's certificate is expired or not yet valid
+    "handshake_timeout",  # the caller did not finish the TLS handshake in time
     "tls_error",  # any other handshake failure (protocol version, garbage instead of TLS...)
     "foreign_trust_domain",  # a valid chain, but a SPIFFE ID of another trust domain
     "no_spiffe_id",  # a valid chain without a service SPIFFE URI SAN

@@ -73,6 +73,8 @@ def peer_identity(cert: dict[str, Any] | None) -> PeerIdentity:
 
 def handshake_failure_reason(exc: BaseException) -> str:
     """Map an OpenSSL handshake error to a bounded metric reason (metrics.DENY_REASONS)."""
+    if isinstance(exc, TimeoutError):
+        return "handshake_timeout"
     if isinstance(exc, ssl.SSLCertVerificationError):
         code = getattr(exc, "verify_code", 0)
         # X509_V_ERR_CERT_NOT_YET_VALID = 9, X509_V_ERR_CERT_HAS_EXPIRED = 10
