@@ -96,7 +96,9 @@ class BuiltinCertProvider:
             time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(leaf.not_after)),
         )
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """First leaf/content now (a problem here is the operator's to fix: ConfigError), then watch."""
+        self.load_initial()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="builtin-certs")
 
     async def _run(self) -> None:

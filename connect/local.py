@@ -187,7 +187,9 @@ class LocalControlPlane:
         if problems:
             raise ConfigError(problems)
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """First leaf/content now (a problem here is the operator's to fix: ConfigError), then watch."""
+        self.load_initial()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="local-control-plane")
 
     async def _run(self) -> None:

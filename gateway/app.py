@@ -56,7 +56,13 @@ class Sidecar:
             cfg.control_plane.local, cfg.datacenter, self.builder.set_catalog, self.builder.set_intentions
         )
 
-    def _make_certs(self, cfg: Config) -> BuiltinCertProvider:
+    def _make_certs(self, cfg: Config) -> Any:
+        """The leaf-certificate provider: async start()/stop(), hands (trust domain, leaf, roots) to the builder."""
+        if cfg.certificates.type == "vault":
+            from connect.vault import VaultCertProvider
+
+            assert cfg.certificates.vault is not None
+            return VaultCertProvider(cfg.certificates.vault, cfg.service.name, cfg.datacenter, self.builder.set_tls)
         assert cfg.certificates.builtin is not None
         return BuiltinCertProvider(cfg.certificates.builtin, cfg.service.name, cfg.datacenter, self.builder.set_tls)
 
@@ -71,8 +77,8 @@ class Sidecar:
     # ------------------------------------------------------------------ start / stop
 
     async def start(self) -> None:
-        self.certs.load_initial()
-        self.control_plane.load_initial()
+        await self.certs.start()
+        await self.control_plane.start()
         for key in _listener_specs(self.config):
             await self._start_listener(key, self.config)
         try:
@@ -81,8 +87,6 @@ class Sidecar:
             raise StartupError(
                 f"{self.config.path}: admin.bind: cannot listen on {self.config.admin.bind}: {e.strerror or e}"
             ) from None
-        self.certs.start()
-        self.control_plane.start()
         log.info(
             "meshgw ready: service %s in %s, admin on %s:%s",
             self.config.service.name,
@@ -148,16 +152,14 @@ class Sidecar:
             or new.datacenter != old.datacenter
         ):
             certs = self._make_certs(new)
-            certs.load_initial()
+            await certs.start()
             await self.certs.stop()
             self.certs = certs
-            certs.start()
         if new.control_plane != old.control_plane or new.datacenter != old.datacenter:
             cp = self._make_control_plane(new)
-            cp.load_initial()
+            await cp.start()
             await self.control_plane.stop()
             self.control_plane = cp
-            cp.start()
         self.config = new
         self.builder.reconfigure(new)
 

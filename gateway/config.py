@@ -8,6 +8,7 @@ and all problems of a file are reported together so an operator fixes them in on
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -72,9 +73,37 @@ class LocalControlPlaneConfig:
 
 
 @dataclass(frozen=True)
+class ConsulConfig:
+    """How to reach the Consul agent. Defaults come from Consul's own environment variables
+    (consul.md §10; C:api/api.go): CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN(_FILE), CONSUL_HTTP_SSL,
+    CONSUL_HTTP_SSL_VERIFY, CONSUL_CACERT, CONSUL_CLIENT_CERT/KEY, CONSUL_NAMESPACE."""
+
+    scheme: str = "http"
+    host: str = "127.0.0.1"
+    port: int = 8500
+    token: str | None = field(default=None, repr=False)
+    token_file: Path | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    verify: bool = True
+    namespace: str | None = None
+    # Blocking-query wait (Consul caps it at 10m, consul.md §1).
+    wait: float = 300.0
+    # Register the sidecar (Kind connect-proxy) and, if asked, the app service itself.
+    register: bool = True
+    register_service: bool = False
+
+    @property
+    def address(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
 class ControlPlaneConfig:
     type: str = "local"
     local: LocalControlPlaneConfig = field(default_factory=LocalControlPlaneConfig)
+    consul: ConsulConfig | None = None
     # Consul's agent setting of the same name: what happens when no intention matches.
     default_intention_policy: str = "deny"
 
@@ -87,9 +116,43 @@ class BuiltinCAConfig:
 
 
 @dataclass(frozen=True)
+class VaultAuthConfig:
+    """token: VAULT_TOKEN, token_file, or Nomad's ${NOMAD_SECRETS_DIR}/vault_token; approle: role_id_file +
+    secret_id_file; jwt: a JWT file (Nomad workload identity) posted to auth/<path>/login (vault-nomad.md §2)."""
+
+    method: str = "token"
+    token: str | None = field(default=None, repr=False)
+    token_file: Path | None = None
+    role_id_file: Path | None = None
+    secret_id_file: Path | None = None
+    jwt_file: Path | None = None
+    role: str | None = None
+    path: str | None = None  # mount path of the auth method (default: approle, jwt-nomad)
+
+
+@dataclass(frozen=True)
+class VaultConfig:
+    """Vault PKI. Defaults from VAULT_ADDR, VAULT_CACERT, VAULT_NAMESPACE (vault-nomad.md §2.4)."""
+
+    address: str = "https://127.0.0.1:8200"
+    mount: str = "pki"
+    role: str = ""
+    trust_domain: str = ""
+    ttl: float | None = None  # None: the role's default
+    namespace: str | None = None
+    ca_file: Path | None = None
+    key_type: str = "ec"
+    key_bits: int = 256
+    issue: bool = False  # True: Vault generates the key (pki/issue) instead of signing our CSR
+    write_key_to: Path | None = None  # off by default: private keys stay in memory
+    auth: VaultAuthConfig = field(default_factory=VaultAuthConfig)
+
+
+@dataclass(frozen=True)
 class CertificatesConfig:
     type: str = "builtin"
     builtin: BuiltinCAConfig | None = None
+    vault: VaultConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -251,7 +314,7 @@ def _resolve(base: Path, p: str) -> Path:
     return path if path.is_absolute() else (base / path)
 
 
-def load_config(path: str | Path) -> Config:
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
     """Read and validate a config file. Raises ConfigError with every problem found."""
     path = Path(path)
     try:
@@ -265,10 +328,12 @@ def load_config(path: str | Path) -> Config:
         where = f"line {mark.line + 1} column {mark.column + 1}: " if mark else ""
         reason = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError([f"{path}: {where}invalid YAML: {reason}"]) from None
-    return parse_config(data, path)
+    return parse_config(data, path, env)
 
 
-def parse_config(data: Any, path: Path) -> Config:
+def parse_config(data: Any, path: Path, env: Mapping[str, str] | None = None) -> Config:
+    """``env`` is where HashiCorp's environment defaults come from (os.environ unless given)."""
+    env = os.environ if env is None else env
     r = _Reader(path)
     base = path.parent
     top = r.mapping(
@@ -340,23 +405,28 @@ def parse_config(data: Any, path: Path) -> Config:
     if inbound is not None and inbound.bind.port and inbound.bind in binds:
         r.problem("inbound.bind", f"{inbound.bind} is also used by {binds[inbound.bind]}")
 
-    cp = r.mapping(top.get("control_plane"), "control_plane", ("type", "local", "default_intention_policy"))
-    cp_type = r.get(cp, "control_plane", "type", choice("local"), "local") or "local"
+    cp = r.mapping(top.get("control_plane"), "control_plane", ("type", "local", "consul", "default_intention_policy"))
+    cp_type = r.get(cp, "control_plane", "type", choice("local", "consul"), "local") or "local"
     lo = r.mapping(cp.get("local"), "control_plane.local", ("catalog", "intentions", "poll_interval"))
     local = LocalControlPlaneConfig(
         catalog=_resolve(base, c) if (c := r.get(lo, "control_plane.local", "catalog", text)) else None,
         intentions=_resolve(base, c) if (c := r.get(lo, "control_plane.local", "intentions", text)) else None,
         poll_interval=r.get(lo, "control_plane.local", "poll_interval", parse_duration, 0.5) or 0.5,
     )
+    consul = _parse_consul(r, cp.get("consul"), base, env) if cp_type == "consul" or cp.get("consul") else None
     control_plane = ControlPlaneConfig(
         type=cp_type,
         local=local,
+        consul=consul,
         default_intention_policy=r.get(cp, "control_plane", "default_intention_policy", choice("allow", "deny"), "deny")
         or "deny",
     )
 
-    c = r.mapping(top.get("certificates"), "certificates", ("type", "builtin"))
-    ctype = r.get(c, "certificates", "type", choice("builtin"), "builtin") or "builtin"
+    c = r.mapping(top.get("certificates"), "certificates", ("type", "builtin", "vault"))
+    ctype = r.get(c, "certificates", "type", choice("builtin", "vault", "consul"), "builtin") or "builtin"
+    vault = _parse_vault(r, c.get("vault"), base, env) if ctype == "vault" else None
+    if ctype == "consul" and cp_type != "consul":
+        r.problem("certificates.type", "consul certificates need control_plane.type: consul")
     builtin = None
     if ctype == "builtin":
         b = r.mapping(c.get("builtin"), "certificates.builtin", ("dir", "trust_domain", "leaf_ttl"))
@@ -369,7 +439,7 @@ def parse_config(data: Any, path: Path) -> Config:
             trust_domain=r.get(b, "certificates.builtin", "trust_domain", _trust_domain, None),
             leaf_ttl=ttl,
         )
-    certificates = CertificatesConfig(type=ctype, builtin=builtin)
+    certificates = CertificatesConfig(type=ctype, builtin=builtin, vault=vault)
 
     a = r.mapping(top.get("admin"), "admin", ("bind",))
     admin = AdminConfig(bind=r.get(a, "admin", "bind", parse_address, Address("127.0.0.1", 19000)))  # type: ignore[arg-type]
@@ -398,3 +468,178 @@ def _trust_domain(value: Any) -> str:
     if not isinstance(value, str) or not re.match(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$", value.lower()):
         raise ValueError(f"{value!r} is not a trust domain (expected a DNS-like name such as example.consul)")
     return value.lower()
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ValueError(f"{value!r} is not a boolean (expected true or false)")
+
+
+def _env_bool(value: str | None) -> bool | None:
+    # Go's strconv.ParseBool, as Consul's client reads CONSUL_HTTP_SSL (consul.md §10).
+    if value is None or value == "":
+        return None
+    if value in ("1", "t", "T", "TRUE", "true", "True"):
+        return True
+    if value in ("0", "f", "F", "FALSE", "false", "False"):
+        return False
+    return None
+
+
+def _parse_consul_address(value: str, ssl: bool | None) -> tuple[str, str, int]:
+    scheme = "https" if ssl else "http"
+    rest = value
+    if "://" in value:
+        scheme, rest = value.split("://", 1)
+        if scheme not in ("http", "https"):
+            raise ValueError(f"{value!r}: unknown protocol scheme {scheme!r} (expected http or https)")
+        if ssl:
+            scheme = "https"
+    rest = rest.rstrip("/")
+    addr = parse_address(rest if ":" in rest.lstrip("[") or rest.startswith("[") else f"{rest}:8500")
+    return scheme, addr.host, addr.port
+
+
+def _parse_consul(r: _Reader, raw: Any, base: Path, env: Mapping[str, str]) -> ConsulConfig:
+    key = "control_plane.consul"
+    c = r.mapping(
+        raw,
+        key,
+        (
+            "address",
+            "token",
+            "token_file",
+            "ca_file",
+            "cert_file",
+            "key_file",
+            "namespace",
+            "verify",
+            "wait",
+            "register",
+            "register_service",
+        ),
+    )
+    ssl = _env_bool(env.get("CONSUL_HTTP_SSL"))
+    address = r.get(c, key, "address", text, None) or env.get("CONSUL_HTTP_ADDR") or "127.0.0.1:8500"
+    try:
+        scheme, host, port = _parse_consul_address(address, ssl)
+    except ValueError as e:
+        r.problem(f"{key}.address", str(e))
+        scheme, host, port = "http", "127.0.0.1", 8500
+
+    def path_or_env(name: str, var: str) -> Path | None:
+        v = r.get(c, key, name, text, None) or env.get(var)
+        return _resolve(base, v) if v else None
+
+    # Token precedence of Consul's client: explicit token file > explicit token > env token file > env token
+    # (consul.md §10; C:api/api.go). py-consul itself lets CONSUL_HTTP_TOKEN override everything, so
+    # meshgw resolves the token here and never leaves it to the library.
+    token = r.get(c, key, "token", text, None)
+    token_file = r.get(c, key, "token_file", text, None)
+    if token_file is None and token is None:
+        token_file = env.get("CONSUL_HTTP_TOKEN_FILE") or None
+        token = None if token_file else (env.get("CONSUL_HTTP_TOKEN") or None)
+    verify_env = _env_bool(env.get("CONSUL_HTTP_SSL_VERIFY"))
+    wait = r.get(c, key, "wait", parse_duration, 300.0) or 300.0
+    if wait > 600:
+        r.problem(f"{key}.wait", "at most 10m (Consul caps blocking queries there)")
+    return ConsulConfig(
+        scheme=scheme,
+        host=host,
+        port=port,
+        token=token if not token_file else None,
+        token_file=_resolve(base, token_file) if token_file else None,
+        ca_file=path_or_env("ca_file", "CONSUL_CACERT"),
+        cert_file=path_or_env("cert_file", "CONSUL_CLIENT_CERT"),
+        key_file=path_or_env("key_file", "CONSUL_CLIENT_KEY"),
+        verify=bool(r.get(c, key, "verify", _bool, True if verify_env is None else verify_env)),
+        namespace=r.get(c, key, "namespace", text, None) or env.get("CONSUL_NAMESPACE") or None,
+        wait=wait,
+        register=bool(r.get(c, key, "register", _bool, True)),
+        register_service=bool(r.get(c, key, "register_service", _bool, False)),
+    )
+
+
+def _parse_vault(r: _Reader, raw: Any, base: Path, env: Mapping[str, str]) -> VaultConfig:
+    key = "certificates.vault"
+    v = r.mapping(
+        raw,
+        key,
+        (
+            "address",
+            "mount",
+            "role",
+            "trust_domain",
+            "ttl",
+            "namespace",
+            "ca_file",
+            "key_type",
+            "key_bits",
+            "issue",
+            "write_key_to",
+            "auth",
+        ),
+    )
+    if raw is None:
+        r.problem(key, "is required with certificates.type: vault (expected at least role and trust_domain)")
+    key_type = r.get(v, key, "key_type", choice("ec", "rsa"), "ec") or "ec"
+    key_bits = r.get(v, key, "key_bits", _int, 256 if key_type == "ec" else 2048) or 256
+    if key_type == "ec" and key_bits not in (256, 384, 521):
+        r.problem(f"{key}.key_bits", f"{key_bits} is not an EC curve size (expected 256, 384 or 521)")
+    if key_type == "rsa" and key_bits < 2048:
+        r.problem(f"{key}.key_bits", f"{key_bits} is too small for RSA (expected 2048 or more)")
+    a = r.mapping(
+        v.get("auth"),
+        f"{key}.auth",
+        ("method", "token", "token_file", "role_id_file", "secret_id_file", "jwt_file", "role", "path"),
+    )
+    akey = f"{key}.auth"
+    method = r.get(a, akey, "method", choice("token", "approle", "jwt"), "token") or "token"
+
+    def p(name: str) -> Path | None:
+        val = r.get(a, akey, name, text, None)
+        return _resolve(base, val) if val else None
+
+    token_file = p("token_file")
+    if token_file is None and method == "token" and env.get("NOMAD_SECRETS_DIR") and not env.get("VAULT_TOKEN"):
+        # Nomad writes the task's token there (vault-nomad.md §2.4, vault_hook.go vaultTokenFile).
+        token_file = Path(env["NOMAD_SECRETS_DIR"]) / "vault_token"
+    auth = VaultAuthConfig(
+        method=method,
+        token=r.get(a, akey, "token", text, None) or env.get("VAULT_TOKEN") or None,
+        token_file=token_file,
+        role_id_file=p("role_id_file"),
+        secret_id_file=p("secret_id_file"),
+        jwt_file=p("jwt_file"),
+        role=r.get(a, akey, "role", text, None),
+        path=r.get(a, akey, "path", text, None),
+    )
+    if method == "token" and not auth.token and auth.token_file is None:
+        r.problem(f"{akey}.token_file", "token auth needs a token (VAULT_TOKEN, auth.token or auth.token_file)")
+    if method == "approle" and (auth.role_id_file is None or auth.secret_id_file is None):
+        r.problem(f"{akey}.role_id_file", "approle auth needs role_id_file and secret_id_file")
+    if method == "jwt" and auth.jwt_file is None:
+        r.problem(f"{akey}.jwt_file", "jwt auth needs jwt_file (the workload identity token Nomad writes)")
+    ca = r.get(v, key, "ca_file", text, None) or env.get("VAULT_CACERT")
+    wk = r.get(v, key, "write_key_to", text, None)
+    return VaultConfig(
+        address=(r.get(v, key, "address", text, None) or env.get("VAULT_ADDR") or "https://127.0.0.1:8200").rstrip("/"),
+        mount=(r.get(v, key, "mount", text, "pki") or "pki").strip("/"),
+        role=r.get(v, key, "role", text, required=raw is not None) or "",
+        trust_domain=r.get(v, key, "trust_domain", _trust_domain, required=raw is not None) or "",
+        ttl=r.get(v, key, "ttl", parse_duration, None),
+        namespace=r.get(v, key, "namespace", text, None) or env.get("VAULT_NAMESPACE") or None,
+        ca_file=_resolve(base, ca) if ca else None,
+        key_type=key_type,
+        key_bits=key_bits,
+        issue=bool(r.get(v, key, "issue", _bool, False)),
+        write_key_to=_resolve(base, wk) if wk else None,
+        auth=auth,
+    )
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{value!r} is not an integer")
+    return value
