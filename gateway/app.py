@@ -37,6 +37,14 @@ def _listener_specs(cfg: Config) -> dict[tuple[Any, ...], Any]:
     return specs
 
 
+class NoCertProvider:
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+
 class Sidecar:
     def __init__(self, config: Config):
         self.config = config
@@ -51,10 +59,20 @@ class Sidecar:
 
     # ------------------------------------------------------------------ construction
 
-    def _make_control_plane(self, cfg: Config) -> LocalControlPlane:
+    def _make_control_plane(self, cfg: Config) -> Any:
+        """Catalog, intentions (and, with certificates.type consul, the leaf): async start()/stop()."""
+        if cfg.control_plane.type == "consul":
+            from connect.consul import ConsulControlPlane
+
+            return ConsulControlPlane(
+                cfg, self.builder, provide_certs=cfg.certificates.type == "consul", ready=self._ready
+            )
         return LocalControlPlane(
             cfg.control_plane.local, cfg.datacenter, self.builder.set_catalog, self.builder.set_intentions
         )
+
+    def _ready(self) -> tuple[bool, str]:
+        return self.holder.current.ready()
 
     def _make_certs(self, cfg: Config) -> Any:
         """The leaf-certificate provider: async start()/stop(), hands (trust domain, leaf, roots) to the builder."""
@@ -63,6 +81,8 @@ class Sidecar:
 
             assert cfg.certificates.vault is not None
             return VaultCertProvider(cfg.certificates.vault, cfg.service.name, cfg.datacenter, self.builder.set_tls)
+        if cfg.certificates.type == "consul":
+            return NoCertProvider()  # the Consul control plane watches the leaf itself
         assert cfg.certificates.builtin is not None
         return BuiltinCertProvider(cfg.certificates.builtin, cfg.service.name, cfg.datacenter, self.builder.set_tls)
 
@@ -155,11 +175,24 @@ class Sidecar:
             await certs.start()
             await self.certs.stop()
             self.certs = certs
-        if new.control_plane != old.control_plane or new.datacenter != old.datacenter:
+        if (
+            new.control_plane != old.control_plane
+            or new.datacenter != old.datacenter
+            or new.service != old.service
+            or new.upstreams != old.upstreams
+            or new.inbound != old.inbound
+            or new.certificates.type != old.certificates.type
+        ):
             cp = self._make_control_plane(new)
-            await cp.start()
-            await self.control_plane.stop()
-            self.control_plane = cp
+            if new.control_plane.type == "consul" or old.control_plane.type == "consul":
+                # Same service IDs in Consul: the old one deregisters before the new one registers.
+                await self.control_plane.stop()
+                self.control_plane = cp
+                await cp.start()
+            else:
+                await cp.start()  # a broken file raises here and the running control plane stays
+                await self.control_plane.stop()
+                self.control_plane = cp
         self.config = new
         self.builder.reconfigure(new)
 

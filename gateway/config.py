@@ -368,7 +368,8 @@ def parse_config(data: Any, path: Path, env: Mapping[str, str] | None = None) ->
     sname = r.get(s, "service", "name", parse_service_name, required="service" in top) or "invalid"
     service = ServiceConfig(
         name=sname,
-        id=r.get(s, "service", "id", text, None) or f"{sname}-sidecar-proxy",
+        # The app's service ID (Consul defaults ID to Name); the sidecar registers as "<id>-sidecar-proxy".
+        id=r.get(s, "service", "id", text, None) or sname,
         address=r.get(s, "service", "address", parse_host, "127.0.0.1") or "127.0.0.1",
         port=r.get(s, "service", "port", parse_port, required="service" in top) or 1,
         protocol=r.get(s, "service", "protocol", choice(*PROTOCOLS), "tcp") or "tcp",

@@ -110,3 +110,13 @@ CONFIG_RELOADS = Counter(
     ["result"],
     registry=REGISTRY,
 )
+CONSUL_UP = Gauge(
+    "meshgw_consul_up",
+    "1 while every Consul watch and the registration succeed, 0 while any fails (the last good state serves).",
+    registry=REGISTRY,
+)
+CONSUL_LAST_SUCCESS = Gauge(
+    "meshgw_consul_last_success_timestamp_seconds",
+    "Unix time at which Consul last answered after a failure (start of the current up period).",
+    registry=REGISTRY,
+)

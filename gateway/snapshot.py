@@ -138,6 +138,19 @@ class Snapshot:
         }
 
 
+def _merge_pem(a: bytes, b: bytes) -> bytes:
+    """Concatenate PEM bundles, each certificate once."""
+    seen: list[bytes] = []
+    for bundle in (a, b):
+        for part in bundle.split(b"-----END CERTIFICATE-----"):
+            part = part.strip()
+            if part:
+                cert = part + b"\n-----END CERTIFICATE-----\n"
+                if cert not in seen:
+                    seen.append(cert)
+    return b"".join(seen)
+
+
 class SnapshotHolder:
     """The one piece of shared mutable state in the data plane: a reference, swapped atomically."""
 
@@ -153,6 +166,9 @@ class SnapshotBuilder:
         self._catalog: Mapping[str, tuple[Endpoint, ...]] = {}
         self._entries: tuple[ServiceIntentions, ...] = ()
         self._tls: TLSState | None = None
+        self._tls_inputs: tuple[str, Leaf, bytes] | None = None
+        # Roots trusted besides the leaf provider's own, e.g. Consul's during a move between CAs.
+        self._extra_roots = b""
         self._version = 0
         self.holder = SnapshotHolder(self._build())
 
@@ -169,9 +185,17 @@ class SnapshotBuilder:
         self.publish()
 
     def set_tls(self, trust_domain: str, leaf: Leaf, roots_pem: bytes) -> None:
-        self._tls = TLSState.build(trust_domain, leaf, roots_pem)
+        self._tls_inputs = (trust_domain, leaf, roots_pem)
+        self._tls = TLSState.build(trust_domain, leaf, _merge_pem(roots_pem, self._extra_roots))
         metrics.CERT_EXPIRY.set(leaf.not_after)
         self.publish()
+
+    def set_extra_roots(self, roots_pem: bytes) -> None:
+        if roots_pem == self._extra_roots:
+            return
+        self._extra_roots = roots_pem
+        if self._tls_inputs is not None:
+            self.set_tls(*self._tls_inputs)
 
     @property
     def trust_domain(self) -> str | None:

@@ -49,7 +49,7 @@ def workdir(tmp_path: Path) -> Path:
 def test_good_config_loads_into_the_typed_model(workdir: Path) -> None:
     (workdir / "m.yaml").write_text(GOOD)
     cfg = load_config(workdir / "m.yaml")
-    assert cfg.service.name == "web" and cfg.service.id == "web-sidecar-proxy"
+    assert cfg.service.name == "web" and cfg.service.id == "web"
     assert cfg.upstreams[0].bind.port == 9191 and cfg.upstreams[0].protocol == "tcp"
     assert cfg.control_plane.local.catalog == workdir / "catalog.yaml"  # relative to the config file
     assert cfg.control_plane.default_intention_policy == "deny"

@@ -1,0 +1,413 @@
+"""The Consul control plane: registration, blocking-query watches, Connect CA roots and leaf.
+
+One py-consul aio session carries auth, TLS and the agent address. py-consul serves the agent writes
+(service register/deregister); its readers cannot block on leaf, roots or config entries and send no
+``ns`` (consul.md §9), so every watch goes through the same aiohttp session with a small raw helper.
+Failure never clears state: the builder keeps the last good facts and ``meshgw_consul_up`` says 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import aiohttp
+from cryptography import x509
+
+from connect.ca import Leaf, colon_hex
+from connect.intentions import IntentionError, parse_entries
+from connect.watch import WatchError, WatchHealth, backoff_delay, blocking_watch
+from gateway import metrics
+from gateway.config import Config, ConfigError, ConsulConfig
+from gateway.snapshot import Endpoint, SnapshotBuilder
+
+log = logging.getLogger("meshgw.consul")
+
+TTL = 15.0  # the sidecar's TTL check; refreshed every TTL/3
+UNSPECIFIED = ("0.0.0.0", "::", "")
+
+
+class ConsulAPI:
+    """The agent's HTTP API over one session (token, TLS, namespace applied to every call)."""
+
+    def __init__(self, cfg: ConsulConfig):
+        self.cfg = cfg
+        self.token = self._read_token(cfg)
+        self.client: Any = None
+
+    @staticmethod
+    def _read_token(cfg: ConsulConfig) -> str | None:
+        if cfg.token_file is not None:
+            try:
+                # Read once and trimmed, as Consul's own client does (consul.md §10).
+                return cfg.token_file.read_text().strip() or None
+            except OSError as e:
+                raise ConfigError([f"control_plane.consul.token_file: {cfg.token_file}: {e.strerror or e}"]) from None
+        return cfg.token
+
+    async def open(self) -> None:
+        import consul.aio
+
+        verify: bool | str = str(self.cfg.ca_file) if self.cfg.ca_file else self.cfg.verify
+        cert = (str(self.cfg.cert_file), str(self.cfg.key_file)) if self.cfg.cert_file and self.cfg.key_file else None
+        self.client = consul.aio.Consul(
+            host=self.cfg.host, port=self.cfg.port, scheme=self.cfg.scheme, token=self.token, verify=verify, cert=cert
+        )
+        # py-consul 1.8 lets CONSUL_HTTP_TOKEN override token= (consul.md §0 trap 9): the resolved one wins here.
+        self.client.token = self.token
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.http.close()
+            self.client = None
+
+    def _headers(self, body: bool = False) -> dict[str, str]:
+        h = {"X-Consul-Token": self.token} if self.token else {}
+        if body:
+            h["Content-Type"] = "application/json"
+        return h
+
+    def _params(self, params: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+        out = [(k, str(v)) for k, v in (params or {}).items() if v is not None]
+        if self.cfg.namespace:
+            out.append(("ns", self.cfg.namespace))
+        return out
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, Any] | None = None,
+        body: Any = None,
+        timeout: float = 10.0,
+        allow_404: bool = False,
+    ) -> tuple[int, Any]:
+        """(X-Consul-Index or 0, decoded JSON or None). Raises WatchError with a one-line cause."""
+        session: aiohttp.ClientSession = self.client.http._session
+        url = self.client.http.uri(path, self._params(params))
+        data = json.dumps(body) if body is not None else None
+        try:
+            async with session.request(
+                method,
+                url,
+                data=data,
+                headers=self._headers(body is not None),
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as resp:
+                text = await resp.text()
+                if resp.status == 404 and allow_404:
+                    return int(resp.headers.get("X-Consul-Index", "0") or 0), None
+                if resp.status >= 400:
+                    # Consul's error bodies are plain text (consul.md §0 trap 3).
+                    raise WatchError(f"{method} {path}: {resp.status} {text.strip()[:200]}")
+                index = int(resp.headers.get("X-Consul-Index", "0") or 0)
+                return index, (json.loads(text) if text.strip() else None)
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as e:
+            raise WatchError(f"{method} {path}: {type(e).__name__}: {e}") from None
+
+    async def blocking_get(
+        self, path: str, index: int, params: Mapping[str, Any] | None = None, allow_404: bool = False
+    ) -> tuple[int, Any]:
+        wait = self.cfg.wait
+        q = dict(params or {})
+        if index:
+            q["index"] = index
+            q["wait"] = f"{int(wait * 1000)}ms"  # the Go client's form (consul.md §10)
+        # Consul adds up to wait/16 of jitter; leave room for it and for the network.
+        return await self.request("GET", path, q, timeout=wait + wait / 16 + 10, allow_404=allow_404)
+
+
+def endpoints_from_health(entries: list[dict[str, Any]], datacenter: str, local_dc: str) -> tuple[Endpoint, ...]:
+    """CheckServiceNode list → endpoints, with Consul's BestAddress rule (consul.md §4.1)."""
+    out = []
+    wan = datacenter != local_dc
+    for e in entries or []:
+        svc, node = e.get("Service") or {}, e.get("Node") or {}
+        s_tag = svc.get("TaggedAddresses") or {}
+        n_tag = node.get("TaggedAddresses") or {}
+        if wan:
+            address = (
+                (s_tag.get("wan") or {}).get("Address") or svc.get("Address") or n_tag.get("wan") or node.get("Address")
+            )
+            port = (s_tag.get("wan") or {}).get("Port") or svc.get("Port")
+        else:
+            address = svc.get("Address") or (s_tag.get("lan") or {}).get("Address") or node.get("Address")
+            port = svc.get("Port")
+        if not address or not port:
+            continue
+        weight = int(((svc.get("Weights") or {}).get("Passing")) or 1)
+        out.append(Endpoint(str(address), int(port), datacenter, "passing", max(1, weight)))
+    # Sorted so that a reordered answer (Consul does not keep order, §4.1) is not a change.
+    return tuple(sorted(out, key=lambda ep: (ep.address, ep.port)))
+
+
+def leaf_from_consul(body: Mapping[str, Any]) -> Leaf:
+    cert_pem = str(body["CertPEM"]).encode()
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    return Leaf(
+        cert_pem=cert_pem,
+        key_pem=str(body["PrivateKeyPEM"]).encode(),
+        spiffe_id=str(body.get("ServiceURI") or ""),
+        serial=str(body.get("SerialNumber") or colon_hex(cert.serial_number)),
+        not_before=cert.not_valid_before_utc.timestamp(),
+        not_after=cert.not_valid_after_utc.timestamp(),
+    )
+
+
+def roots_pem_from_consul(body: Mapping[str, Any]) -> bytes:
+    parts = []
+    for root in body.get("Roots") or []:
+        pem = str(root.get("RootCert") or "").strip()
+        if pem:
+            parts.append(pem + "\n")
+    return "".join(parts).encode()
+
+
+class ConsulControlPlane:
+    def __init__(
+        self, config: Config, builder: SnapshotBuilder, provide_certs: bool, ready: Callable[[], tuple[bool, str]]
+    ):
+        assert config.control_plane.consul is not None
+        self.config = config
+        self.cfg = config.control_plane.consul
+        self.builder = builder
+        self.provide_certs = provide_certs
+        self.ready = ready
+        self.api = ConsulAPI(self.cfg)
+        self.health = WatchHealth(on_change=self._on_health)
+        self.tasks: list[asyncio.Task[None]] = []
+        self._endpoints: dict[tuple[str, str], tuple[Endpoint, ...]] = {}
+        self._roots: tuple[str, bytes] | None = None
+        self._leaf: Leaf | None = None
+        self.registered = False
+        svc = config.service
+        self.sidecar_id = f"{svc.id}-sidecar-proxy"
+        self.check_id = f"service:{self.sidecar_id}"
+        metrics.CONSUL_UP.set(0)
+
+    def _on_health(self, up: bool) -> None:
+        metrics.CONSUL_UP.set(1 if up else 0)
+        if up:
+            metrics.CONSUL_LAST_SUCCESS.set_to_current_time()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Never waits for Consul: with the agent down, watches retry and /ready stays 503 meanwhile."""
+        await self.api.open()
+        loop = asyncio.get_running_loop()
+        dcs = {(u.service, u.datacenter or self.config.datacenter) for u in self.config.upstreams}
+        for service, dc in sorted(dcs):
+            self._spawn(loop, self._watch_upstream(service, dc), f"watch-upstream-{service}-{dc}")
+        self._spawn(loop, self._watch_intentions(), "watch-intentions")
+        self._spawn(loop, self._watch_roots(), "watch-roots")
+        if self.provide_certs:
+            self._spawn(loop, self._watch_leaf(), "watch-leaf")
+        if self.cfg.register:
+            self._spawn(loop, self._registration(), "registration")
+
+    def _spawn(self, loop: asyncio.AbstractEventLoop, coro: Any, name: str) -> None:
+        self.tasks.append(loop.create_task(coro, name=name))
+
+    async def stop(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.tasks.clear()
+        if self.registered:
+            await self._deregister()
+        await self.api.close()
+
+    # ------------------------------------------------------------------ watches
+
+    async def _watch_upstream(self, service: str, dc: str) -> None:
+        params = {"passing": "1", "dc": dc if dc != self.config.datacenter else None}
+
+        async def fetch(index: int) -> tuple[int, Any]:
+            return await self.api.blocking_get(f"/v1/health/connect/{service}", index, params)
+
+        def on_data(entries: Any) -> None:
+            eps = endpoints_from_health(entries or [], dc, self.config.datacenter)
+            if self._endpoints.get((service, dc)) == eps:
+                return
+            self._endpoints[(service, dc)] = eps
+            catalog: dict[str, tuple[Endpoint, ...]] = {}
+            for (svc, _), e in sorted(self._endpoints.items()):
+                catalog[svc] = catalog.get(svc, ()) + e
+            log.info("upstream %s in %s: %d healthy instance(s)", service, dc, len(eps))
+            self.builder.set_catalog(catalog)
+
+        await blocking_watch(f"health/connect/{service}", fetch, on_data, self.health)
+
+    async def _watch_intentions(self) -> None:
+        # Every service-intentions entry: the builder keeps those naming this service or '*' as destination.
+        async def fetch(index: int) -> tuple[int, Any]:
+            return await self.api.blocking_get("/v1/config/service-intentions", index)
+
+        def on_data(entries: Any) -> None:
+            try:
+                parsed = parse_entries(entries or [], "consul /v1/config/service-intentions", from_server=True)
+            except IntentionError as e:
+                metrics.CONTROL_PLANE_ERRORS.labels("intentions").inc()
+                log.error("%s (keeping the last good intentions)", e)
+                return
+            self.builder.set_intentions(parsed)
+
+        await blocking_watch("config/service-intentions", fetch, on_data, self.health)
+
+    async def _watch_roots(self) -> None:
+        async def fetch(index: int) -> tuple[int, Any]:
+            return await self.api.blocking_get("/v1/agent/connect/ca/roots", index)
+
+        def on_data(body: Any) -> None:
+            body = body or {}
+            td = str(body.get("TrustDomain") or "").lower()
+            pem = roots_pem_from_consul(body)
+            if not td or not pem:
+                log.warning("consul CA roots answer has no trust domain or roots: ignored")
+                return
+            self._roots = (td, pem)
+            log.info("CA roots from consul: trust domain %s, %d root(s)", td, len(body.get("Roots") or []))
+            self._publish_tls()
+
+        await blocking_watch("connect/ca/roots", fetch, on_data, self.health)
+
+    async def _watch_leaf(self) -> None:
+        path = f"/v1/agent/connect/ca/leaf/{self.config.service.name}"
+
+        async def fetch(index: int) -> tuple[int, Any]:
+            return await self.api.blocking_get(path, index)
+
+        def on_data(body: Any) -> None:
+            try:
+                leaf = leaf_from_consul(body or {})
+            except (KeyError, ValueError) as e:
+                metrics.CERT_FAILURES.labels("consul").inc()
+                log.error("consul leaf certificate unusable (%s): keeping the current one", e)
+                return
+            self._leaf = leaf
+            metrics.CERT_ROTATIONS.inc()
+            log.info("leaf certificate from consul: %s serial %s", leaf.spiffe_id, leaf.serial)
+            self._publish_tls()
+
+        await blocking_watch("connect/ca/leaf", fetch, on_data, self.health)
+
+    def _publish_tls(self) -> None:
+        if self.provide_certs and self._leaf is not None and self._roots is not None:
+            self.builder.set_tls(self._roots[0], self._leaf, self._roots[1])
+        elif not self.provide_certs and self._roots is not None:
+            self.builder.set_extra_roots(self._roots[1])
+
+    # ------------------------------------------------------------------ registration
+
+    def sidecar_registration(self) -> dict[str, Any]:
+        cfg = self.config
+        svc = cfg.service
+        body: dict[str, Any] = {
+            "Kind": "connect-proxy",
+            "ID": self.sidecar_id,
+            "Name": f"{svc.name}-sidecar-proxy",
+            "Proxy": {
+                "DestinationServiceName": svc.name,
+                "DestinationServiceID": svc.id,
+                "LocalServiceAddress": svc.address,
+                "LocalServicePort": svc.port,
+                "Config": {"protocol": svc.protocol},
+                "Upstreams": [
+                    {
+                        "DestinationType": "service",
+                        "DestinationName": u.service,
+                        "Datacenter": u.datacenter or "",
+                        "LocalBindAddress": u.bind.host,
+                        "LocalBindPort": u.bind.port,
+                        "Config": {"protocol": u.protocol},
+                    }
+                    for u in cfg.upstreams
+                ],
+            },
+            "Meta": {"meshgw": "sidecar"},
+            "Checks": [
+                {
+                    "CheckID": self.check_id,
+                    "Name": "meshgw sidecar ready",
+                    "TTL": f"{int(TTL)}s",
+                    "Notes": "meshgw sets this from its /ready state every few seconds",
+                    "Status": "critical",
+                }
+            ],
+        }
+        if cfg.inbound is not None:
+            body["Port"] = cfg.inbound.bind.port
+            # 0.0.0.0 is refused by the agent ("Invalid service address", consul.md §3.1): let it use the node's.
+            if cfg.inbound.bind.host not in UNSPECIFIED:
+                body["Address"] = cfg.inbound.bind.host
+        return body
+
+    def service_registration(self) -> dict[str, Any]:
+        svc = self.config.service
+        return {
+            "ID": svc.id,
+            "Name": svc.name,
+            "Address": svc.address,
+            "Port": svc.port,
+            "Meta": {"meshgw": "app"},
+            "Checks": [
+                {
+                    "CheckID": f"service:{svc.id}",
+                    "Name": f"{svc.name} listening",
+                    "TCP": f"{svc.address}:{svc.port}",
+                    "Interval": "10s",
+                    "Timeout": "2s",
+                }
+            ],
+        }
+
+    async def _register(self) -> None:
+        if self.cfg.register_service:
+            await self.api.request("PUT", "/v1/agent/service/register", body=self.service_registration())
+        await self.api.request(
+            "PUT", "/v1/agent/service/register", {"replace-existing-checks": "true"}, self.sidecar_registration()
+        )
+        self.registered = True
+        log.info("registered %s with consul at %s", self.sidecar_id, self.cfg.address)
+
+    async def _deregister(self) -> None:
+        for sid in [self.sidecar_id] + ([self.config.service.id] if self.cfg.register_service else []):
+            try:
+                await self.api.request("PUT", f"/v1/agent/service/deregister/{sid}", timeout=5)
+                log.info("deregistered %s", sid)
+            except WatchError as e:
+                log.warning("could not deregister %s: %s", sid, e)
+        self.registered = False
+
+    async def _registration(self) -> None:
+        """Register, then keep the TTL check fresh; an agent that forgot us (restart) gets us again."""
+        failures = 0
+        while True:
+            try:
+                if not self.registered:
+                    await self._register()
+                ok, why = self.ready()
+                await self.api.request(
+                    "PUT",
+                    f"/v1/agent/check/update/{self.check_id}",
+                    body={"Status": "passing" if ok else "critical", "Output": why},
+                )
+                self.health.success("registration")
+                failures = 0
+                await asyncio.sleep(TTL / 3 * random.uniform(0.9, 1.0))
+            except WatchError as e:
+                failures += 1
+                msg = str(e)
+                if " 404 " in msg or "Unknown check" in msg or "does not have associated TTL" in msg:
+                    if self.registered:
+                        log.warning("consul agent forgot %s: registering again", self.sidecar_id)
+                    self.registered = False
+                    await asyncio.sleep(min(1.0, backoff_delay(failures)))
+                    continue
+                self.health.failure("registration", msg)
+                await asyncio.sleep(backoff_delay(failures))
