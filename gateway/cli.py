@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--dir", default=None, help="working directory for the demo (default: a temporary one)")
     d.set_defaults(func=cmd_demo)
 
+    from gateway.intention_cmd import add_parser as add_intention_parser
+
+    add_intention_parser(sub)
+
     ca = sub.add_parser("ca", help="the built-in certificate authority")
     casub = ca.add_subparsers(dest="ca_cmd", required=True)
     ci = casub.add_parser("init", help="create a root CA in a directory")
