@@ -81,6 +81,19 @@ class Side(asyncio.Protocol):
         if self._pending_size > PENDING_LIMIT and self.transport is not None:
             self.transport.pause_reading()
 
+    def set_sink(self, sink: Callable[[bytes], None]) -> None:
+        """Deliver what this side receives to ``sink`` (an HTTP parser) instead of another side."""
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            if self._pending_size > PENDING_LIMIT and self.transport is not None:
+                self.transport.resume_reading()
+            self._pending_size = 0
+            self.write = sink
+            sink(data)
+        else:
+            self.write = sink
+
     def connect_to(self, other: Side) -> None:
         """Start forwarding what this side receives to ``other``'s peer."""
         self._other = other
@@ -330,6 +343,10 @@ class Relay:
             return
         self.down.connect_to(self.up)
         self.up.connect_to(self.down)
+
+    def counts(self) -> tuple[int, int]:
+        """(bytes from downstream, bytes from upstream) once started, for the listener's metrics."""
+        return (self.down.nbytes, self.up.nbytes) if self.started else (0, 0)
 
     def side_lost(self, side: Side) -> None:
         if side is not self.down and side is not self.up:

@@ -1,10 +1,13 @@
 """Inbound and upstream listeners: two different stacks, as in linkerd2-proxy.
 
 Inbound: accept → mTLS handshake with the snapshot's server context → SPIFFE identity → intentions
-→ connect to the local app → relay. Nothing reaches the app before the caller is authorized.
+→ connect to the local app → relay. Nothing reaches the app before the caller is authorized. With
+``protocol: http`` the intentions are evaluated per request (L7) and requests go over pooled
+keep-alive connections to the app.
 
 Upstream: accept plaintext from the local app → pick a healthy endpoint → mTLS with Consul's SNI →
-check the server's SPIFFE ID → relay.
+check the server's SPIFFE ID → relay (or, for ``protocol: http``, per request over pooled mTLS
+connections).
 """
 
 from __future__ import annotations
@@ -13,17 +16,74 @@ import asyncio
 import logging
 import socket
 import ssl
+import time
+from typing import Any
 
 from gateway import metrics
 from gateway.config import Address, Config, UpstreamConfig
-from gateway.l4 import Relay, TLSSide
-from gateway.snapshot import Snapshot, SnapshotHolder, upstream_key
+from gateway.http.headers import render_request_head
+from gateway.http.pool import ConnectionPool
+from gateway.http.proxy import ClientConnection, Exchange, ServerConnection
+from gateway.l4 import Relay, Side, TLSSide
+from gateway.snapshot import Endpoint, Snapshot, SnapshotHolder, TLSState, UpstreamView, upstream_key
 from gateway.tls import handshake_failure_reason, peer_identity
 
 log = logging.getLogger("meshgw.listener")
 HANDSHAKE_TIMEOUT = 10.0
 CONNECT_ERRORS = (OSError, asyncio.TimeoutError, ConnectionError)
 MAX_CONNECT_ATTEMPTS = 3
+# Envoy's default route timeout: a request without an answer after this gets 504.
+REQUEST_TIMEOUT = 15.0
+STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+
+
+class DialError(Exception):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+
+
+class _Detached:
+    """Owner of a side being dialled before anything else owns it: its loss concerns nobody yet."""
+
+    def side_lost(self, side: Side) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+async def dial_endpoint(owner: object, tls: TLSState, view: UpstreamView, ep: Endpoint, timeout: float) -> TLSSide:
+    """TCP + mTLS to one endpoint, with Consul's SNI, and the server's SPIFFE ID checked."""
+    loop = asyncio.get_running_loop()
+    side = TLSSide(
+        owner,
+        tls.client_ctx,
+        server_side=False,
+        server_hostname=view.sni,  # type: ignore[arg-type]
+        handshake_timeout=HANDSHAKE_TIMEOUT,
+    )
+    try:
+        await asyncio.wait_for(loop.create_connection(lambda: side, ep.address, ep.port), timeout)
+    except CONNECT_ERRORS as e:
+        raise DialError(
+            "connect_failed", f"cannot connect to {ep.address}:{ep.port}: {e or type(e).__name__}"
+        ) from None
+    try:
+        await side.handshake
+    except (ssl.SSLError, *CONNECT_ERRORS) as e:
+        side.abort()
+        raise DialError(
+            "tls_failed", f"TLS with {ep.address}:{ep.port} failed: {getattr(e, 'reason', None) or e}"
+        ) from None
+    peer = peer_identity(side.peercert())
+    if peer.uri != view.expected_uri:
+        side.abort()
+        raise DialError(
+            "identity_mismatch", f"{ep.address}:{ep.port} presented {peer.uri}, expected {view.expected_uri}"
+        )
+    _nodelay(side.transport)  # type: ignore[arg-type]
+    return side
 
 
 def _nodelay(transport: asyncio.BaseTransport) -> None:
@@ -52,6 +112,18 @@ class Listener:
         self.m_active = metrics.CONNECTIONS_ACTIVE.labels(self.name)
         self.m_rx = metrics.BYTES_RECEIVED.labels(self.name)
         self.m_tx = metrics.BYTES_SENT.labels(self.name)
+        self.m_status = {c: metrics.HTTP_RESPONSES.labels(self.name, c) for c in STATUS_CLASSES}
+        self.m_latency = metrics.HTTP_DURATION.labels(self.name)
+        self.pool = ConnectionPool()
+
+    def _on_response(self, ex: Exchange | None, status: int) -> None:
+        self.m_status[STATUS_CLASSES[min(max(status // 100, 1), 5) - 1]].inc()
+        if ex is not None:
+            self.m_latency.observe(time.monotonic() - ex.started)
+
+    def _request_timeout(self, ex: Exchange) -> None:
+        ex.timer = None
+        ex.upstream_failed(504, "upstream request timeout")
 
     @property
     def port(self) -> int:
@@ -78,9 +150,11 @@ class Listener:
             return  # refused before it was tracked
         self.relays.discard(relay)
         self.m_active.dec()
-        if relay.started:
-            self.m_rx.inc(relay.down.nbytes)
-            self.m_tx.inc(relay.up.nbytes)
+        rx, tx = relay.counts()
+        if rx:
+            self.m_rx.inc(rx)
+        if tx:
+            self.m_tx.inc(tx)
         if not self.relays and not self.tasks:
             self._idle.set()
 
@@ -112,6 +186,7 @@ class Listener:
                 t.cancel()
             for r in list(self.relays):
                 r.abort()
+            self.pool.close()
             return left
 
 
@@ -123,8 +198,10 @@ class InboundListener(Listener):
         super().__init__(config.inbound.bind, holder)
         self.app_host = config.service.address
         self.app_port = config.service.port
+        self.http = config.service.protocol == "http"
         self.connect_timeout = config.inbound.connect_timeout
         self.m_denied = {r: metrics.CONNECTIONS_DENIED.labels(self.name, r) for r in metrics.DENY_REASONS}
+        self.m_http_denied = metrics.HTTP_DENIED.labels(self.name, "intention")
         self.m_app_error = metrics.UPSTREAM_CONNECT_ERRORS.labels(self.name, "connect_failed")
 
     def _protocol(self) -> asyncio.Protocol:
@@ -168,14 +245,18 @@ class InboundListener(Listener):
             side.abort()
             self._deny("foreign_trust_domain", f"{peer.uri} is not in trust domain {snap.tls.trust_domain}")
             return
+        if side.lost:
+            return
+        _nodelay(side.transport)  # type: ignore[arg-type]
+        if self.http:
+            # Intentions per request (L7): an L4 intention still decides every request of the caller.
+            self._serve_http(side, peer.service.service, peer.service.namespace, snap)
+            return
         decision = snap.intentions.authorize_l4(peer.service.service, peer.service.namespace)
         if not decision.allowed:
             side.abort()
             self._deny("intention", f"{peer.uri}: {decision.reason}")
             return
-        if side.lost:
-            return
-        _nodelay(side.transport)  # type: ignore[arg-type]
         self._track(relay)
         try:
             await asyncio.wait_for(
@@ -190,25 +271,93 @@ class InboundListener(Listener):
         self.m_accepted.inc()
         relay.start()
 
+    # ------------------------------------------------------------------ HTTP
+
+    def _serve_http(self, side: TLSSide, source: str, source_ns: str, snap: Snapshot) -> None:
+        peer = side.transport.get_extra_info("peername") if side.transport else None
+        conn = ServerConnection(
+            side,
+            handle=lambda ex: self._request(conn, ex, source, source_ns, snap),
+            on_response=self._on_response,
+            on_close=self._closed,  # type: ignore[arg-type]
+            peer_ip=peer[0] if peer else "",
+        )
+        self._track(conn)  # type: ignore[arg-type]
+        self.m_accepted.inc()
+        side.set_sink(conn.feed)
+
+    def _request(self, conn: ServerConnection, ex: Exchange, source: str, source_ns: str, snap: Snapshot) -> Any:
+        path = ex.url.split(b"?", 1)[0].decode("latin-1")
+        headers = {n.decode("latin-1").lower(): v.decode("latin-1") for n, v in ex.headers}
+        decision = snap.intentions.authorize_http(source, ex.method.decode("latin-1"), path, headers, source_ns)
+        if not decision.allowed:
+            self.m_http_denied.inc()
+            log.info("inbound: denied %s %s from %s: %s", ex.method.decode(), path, source, decision.reason)
+            conn.local_response(ex, 403, f"RBAC: access denied ({decision.reason})")
+            return None
+        head = render_request_head(
+            ex.method, ex.url, ex.headers, chunked=ex.chunked, upgrade=ex.upgrade, client_ip=conn.peer_ip
+        )
+        ex.timer = asyncio.get_running_loop().call_later(REQUEST_TIMEOUT, self._request_timeout, ex)
+        client = self.pool.take(None)
+        if client is not None:
+            ex.attach(client, head)
+            return None
+        return self._open_app(ex, head)
+
+    async def _open_app(self, ex: Exchange, head: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        side = Side(_Detached())  # type: ignore[arg-type]
+        try:
+            await asyncio.wait_for(
+                loop.create_connection(lambda: side, self.app_host, self.app_port), self.connect_timeout
+            )
+        except CONNECT_ERRORS as e:
+            self.m_app_error.inc()
+            log.warning("inbound: cannot reach the local app at %s:%s: %s", self.app_host, self.app_port, e)
+            ex.upstream_failed(503, "upstream connect error")
+            return
+        _nodelay(side.transport)  # type: ignore[arg-type]
+        client = ClientConnection(side, None)
+        self.pool.add(client)
+        if ex.server.closed or ex.response_status is not None:
+            self.pool.release(client)  # the caller left (or timed out) meanwhile: keep it for the next one
+            return
+        ex.attach(client, head)
+
 
 class UpstreamListener(Listener):
     def __init__(self, config: Config, upstream: UpstreamConfig, holder: SnapshotHolder):
         self.name = f"upstream:{upstream.service}"
         super().__init__(upstream.bind, holder)
         self.key = upstream_key(upstream, config.datacenter)
+        self.http = upstream.protocol == "http"
         self.connect_timeout = upstream.connect_timeout
         self._rr = 0
         self.m_err = {r: metrics.UPSTREAM_CONNECT_ERRORS.labels(self.name, r) for r in metrics.UPSTREAM_ERRORS}
 
     def _protocol(self) -> asyncio.Protocol:
         relay = Relay(on_close=self._closed)
-        self._track(relay)
         # The relay's downstream side is the accept protocol itself: no hand-over, no extra object.
         relay.down.on_made = lambda transport: self._accepted(relay, transport)
         return relay.down
 
     def _accepted(self, relay: Relay, transport: asyncio.BaseTransport) -> None:
         _nodelay(transport)
+        if self.http:
+            peer = transport.get_extra_info("peername")
+            conn = ServerConnection(
+                relay.down,
+                handle=lambda ex: self._request(ex),
+                on_response=self._on_response,
+                on_close=self._closed,  # type: ignore[arg-type]
+                peer_ip=peer[0] if peer else "",
+            )
+            self._track(conn)  # type: ignore[arg-type]
+            self.m_accepted.inc()
+            relay.down.set_sink(conn.feed)
+            return
+        self._track(relay)
         self._spawn(self._connect(relay))
 
     def _fail(self, relay: Relay, reason: str, detail: str) -> None:
@@ -216,55 +365,84 @@ class UpstreamListener(Listener):
         log.warning("%s: %s", self.name, detail)
         relay.abort()
 
-    async def _connect(self, relay: Relay) -> None:
-        loop = asyncio.get_running_loop()
-        snap = self.holder.current
+    def _pick(self, snap: Snapshot) -> tuple[TLSState | None, UpstreamView, tuple[Endpoint, ...], int, str | None]:
         tls = snap.tls
-        if tls is None or not tls.valid():
-            return self._fail(relay, "not_ready", "no valid leaf certificate: refusing (never plaintext)")
         view = snap.upstreams[self.key]
-        eps = view.endpoints
-        if not eps:
-            return self._fail(
-                relay, "no_healthy_endpoints", f"no healthy instance of {view.service} in {view.datacenter}"
-            )
+        if tls is None or not tls.valid():
+            return tls, view, (), 0, "not_ready"
+        if not view.endpoints:
+            return tls, view, (), 0, "no_healthy_endpoints"
         start = self._rr
         self._rr += 1
+        return tls, view, view.endpoints, start, None
+
+    async def _connect(self, relay: Relay) -> None:
+        tls, view, eps, start, problem = self._pick(self.holder.current)
+        if problem == "not_ready":
+            return self._fail(relay, problem, "no valid leaf certificate: refusing (never plaintext)")
+        if problem == "no_healthy_endpoints":
+            return self._fail(relay, problem, f"no healthy instance of {view.service} in {view.datacenter}")
+        assert tls is not None
         last = ""
         for i in range(min(MAX_CONNECT_ATTEMPTS, len(eps))):
-            ep = eps[(start + i) % len(eps)]
             if relay.down.lost:
                 return relay.close()
-            # A fresh side per attempt: a rejected one must not close the relay.
-            side = TLSSide(
-                relay, tls.client_ctx, server_side=False, server_hostname=view.sni, handshake_timeout=HANDSHAKE_TIMEOUT
-            )
+            ep = eps[(start + i) % len(eps)]
+            try:
+                # A fresh side per attempt: a rejected one must not close the relay.
+                side = await dial_endpoint(_Detached(), tls, view, ep, self.connect_timeout)
+            except DialError as e:
+                self.m_err[e.reason].inc()
+                last = str(e)
+                continue
+            side.relay = relay
             relay.up = side
-            try:
-                await asyncio.wait_for(
-                    loop.create_connection(lambda s=side: s, ep.address, ep.port),  # type: ignore[misc]
-                    self.connect_timeout,
-                )
-            except CONNECT_ERRORS as e:
-                self.m_err["connect_failed"].inc()
-                last = f"cannot connect to {ep.address}:{ep.port}: {e or type(e).__name__}"
+            if side.lost:
                 continue
-            try:
-                await side.handshake
-            except (ssl.SSLError, *CONNECT_ERRORS) as e:
-                side.abort()
-                self.m_err["tls_failed"].inc()
-                last = f"TLS with {ep.address}:{ep.port} failed: {getattr(e, 'reason', None) or e}"
-                continue
-            peer = peer_identity(side.peercert())
-            if peer.uri != view.expected_uri:
-                side.abort()
-                self.m_err["identity_mismatch"].inc()
-                last = f"{ep.address}:{ep.port} presented {peer.uri}, expected {view.expected_uri}"
-                continue
-            _nodelay(side.transport)  # type: ignore[arg-type]
             self.m_accepted.inc()
             relay.start()
             return
         log.warning("%s: giving up: %s", self.name, last)
         relay.abort()
+
+    # ------------------------------------------------------------------ HTTP
+
+    def _request(self, ex: Exchange) -> Any:
+        tls, view, eps, start, problem = self._pick(self.holder.current)
+        if problem is not None:
+            self.m_err[problem].inc()
+            ex.server.local_response(ex, 503, f"no healthy upstream ({problem})")
+            return None
+        head = render_request_head(
+            ex.method, ex.url, ex.headers, chunked=ex.chunked, upgrade=ex.upgrade, client_ip=ex.server.peer_ip
+        )
+        ex.timer = asyncio.get_running_loop().call_later(REQUEST_TIMEOUT, self._request_timeout, ex)
+        for i in range(len(eps)):
+            ep = eps[(start + i) % len(eps)]
+            client = self.pool.take((ep.address, ep.port))
+            if client is not None:
+                ex.attach(client, head)
+                return None
+        return self._open_endpoint(ex, head, tls, view, eps, start)  # type: ignore[arg-type]
+
+    async def _open_endpoint(
+        self, ex: Exchange, head: bytes, tls: TLSState, view: UpstreamView, eps: tuple[Endpoint, ...], start: int
+    ) -> None:
+        last = ""
+        for i in range(min(MAX_CONNECT_ATTEMPTS, len(eps))):
+            ep = eps[(start + i) % len(eps)]
+            try:
+                side = await dial_endpoint(_Detached(), tls, view, ep, self.connect_timeout)
+            except DialError as e:
+                self.m_err[e.reason].inc()
+                last = str(e)
+                continue
+            client = ClientConnection(side, (ep.address, ep.port))
+            self.pool.add(client)
+            if ex.server.closed or ex.response_status is not None:
+                self.pool.release(client)
+                return
+            ex.attach(client, head)
+            return
+        log.warning("%s: giving up: %s", self.name, last)
+        ex.upstream_failed(503, "upstream connect error")

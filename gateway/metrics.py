@@ -6,7 +6,7 @@ reasons from the fixed sets below. Never a peer address, a SPIFFE ID or a path.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -118,5 +118,24 @@ CONSUL_UP = Gauge(
 CONSUL_LAST_SUCCESS = Gauge(
     "meshgw_consul_last_success_timestamp_seconds",
     "Unix time at which Consul last answered after a failure (start of the current up period).",
+    registry=REGISTRY,
+)
+HTTP_RESPONSES = Counter(
+    "meshgw_http_responses",
+    "HTTP responses sent downstream, by listener and status class (1xx..5xx).",
+    ["listener", "code_class"],
+    registry=REGISTRY,
+)
+HTTP_DURATION = Histogram(
+    "meshgw_http_request_duration_seconds",
+    "Time from a request's headers to its response headers, by listener.",
+    ["listener"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    registry=REGISTRY,
+)
+HTTP_DENIED = Counter(
+    "meshgw_http_requests_denied",
+    "HTTP requests refused with 403 by an L7 intention (or the default policy), by listener.",
+    ["listener", "reason"],
     registry=REGISTRY,
 )
