@@ -81,6 +81,23 @@ def cmd_ca_issue(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_render(args: argparse.Namespace) -> int:
+    from gateway.app import setup_logging
+    from gateway.render import parse_template_arg, run_render
+
+    try:
+        cfg = load_config(args.config)
+        extra = tuple(parse_template_arg(t, Path.cwd()) for t in args.template or ())
+    except ConfigError as e:
+        for line in e.problems:
+            print(line, file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as e:
+        return _die(str(e))
+    setup_logging(cfg.log_level)
+    return run_render(cfg, once=args.once, dry_run=args.dry_run, extra=extra)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="meshgw", description="Service-mesh sidecar for Consul, Vault and Nomad")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -97,6 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--duration", type=float, default=None, help="stop by itself after this many seconds")
     d.add_argument("--dir", default=None, help="working directory for the demo (default: a temporary one)")
     d.set_defaults(func=cmd_demo)
+
+    rn = sub.add_parser("render", help="render the config's templates from live mesh state, without proxying")
+    rn.add_argument("-c", "--config", required=True)
+    rn.add_argument("--once", action="store_true", help="render every template once, run changed commands, exit")
+    rn.add_argument("--dry-run", action="store_true", help="print the output to stdout; write nothing, run nothing")
+    rn.add_argument(
+        "--template", action="append", metavar="SRC:DEST", help="render this template instead of the config's"
+    )
+    rn.set_defaults(func=cmd_render)
 
     from gateway.intention_cmd import add_parser as add_intention_parser
 

@@ -54,6 +54,7 @@ class ServiceConfig:
 class InboundConfig:
     bind: Address
     connect_timeout: float = 5.0
+    request_timeout: float = 15.0  # http only: Envoy's default route timeout
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class UpstreamConfig:
     datacenter: str | None = None
     protocol: str = "tcp"
     connect_timeout: float = 5.0
+    request_timeout: float = 15.0  # http only: no answer by then gives 504
 
 
 @dataclass(frozen=True)
@@ -412,10 +414,11 @@ def parse_config(data: Any, path: Path, env: Mapping[str, str] | None = None) ->
 
     inbound = None
     if top.get("inbound") is not None:
-        i = r.mapping(top.get("inbound"), "inbound", ("bind", "connect_timeout"))
+        i = r.mapping(top.get("inbound"), "inbound", ("bind", "connect_timeout", "request_timeout"))
         inbound = InboundConfig(
             bind=r.get(i, "inbound", "bind", parse_address, required=True) or Address("0.0.0.0", 0),
             connect_timeout=r.get(i, "inbound", "connect_timeout", parse_duration, 5.0) or 5.0,
+            request_timeout=r.get(i, "inbound", "request_timeout", parse_duration, 15.0) or 15.0,
         )
 
     upstreams: list[UpstreamConfig] = []
@@ -426,13 +429,14 @@ def parse_config(data: Any, path: Path, env: Mapping[str, str] | None = None) ->
     binds: dict[Address, str] = {}
     for n, raw in enumerate(raw_ups):
         key = f"upstreams[{n}]"
-        u = r.mapping(raw, key, ("service", "bind", "datacenter", "protocol", "connect_timeout"))
+        u = r.mapping(raw, key, ("service", "bind", "datacenter", "protocol", "connect_timeout", "request_timeout"))
         up = UpstreamConfig(
             service=r.get(u, key, "service", parse_service_name, required=True) or "invalid",
             bind=r.get(u, key, "bind", parse_address, required=True) or Address("127.0.0.1", 0),
             datacenter=r.get(u, key, "datacenter", text, None),
             protocol=r.get(u, key, "protocol", choice(*PROTOCOLS), "tcp") or "tcp",
             connect_timeout=r.get(u, key, "connect_timeout", parse_duration, 5.0) or 5.0,
+            request_timeout=r.get(u, key, "request_timeout", parse_duration, 15.0) or 15.0,
         )
         if up.bind.port and up.bind in binds:
             r.problem(f"{key}.bind", f"{up.bind} is already used by {binds[up.bind]} (expected a unique address)")

@@ -139,6 +139,12 @@ class Side(asyncio.Protocol):
     def _got_eof(self) -> None:
         self.eof = True
         other = self._other
+        if other is None:
+            # Not paired with another side (HTTP owns it): the owner decides what an EOF means.
+            hook = getattr(self.relay, "side_eof", None)
+            if hook is not None:
+                hook(self)
+            return
         if other is not None:
             other.send_eof()
             if other.eof:

@@ -32,8 +32,6 @@ log = logging.getLogger("meshgw.listener")
 HANDSHAKE_TIMEOUT = 10.0
 CONNECT_ERRORS = (OSError, asyncio.TimeoutError, ConnectionError)
 MAX_CONNECT_ATTEMPTS = 3
-# Envoy's default route timeout: a request without an answer after this gets 504.
-REQUEST_TIMEOUT = 15.0
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 
 
@@ -115,6 +113,8 @@ class Listener:
         self.m_status = {c: metrics.HTTP_RESPONSES.labels(self.name, c) for c in STATUS_CLASSES}
         self.m_latency = metrics.HTTP_DURATION.labels(self.name)
         self.pool = ConnectionPool()
+        self.request_timeout = 15.0
+        self.draining = False
 
     def _on_response(self, ex: Exchange | None, status: int) -> None:
         self.m_status[STATUS_CLASSES[min(max(status // 100, 1), 5) - 1]].inc()
@@ -141,6 +141,10 @@ class Listener:
         raise NotImplementedError  # abstract: each stack supplies its accept protocol
 
     def _track(self, relay: Relay) -> None:
+        if self.draining:
+            drain = getattr(relay, "drain", None)
+            if drain is not None:
+                asyncio.get_running_loop().call_soon(drain)  # set up during shutdown: idle, so closed
         self.relays.add(relay)
         self._idle.clear()
         self.m_active.inc()
@@ -177,6 +181,12 @@ class Listener:
 
     async def drain(self, timeout: float) -> int:
         """Wait for open connections to finish; abort what is left after ``timeout``. Returns aborted count."""
+        self.draining = True
+        self.pool.close()  # idle keep-alive connections to upstreams have nothing left to finish
+        for conn in list(self.relays):
+            drain = getattr(conn, "drain", None)
+            if drain is not None:
+                drain()  # HTTP: close idle keep-alive connections now, busy ones after their answer
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
             return 0
@@ -200,6 +210,7 @@ class InboundListener(Listener):
         self.app_port = config.service.port
         self.http = config.service.protocol == "http"
         self.connect_timeout = config.inbound.connect_timeout
+        self.request_timeout = config.inbound.request_timeout
         self.m_denied = {r: metrics.CONNECTIONS_DENIED.labels(self.name, r) for r in metrics.DENY_REASONS}
         self.m_http_denied = metrics.HTTP_DENIED.labels(self.name, "intention")
         self.m_app_error = metrics.UPSTREAM_CONNECT_ERRORS.labels(self.name, "connect_failed")
@@ -298,7 +309,7 @@ class InboundListener(Listener):
         head = render_request_head(
             ex.method, ex.url, ex.headers, chunked=ex.chunked, upgrade=ex.upgrade, client_ip=conn.peer_ip
         )
-        ex.timer = asyncio.get_running_loop().call_later(REQUEST_TIMEOUT, self._request_timeout, ex)
+        ex.timer = asyncio.get_running_loop().call_later(self.request_timeout, self._request_timeout, ex)
         client = self.pool.take(None)
         if client is not None:
             ex.attach(client, head)
@@ -333,6 +344,7 @@ class UpstreamListener(Listener):
         self.key = upstream_key(upstream, config.datacenter)
         self.http = upstream.protocol == "http"
         self.connect_timeout = upstream.connect_timeout
+        self.request_timeout = upstream.request_timeout
         self._rr = 0
         self.m_err = {r: metrics.UPSTREAM_CONNECT_ERRORS.labels(self.name, r) for r in metrics.UPSTREAM_ERRORS}
 
@@ -416,7 +428,7 @@ class UpstreamListener(Listener):
         head = render_request_head(
             ex.method, ex.url, ex.headers, chunked=ex.chunked, upgrade=ex.upgrade, client_ip=ex.server.peer_ip
         )
-        ex.timer = asyncio.get_running_loop().call_later(REQUEST_TIMEOUT, self._request_timeout, ex)
+        ex.timer = asyncio.get_running_loop().call_later(self.request_timeout, self._request_timeout, ex)
         for i in range(len(eps)):
             ep = eps[(start + i) % len(eps)]
             client = self.pool.take((ep.address, ep.port))

@@ -77,6 +77,17 @@ class ClientConnection:
         if self.lost_cb is not None:
             self.lost_cb(self)
 
+    def side_eof(self, side: Side) -> None:
+        ex = self.exchange
+        if self.upgraded and ex is not None:
+            down = ex.server.side
+            down.send_eof()  # half-close passes through a tunnel
+            if down.eof:
+                self.close()
+                ex.server.close()
+            return
+        self.close()  # the upstream is done sending: the connection cannot be reused; side_lost finishes
+
     def close(self) -> None:
         self.closed = True
         self.side.close()
@@ -252,7 +263,7 @@ class Exchange:
             mode = b"chunked"
         else:
             mode = b"close"  # delimited by the upstream closing: re-framed as chunked for the client
-        keep_alive = self.keep_alive and (mode != b"close" or self.version == "1.1")
+        keep_alive = self.keep_alive and (mode != b"close" or self.version == "1.1") and not self.server.draining
         self.keep_alive = keep_alive
         te = b"chunked" if mode in (b"chunked", b"close") and self.version == "1.1" else b""
         self.server.send_response(
@@ -318,7 +329,7 @@ class ServerConnection:
         self.closed = False
         self.paused = False
         self.upgraded_to: ClientConnection | None = None
-        self.nbytes_in = 0
+        self.draining = False
 
     def counts(self) -> tuple[int, int]:
         return (self.side.nbytes, 0)
@@ -326,25 +337,46 @@ class ServerConnection:
     # -- owner protocol for the Side
 
     def side_lost(self, side: Side) -> None:
-        if self.closed:
-            self.on_close(self)
-            return
         self.closed = True
+        self._abort_exchanges()
+        if self.upgraded_to is not None:
+            self.upgraded_to.close()
+        self.on_close(self)
+
+    def _abort_exchanges(self) -> None:
         for ex in self.queue:
             if ex.timer is not None:
                 ex.timer.cancel()
+                ex.timer = None
             if ex.client is not None and not ex.client.closed:
                 ex.client.abort()  # mid-exchange: the upstream connection cannot be reused
-        if self.upgraded_to is not None:
-            self.upgraded_to.close()
+            ex.response_status = ex.response_status or 0  # a dial still under way must not attach
         self.queue.clear()
-        self.on_close(self)
 
     def close(self) -> None:
         self.side.close()
 
     def abort(self) -> None:
         self.side.abort()
+
+    def side_eof(self, side: Side) -> None:
+        up = self.upgraded_to
+        if up is not None:
+            up.side.send_eof()  # half-close passes through a tunnel
+            if up.side.eof:
+                up.close()
+                self.close()
+            return
+        if not self.queue:
+            self.close()
+        else:
+            self.draining = True  # the client sends no more requests: answer the one in flight, then close
+
+    def drain(self) -> None:
+        """Shutdown: an idle keep-alive connection closes now, a busy one after its current answer."""
+        self.draining = True
+        if not self.queue and self.current is None and self.upgraded_to is None:
+            self.side.close()
 
     def pause(self) -> None:
         if not self.paused and self.side.transport is not None:
@@ -378,8 +410,8 @@ class ServerConnection:
         log.info("malformed request: %s", why)
         self.on_response(None, 400)  # type: ignore[arg-type]
         self.side.send(simple_response(400, "malformed request", keep_alive=False))
+        self._abort_exchanges()  # a head already on its way upstream is cut off with its connection
         self.side.close()
-        self.closed = True
 
     def on_message_begin(self) -> None:
         self.current = Exchange(self)
@@ -448,7 +480,7 @@ class ServerConnection:
             ex.client = None
         # Keep the connection only if the whole request body has been read (else the next bytes
         # would be taken for a new request).
-        keep = ex.keep_alive and ex.request_done and not ex.upgrade
+        keep = ex.keep_alive and ex.request_done and not ex.upgrade and not self.draining
         self.on_response(ex, status)
         self.side.send(simple_response(status, reason, keep_alive=keep, extra=headers + self.extra_response_headers))
         ex.body_buffer = None
@@ -462,7 +494,7 @@ class ServerConnection:
             client.pool.release(client)
         else:
             client.close()
-        if not ex.keep_alive:
+        if not ex.keep_alive or self.draining:
             self.side.close()
             return
         self._next(ex)
