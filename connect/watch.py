@@ -91,11 +91,14 @@ async def blocking_watch(
         if data != last:
             last = data
             on_data(data)
+        # Consul never answers 0 (it rewrites 0 to 1, consul.md §0 trap 2); a server that does is not
+        # "going backwards": block on 1 from then on.
+        new_index = max(new_index, 1)
         if new_index < index:
             index = 0  # the index went backwards (e.g. a snapshot restore): one plain read, then block again
             continue
         changed = new_index != index
-        index = max(new_index, 1)  # never block with index 0: that would return at once, every time
+        index = new_index
         if not changed and time.monotonic() - started < QUICK:
             quick += 1
             if quick > QUICK_RETURNS:
