@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import random
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -28,6 +29,9 @@ from gateway.snapshot import Endpoint, SnapshotBuilder
 log = logging.getLogger("meshgw.consul")
 
 TTL = 15.0  # the sidecar's TTL check; refreshed every TTL/3
+# After the agent comes back, it may answer from an empty local state until services register
+# again (ours does so at once): an empty upstream set inside this window keeps the last good one.
+RECOVERY_GRACE = 10.0
 UNSPECIFIED = ("0.0.0.0", "::", "")
 
 
@@ -184,6 +188,8 @@ class ConsulControlPlane:
         self._roots: tuple[str, bytes] | None = None
         self._leaf: Leaf | None = None
         self.registered = False
+        self._recovered_at = 0.0
+        self._wake_registration = asyncio.Event()
         svc = config.service
         self.sidecar_id = f"{svc.id}-sidecar-proxy"
         self.check_id = f"service:{self.sidecar_id}"
@@ -193,6 +199,8 @@ class ConsulControlPlane:
         metrics.CONSUL_UP.set(1 if up else 0)
         if up:
             metrics.CONSUL_LAST_SUCCESS.set_to_current_time()
+            self._recovered_at = time.monotonic()
+            self._wake_registration.set()  # an agent that restarted has forgotten us: check now
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -232,7 +240,11 @@ class ConsulControlPlane:
 
         def on_data(entries: Any) -> None:
             eps = endpoints_from_health(entries or [], dc, self.config.datacenter)
-            if self._endpoints.get((service, dc)) == eps:
+            old = self._endpoints.get((service, dc))
+            if old == eps:
+                return
+            if not eps and old and time.monotonic() - self._recovered_at < RECOVERY_GRACE:
+                log.info("upstream %s: empty answer right after consul came back: keeping the last good set", service)
                 return
             self._endpoints[(service, dc)] = eps
             catalog: dict[str, tuple[Endpoint, ...]] = {}
@@ -340,6 +352,15 @@ class ConsulControlPlane:
                 }
             ],
         }
+        if self.cfg.register_service:
+            # As Consul's own sidecar_service does (consul.md §3.2): the proxy is only as healthy as its app.
+            body["Checks"].append(
+                {
+                    "CheckID": f"service:{self.sidecar_id}:alias",
+                    "Name": f"Connect Sidecar Aliasing {svc.id}",
+                    "AliasService": svc.id,
+                }
+            )
         if cfg.inbound is not None:
             body["Port"] = cfg.inbound.bind.port
             # 0.0.0.0 is refused by the agent ("Invalid service address", consul.md §3.1): let it use the node's.
@@ -399,7 +420,11 @@ class ConsulControlPlane:
                 )
                 self.health.success("registration")
                 failures = 0
-                await asyncio.sleep(TTL / 3 * random.uniform(0.9, 1.0))
+                self._wake_registration.clear()
+                try:
+                    await asyncio.wait_for(self._wake_registration.wait(), TTL / 3 * random.uniform(0.9, 1.0))
+                except TimeoutError:
+                    pass
             except WatchError as e:
                 failures += 1
                 msg = str(e)
