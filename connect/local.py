@@ -70,7 +70,8 @@ def parse_catalog(data: Any, path: Path, default_dc: str) -> dict[str, tuple[End
             ikey = f"{key}[{i}]"
             if not isinstance(inst, Mapping):
                 raise bad(ikey, "expected a mapping {address, port, datacenter, health}")
-            unknown = set(inst) - {"address", "port", "datacenter", "health", "weight"}
+            # id/node/tags/meta are for templates (gateway/render_state.py); the data plane ignores them.
+            unknown = set(inst) - {"address", "port", "datacenter", "health", "weight", "id", "node", "tags", "meta"}
             if unknown:
                 raise bad(f"{ikey}.{sorted(unknown)[0]}", "unknown key (expected address, port, datacenter, health)")
             addr = inst.get("address")

@@ -18,6 +18,7 @@ from gateway.admin import Admin
 from gateway.config import Config, ConfigError, load_config
 from gateway.listeners import InboundListener, Listener, UpstreamListener
 from gateway.preflight import check_files
+from gateway.render import TemplateRunner
 from gateway.snapshot import SnapshotBuilder
 
 log = logging.getLogger("meshgw")
@@ -50,6 +51,7 @@ class Sidecar:
         self.config = config
         self.builder = SnapshotBuilder(config)
         self.holder = self.builder.holder
+        self.templates: TemplateRunner | None = None
         self.control_plane = self._make_control_plane(config)
         self.certs = self._make_certs(config)
         self.listeners: dict[tuple[Any, ...], Listener] = {}
@@ -99,6 +101,7 @@ class Sidecar:
     async def start(self) -> None:
         await self.certs.start()
         await self.control_plane.start()
+        self.templates = await self._new_templates(self.config)
         for key in _listener_specs(self.config):
             await self._start_listener(key, self.config)
         try:
@@ -134,6 +137,7 @@ class Sidecar:
         results = await asyncio.gather(*(lis.drain(self.config.drain_timeout) for lis in self.listeners.values()))
         if sum(results):
             log.warning("drain timeout: closed %d connection(s) still open", sum(results))
+        await self._stop_templates(self.templates)
         await self.certs.stop()
         await self.control_plane.stop()
         for t in list(self._background):
@@ -193,6 +197,12 @@ class Sidecar:
                 await cp.start()  # a broken file raises here and the running control plane stays
                 await self.control_plane.stop()
                 self.control_plane = cp
+        if new != old:  # a runner renders from its config (meshgw.*, its control plane): a new one
+            templates = await self._new_templates(new)  # a broken catalog raises here; the running one stays
+            await self._stop_templates(self.templates)
+            self.templates = templates
+        elif self.templates is not None:
+            self.templates.rerender_all()  # SIGHUP: the template files themselves may have changed
         self.config = new
         self.builder.reconfigure(new)
 
@@ -208,6 +218,21 @@ class Sidecar:
             await self.admin.stop()
             self.admin = Admin(new.admin.bind, self.holder, self._config_json, lambda: self.draining)
             await self.admin.start()
+
+    async def _new_templates(self, cfg: Config) -> TemplateRunner | None:
+        if not cfg.templates:
+            return None
+        runner = TemplateRunner(cfg, own_certs=False)
+        await runner.start()
+        self.builder.tls_listeners.append(runner.set_tls)
+        if self.builder.tls_inputs is not None:
+            runner.set_tls(*self.builder.tls_inputs)
+        return runner
+
+    async def _stop_templates(self, runner: TemplateRunner | None) -> None:
+        if runner is not None:
+            self.builder.tls_listeners.remove(runner.set_tls)
+            await runner.stop()
 
     def _bg(self, coro: Coroutine[Any, Any, Any]) -> None:
         t = asyncio.get_running_loop().create_task(coro)

@@ -219,7 +219,8 @@ def _plain(value: Any) -> Any:
     if hasattr(value, "__dataclass_fields__"):
         if isinstance(value, Address):
             return str(value)
-        return {k: _plain(getattr(value, k)) for k in value.__dataclass_fields__}
+        # Fields marked repr=False (tokens) never leave the process, not even on /config.
+        return {k: _plain(getattr(value, k)) for k, f in value.__dataclass_fields__.items() if f.repr}
     if isinstance(value, tuple | list):
         return [_plain(v) for v in value]
     if isinstance(value, Path):

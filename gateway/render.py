@@ -99,9 +99,21 @@ def _finalize(value: Any) -> Any:
     return "" if value is None else value  # None prints as nothing, not "None" (a port or path left empty)
 
 
-def make_environment(source: Path, strict: bool) -> ImmutableSandboxedEnvironment:
+class Sandbox(ImmutableSandboxedEnvironment):
+    """Jinja's immutable sandbox, where an unsafe access is always an error.
+
+    Jinja answers one with an Undefined that only fails when printed under StrictUndefined; with the lenient
+    undefined it would render as nothing and hide the attempt."""
+
+    def unsafe_undefined(self, obj: Any, attribute: str) -> jinja2.Undefined:
+        raise jinja2.sandbox.SecurityError(
+            f"access to attribute {attribute!r} of {type(obj).__name__!r} object is unsafe."
+        )
+
+
+def make_environment(source: Path, strict: bool) -> Sandbox:
     """One environment per template: includes resolve inside the template's own directory only."""
-    env = ImmutableSandboxedEnvironment(
+    env = Sandbox(
         loader=jinja2.FileSystemLoader(str(source.parent)),
         # error_on_missing_key: false renders a missing key as nothing (consul-template prints "<no value>");
         # ChainableUndefined lets a.b.c be empty too when a is missing. Calling an undefined name always fails.
@@ -288,7 +300,7 @@ class Attempt:
 @dataclass(eq=False)
 class TemplateFile:
     cfg: TemplateConfig
-    env: ImmutableSandboxedEnvironment
+    env: Sandbox
     # Values the last complete render read (None: no complete render yet, so any change is worth a try).
     used: dict[DepKey, Any] | None = None
     rendered: bool = False  # a complete render happened (quiescence applies from then on)
@@ -400,6 +412,8 @@ class TemplateRunner:
     def rerender_all(self) -> None:
         """Render every template now, even without a data change (SIGHUP: the template files may have changed)."""
         for tf in self.templates:
+            if tf.env.cache is not None:
+                tf.env.cache.clear()  # re-read the file even if its mtime did not move (coarse timestamps)
             tf.due = self.now() if self._started else None
             tf.deadline = None
         self._wake.set()
@@ -509,7 +523,7 @@ class TemplateRunner:
             assert certs.builtin is not None
             return BuiltinCertProvider(certs.builtin, cfg.service.name, cfg.datacenter, self.set_tls)
         if certs.type == "vault":
-            from connect.vault import VaultCertProvider  # type: ignore[import-not-found,unused-ignore]
+            from connect.vault import VaultCertProvider
 
             assert certs.vault is not None
             return VaultCertProvider(certs.vault, cfg.service.name, cfg.datacenter, self.set_tls)

@@ -28,7 +28,7 @@ from typing import Any
 
 from connect.ca import Leaf
 from connect.intentions import IntentionError, ServiceIntentions, parse_entries
-from connect.local import SourceError, WatchedFile, load_structured, parse_catalog, read_intentions
+from connect.local import SourceError, load_structured, parse_catalog, read_intentions
 from connect.watch import WatchError, WatchHealth, blocking_watch
 from gateway.config import Config, ConfigError, TemplateCertsConfig
 
@@ -292,7 +292,7 @@ def parse_catalog_for_templates(data: Any, path: Path, default_dc: str) -> dict[
         parse_catalog(data, path, default_dc)  # raises the sidecar's own message for a malformed file
         return {}
     stripped: dict[str, Any] = {}
-    extras: dict[str, list[Mapping[str, Any]]] = {}
+    extras: dict[str, list[dict[str, Any]]] = {}
     for name, instances in data["services"].items():
         if not isinstance(instances, list):
             stripped[name] = instances
@@ -362,6 +362,44 @@ class StateSource:
         """One read of these keys now (``--once``); raises WatchError or SourceError."""
 
 
+class PolledFile:
+    """One control-plane file, re-read when its (inode, size, mtime) changes: polling also sees atomic renames,
+    NFS and bind mounts (as connect.local.WatchedFile does for the sidecar; this one speaks for the templates)."""
+
+    def __init__(self, path: Path, parse: Callable[[Path], Any], apply: Callable[[Any], None]):
+        self.path = path
+        self.parse = parse
+        self.apply = apply
+        self._sig: tuple[int, int, int] | None = None
+        self._last_error: str | None = None
+
+    def _signature(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def load_initial(self) -> None:
+        self._sig = self._signature()
+        self.apply(self.parse(self.path))
+
+    def poll(self) -> None:
+        sig = self._signature()
+        if sig == self._sig:
+            return
+        self._sig = sig
+        try:
+            value = self.parse(self.path)
+        except SourceError as e:
+            if str(e) != self._last_error:  # once per distinct problem
+                log.error("%s (templates keep the last good data)", e)
+                self._last_error = str(e)
+            return
+        self._last_error = None
+        self.apply(value)
+
+
 class LocalSource(StateSource):
     """The local control-plane files. Everything is loaded up front, so only certs can be missing."""
 
@@ -370,21 +408,20 @@ class LocalSource(StateSource):
         self.poll = poll
         self.catalog: dict[str, tuple[Instance, ...]] = {}
         self.intentions: tuple[ServiceIntentions, ...] = ()
-        self.files: list[WatchedFile[Any]] = []
+        self.files: list[PolledFile] = []
         self._on_change: Callable[[], None] = lambda: None
         self._task: asyncio.Task[None] | None = None
         local = config.control_plane.local
         if local.catalog is not None:
             self.files.append(
-                WatchedFile(
+                PolledFile(
                     local.catalog,
                     lambda p: parse_catalog_for_templates(load_structured(p, _read(p)), p, config.datacenter),
                     self._set_catalog,
-                    "catalog",
                 )
             )
         if local.intentions is not None:
-            self.files.append(WatchedFile(local.intentions, read_intentions, self._set_intentions, "intentions"))
+            self.files.append(PolledFile(local.intentions, read_intentions, self._set_intentions))
 
     def _set_catalog(self, catalog: dict[str, tuple[Instance, ...]]) -> None:
         self.catalog = catalog
@@ -802,6 +839,9 @@ def _meshgw_facts(cfg: Config) -> Mapping[str, Any]:
         writable.append(str(cfg.template_certs.dir))
     if cfg.certificates.builtin is not None:
         writable.append(str(cfg.certificates.builtin.dir))
+    vault = cfg.certificates.vault
+    if vault is not None and vault.write_key_to is not None:
+        writable.append(str(vault.write_key_to.parent))
     return MappingProxyType(
         {
             "config_file": str(cfg.path.resolve()),
@@ -838,6 +878,6 @@ def _meshgw_facts(cfg: Config) -> Mapping[str, Any]:
             "certificates": cfg.certificates.type,
             # For a systemd unit: binding a port below 1024 is the only capability meshgw ever needs.
             "privileged_ports": tuple(sorted(p for p in set(ports) if 0 < p < 1024)),
-            "writable_dirs": tuple(dict.fromkeys(writable)),
+            "writable_dirs": tuple(dict.fromkeys(os.path.abspath(d) for d in writable)),  # systemd wants absolute
         }
     )

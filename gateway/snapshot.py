@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -167,6 +167,8 @@ class SnapshotBuilder:
         self._entries: tuple[ServiceIntentions, ...] = ()
         self._tls: TLSState | None = None
         self._tls_inputs: tuple[str, Leaf, bytes] | None = None
+        # Also told of every leaf/roots (the template renderer writes them to files).
+        self.tls_listeners: list[Callable[[str, Leaf, bytes], None]] = []
         # Roots trusted besides the leaf provider's own, e.g. Consul's during a move between CAs.
         self._extra_roots = b""
         self._version = 0
@@ -186,6 +188,8 @@ class SnapshotBuilder:
 
     def set_tls(self, trust_domain: str, leaf: Leaf, roots_pem: bytes) -> None:
         self._tls_inputs = (trust_domain, leaf, roots_pem)
+        for listener in self.tls_listeners:
+            listener(trust_domain, leaf, roots_pem)
         self._tls = TLSState.build(trust_domain, leaf, _merge_pem(roots_pem, self._extra_roots))
         metrics.CERT_EXPIRY.set(leaf.not_after)
         self.publish()
@@ -196,6 +200,10 @@ class SnapshotBuilder:
         self._extra_roots = roots_pem
         if self._tls_inputs is not None:
             self.set_tls(*self._tls_inputs)
+
+    @property
+    def tls_inputs(self) -> tuple[str, Leaf, bytes] | None:
+        return self._tls_inputs
 
     @property
     def trust_domain(self) -> str | None:

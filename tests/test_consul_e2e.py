@@ -267,6 +267,7 @@ def test_acl_token_sent_on_every_call(tmp_path: Path) -> None:
                 up = free_port()
                 m.sidecar("web", free_port(), upstreams={"api": up})
                 wait_for(lambda: not refused(up), 15, "allowed with ACLs")
+                assert "s3cret" not in m.sidecars[0].admin("/config")[1]  # tokens never leave via /config
         finally:
             m.close()
         calls = consul.requests

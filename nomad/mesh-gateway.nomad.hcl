@@ -1,0 +1,131 @@
+# A Consul mesh gateway on every client node, run by meshgw (Nomad 1.10+ system job).
+#
+# NOTE: meshgw does not implement gateway modes yet: today `mode` accepts only "sidecar", so this job is
+# written for the config keys a later issue adds (`mode: mesh-gateway` and its listener settings) and will
+# not start until then. The job itself follows Nomad's gateway rules (vault-nomad.md §4.1-4.3):
+# - `connect { gateway { mesh {} } }` makes Nomad register the service as a Consul mesh gateway, with its
+#   WAN address on the "mesh_wan" port; the task of kind "connect-mesh:<service>" replaces the Envoy task
+#   Nomad would inject (and may carry template/vault/identity, which sidecar_task cannot).
+# - Gateways may use host networking; a static port keeps the WAN address stable for other datacenters.
+#
+#   nomad job run -var trust_domain=<consul trust domain> nomad/mesh-gateway.nomad.hcl
+
+variable "datacenters" {
+  type    = list(string)
+  default = ["dc1"]
+}
+
+variable "meshgw" {
+  type    = string
+  default = "/usr/local/meshgw/bin/meshgw"
+}
+
+variable "trust_domain" {
+  type = string
+}
+
+variable "vault_addr" {
+  type    = string
+  default = "http://192.168.56.10:8200"
+}
+
+variable "pki_mount" {
+  type    = string
+  default = "connect_inter"
+}
+
+variable "pki_role" {
+  type    = string
+  default = "meshgw"
+}
+
+job "mesh-gateway" {
+  datacenters = var.datacenters
+  type        = "system"
+
+  meta {
+    trust_domain = var.trust_domain
+  }
+
+  constraint {
+    attribute = "${attr.kernel.name}"
+    value     = "linux"
+  }
+
+  group "gateway" {
+    network {
+      mode = "host"
+      port "mesh_wan" {
+        static = 8443
+      }
+    }
+
+    service {
+      name = "mesh-gateway"
+      port = "mesh_wan"
+
+      connect {
+        gateway {
+          mesh {}
+        }
+      }
+    }
+
+    task "meshgw" {
+      driver = "exec"
+      kind   = "connect-mesh:mesh-gateway"
+
+      config {
+        command = var.meshgw
+        args    = ["run", "-c", "local/meshgw.yaml"]
+      }
+
+      env {
+        CONSUL_HTTP_ADDR = "${attr.unique.network.ip-address}:8500"
+        VAULT_ADDR       = var.vault_addr
+      }
+
+      identity {
+        name = "vault_default"
+        aud  = ["vault.io"]
+        ttl  = "1h"
+      }
+
+      vault {
+        role        = "meshgw"
+        change_mode = "restart"
+      }
+
+      # mode: mesh-gateway and the gateway block below are for the later gateway issue (see the NOTE above).
+      template {
+        destination   = "local/meshgw.yaml"
+        change_mode   = "signal"
+        change_signal = "SIGHUP"
+        data          = <<-EOT
+          datacenter: {{ env "NOMAD_DC" }}
+          mode: mesh-gateway
+          service: {name: mesh-gateway}
+          gateway:
+            bind: "0.0.0.0:{{ env "NOMAD_PORT_mesh_wan" }}"
+            wan_address: "{{ env "NOMAD_IP_mesh_wan" }}:{{ env "NOMAD_HOST_PORT_mesh_wan" }}"
+          control_plane:
+            type: consul
+            consul: {register: false}
+          certificates:
+            type: vault
+            vault:
+              mount: ${var.pki_mount}
+              role: ${var.pki_role}
+              trust_domain: {{ env "NOMAD_META_trust_domain" }}
+              auth: {method: token}
+          admin: {bind: "127.0.0.1:19100"}
+        EOT
+      }
+
+      resources {
+        cpu    = 300
+        memory = 256
+      }
+    }
+  }
+}
