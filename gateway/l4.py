@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Callable
+from typing import Any
 
 # Bytes accepted from one side while the other is not connected yet (TLS handshake, app connect);
 # past this the reading side is paused so a fast client cannot make us buffer without limit.
@@ -172,7 +173,18 @@ class TLSSide(Side):
     that arrives before the relay starts is held like any other early data.
     """
 
-    __slots__ = ("_closing", "_incoming", "_outgoing", "_shutdown_sent", "_ssl", "_timer", "handshake", "sslobj")
+    __slots__ = (
+        "_closing",
+        "_incoming",
+        "_outgoing",
+        "_session_key",
+        "_shutdown_sent",
+        "_ssl",
+        "_timer",
+        "_want_session",
+        "handshake",
+        "sslobj",
+    )
 
     def __init__(
         self,
@@ -194,6 +206,8 @@ class TLSSide(Side):
         )
         self._shutdown_sent = False
         self._closing = False
+        self._want_session = False
+        self._session_key: tuple[Any, ...] | None = None
 
     # -- handshake
 
@@ -203,7 +217,22 @@ class TLSSide(Side):
         if self.on_made is not None:
             self.on_made(transport)
         if not self.sslobj.server_side:
+            # Resume the last session with this endpoint (TLS 1.3 ticket): a new connection then costs
+            # no certificate signature or verification, as Envoy and HAProxy do by default.
+            peer = transport.get_extra_info("peername")
+            self._session_key = (self.sslobj.server_hostname, tuple(peer[:2]) if peer else None)
+            cached = _session_cache(self.sslobj.context).get(self._session_key)
+            if cached is not None:
+                self.sslobj.session = cached
+            self._want_session = True
             self._do_handshake()
+
+    def _save_session(self) -> None:
+        # TLS 1.3 tickets arrive after the handshake, with the first records from the server.
+        session = self.sslobj.session
+        if session is not None and session.has_ticket:
+            self._want_session = False
+            _session_cache(self.sslobj.context)[self._session_key] = session
 
     def _do_handshake(self) -> None:
         try:
@@ -270,6 +299,8 @@ class TLSSide(Side):
             # A partial record, or a post-handshake message (session ticket, key update) with no data.
             if self._outgoing.pending:
                 self._flush()
+            if self._want_session:
+                self._save_session()
         except _ZERO_RETURN:
             eof = True
         except _SSL_ERROR:
@@ -279,6 +310,8 @@ class TLSSide(Side):
         else:
             # CPython's read() returns b"" for close_notify: the peer will send no more.
             eof = not data
+        if self._want_session:
+            self._save_session()
         out = b"".join(chunks) if chunks is not None else data
         if out:
             self.nbytes += len(out)
@@ -328,6 +361,15 @@ class TLSSide(Side):
         if self.transport is not None and not self.lost:
             self._send_close_notify()
             self.transport.close()
+
+
+def _session_cache(context: ssl.SSLContext) -> dict[Any, ssl.SSLSession]:
+    """Client sessions live on their SSLContext: a leaf or root rotation brings a new context, and with it
+    an empty cache, so a session never outlives the credentials it was made with."""
+    cache = context.__dict__.get("_meshgw_sessions")
+    if cache is None:
+        cache = context.__dict__["_meshgw_sessions"] = {}
+    return cache
 
 
 class Relay:
