@@ -83,7 +83,14 @@ class Sidecar:
             from connect.vault import VaultCertProvider
 
             assert cfg.certificates.vault is not None
-            return VaultCertProvider(cfg.certificates.vault, cfg.service.name, cfg.datacenter, self.builder.set_tls)
+            # With Consul as control plane its roots are trusted too, so a move between CAs keeps working.
+            return VaultCertProvider(
+                cfg.certificates.vault,
+                cfg.service.name,
+                cfg.datacenter,
+                self.builder.set_tls,
+                extra_roots_pem=lambda: self.builder.extra_roots,
+            )
         if cfg.certificates.type == "consul":
             return NoCertProvider()  # the Consul control plane watches the leaf itself
         assert cfg.certificates.builtin is not None

@@ -647,9 +647,18 @@ def _parse_vault(r: _Reader, raw: Any, base: Path, env: Mapping[str, str]) -> Va
         return _resolve(base, val) if val else None
 
     token_file = p("token_file")
-    if token_file is None and method == "token" and env.get("NOMAD_SECRETS_DIR") and not env.get("VAULT_TOKEN"):
-        # Nomad writes the task's token there (vault-nomad.md §2.4, vault_hook.go vaultTokenFile).
-        token_file = Path(env["NOMAD_SECRETS_DIR"]) / "vault_token"
+    explicit_token = r.get(a, akey, "token", text, None)
+    nomad_file = Path(env["NOMAD_SECRETS_DIR"]) / "vault_token" if env.get("NOMAD_SECRETS_DIR") else None
+    if (
+        token_file is None
+        and explicit_token is None
+        and method == "token"
+        and nomad_file is not None
+        and (not env.get("VAULT_TOKEN") or nomad_file.exists())
+    ):
+        # Nomad writes the task's token there and rewrites it on re-login, while VAULT_TOKEN is frozen at
+        # task start (vault-nomad.md §2.4, vault_hook.go vaultTokenFile).
+        token_file = nomad_file
     auth = VaultAuthConfig(
         method=method,
         token=r.get(a, akey, "token", text, None) or env.get("VAULT_TOKEN") or None,

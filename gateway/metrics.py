@@ -139,3 +139,11 @@ HTTP_DENIED = Counter(
     ["listener", "reason"],
     registry=REGISTRY,
 )
+VAULT_FAILURES = Counter(
+    "meshgw_vault_failures",
+    "Failed Vault calls, by operation (login, lookup, renew, sign, issue, issuers, parse) and reason "
+    "(sealed, unavailable, unreachable, tls, timeout, server_error, forbidden, refused, not_found, "
+    "rate_limited, bad_response, auth_file).",
+    ["operation", "reason"],
+    registry=REGISTRY,
+)

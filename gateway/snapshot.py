@@ -202,6 +202,10 @@ class SnapshotBuilder:
             self.set_tls(*self._tls_inputs)
 
     @property
+    def extra_roots(self) -> bytes:
+        return self._extra_roots
+
+    @property
     def tls_inputs(self) -> tuple[str, Leaf, bytes] | None:
         return self._tls_inputs
 

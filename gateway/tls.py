@@ -35,6 +35,9 @@ def _load_chain(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
 def _common(ctx: ssl.SSLContext, roots_pem: bytes, cert_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
     ctx.minimum_version = MIN_VERSION
     ctx.verify_mode = ssl.CERT_REQUIRED
+    # A trusted CA need not be self-signed: a Vault mount holding only an intermediate (like Consul's
+    # connect_inter) hands out chains that stop below the root; trusting the intermediate must suffice.
+    ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     ctx.load_verify_locations(cadata=roots_pem.decode())
     _load_chain(ctx, cert_pem, key_pem)
     # No compression, no renegotiation: the defaults of PROTOCOL_TLS_* already, stated for the reader.

@@ -403,13 +403,14 @@ rotate_ca() {
     local id
     if [ "$CA_MODE" = intermediate ]; then
         id=$(new_intermediate issuers/generate/intermediate/internal issuers/import/bundle)
-        say "new intermediate issuer $id in $MOUNT/ (same root: nothing new to trust)"
+        say "new intermediate issuer $id in $MOUNT/, not the default yet (same root: nothing new to trust)"
+        say "make it sign new leaves: $0 promote-issuer $id"
     else
         id=$(new_root "$MOUNT" issuers/generate/root/internal)
         say "new root issuer $id in $MOUNT/, not the default yet"
-        say "meshgw sidecars add it to their trust bundle when they next list $MOUNT/issuers"
+        say "meshgw sidecars add it to their trusted roots when they next list $MOUNT/issuers (at most a minute)"
+        say "once every sidecar trusts it (/config: snapshot.tls.roots), make it sign new leaves: $0 promote-issuer $id"
     fi
-    say "once every sidecar trusts it, make it sign new leaves: $0 promote-issuer $id"
     echo "$id"
 }
 
