@@ -6,13 +6,15 @@ Inbound: accept → mTLS handshake with the snapshot's server context → SPIFFE
 keep-alive connections to the app.
 
 Upstream: accept plaintext from the local app → pick a healthy endpoint → mTLS with Consul's SNI →
-check the server's SPIFFE ID → relay (or, for ``protocol: http``, per request over pooled mTLS
-connections).
+check the server's SPIFFE ID → relay. With ``protocol: http`` each request goes through the upstream's
+compiled discovery chain (route → split → cluster), a load balancer, circuit breakers, retries and
+outlier detection (``gateway.http.outbound``) over pooled mTLS connections.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import ssl
@@ -21,7 +23,9 @@ from typing import Any
 
 from gateway import metrics
 from gateway.config import Address, Config, UpstreamConfig
+from gateway.http.flow import FlowSide, FlowTLSSide
 from gateway.http.headers import render_request_head
+from gateway.http.outbound import Call, ClusterRuntime, code_class
 from gateway.http.pool import ConnectionPool
 from gateway.http.proxy import ClientConnection, Exchange, ServerConnection
 from gateway.l4 import Relay, Side, TLSSide
@@ -36,9 +40,10 @@ STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 
 
 class DialError(Exception):
-    def __init__(self, reason: str, detail: str):
+    def __init__(self, reason: str, detail: str, timeout: bool = False):
         super().__init__(detail)
         self.reason = reason
+        self.timeout = timeout
 
 
 class _Detached:
@@ -51,18 +56,29 @@ class _Detached:
         return None
 
 
-async def dial_endpoint(owner: object, tls: TLSState, view: UpstreamView, ep: Endpoint, timeout: float) -> TLSSide:
-    """TCP + mTLS to one endpoint, with Consul's SNI, and the server's SPIFFE ID checked."""
+async def dial_endpoint(
+    owner: object,
+    tls: TLSState,
+    view: Any,
+    ep: Endpoint,
+    timeout: float,
+    side_cls: type[TLSSide] = TLSSide,
+) -> TLSSide:
+    """TCP + mTLS to one endpoint, with Consul's SNI, and the server's SPIFFE ID checked.
+
+    ``view`` is anything with ``sni`` and ``expected_uri``: an UpstreamView or an HTTP cluster."""
     loop = asyncio.get_running_loop()
-    side = TLSSide(
-        owner,
+    side = side_cls(
+        owner,  # type: ignore[arg-type]
         tls.client_ctx,
         server_side=False,
-        server_hostname=view.sni,  # type: ignore[arg-type]
+        server_hostname=view.sni,
         handshake_timeout=HANDSHAKE_TIMEOUT,
     )
     try:
         await asyncio.wait_for(loop.create_connection(lambda: side, ep.address, ep.port), timeout)
+    except TimeoutError:
+        raise DialError("connect_failed", f"cannot connect to {ep.address}:{ep.port}: timed out", True) from None
     except CONNECT_ERRORS as e:
         raise DialError(
             "connect_failed", f"cannot connect to {ep.address}:{ep.port}: {e or type(e).__name__}"
@@ -112,9 +128,13 @@ class Listener:
         self.m_tx = metrics.BYTES_SENT.labels(self.name)
         self.m_status = {c: metrics.HTTP_RESPONSES.labels(self.name, c) for c in STATUS_CLASSES}
         self.m_latency = metrics.HTTP_DURATION.labels(self.name)
+        self.m_timeouts = {k: metrics.HTTP_TIMEOUTS.labels(self.name, k) for k in metrics.TIMEOUT_KINDS}
         self.pool = ConnectionPool()
         self.request_timeout = 15.0
+        self.idle_timeout = 3600.0
+        self.http = False
         self.draining = False
+        self._sweeper: asyncio.Task[None] | None = None
 
     def _on_response(self, ex: Exchange | None, status: int) -> None:
         self.m_status[STATUS_CLASSES[min(max(status // 100, 1), 5) - 1]].inc()
@@ -123,6 +143,8 @@ class Listener:
 
     def _request_timeout(self, ex: Exchange) -> None:
         ex.timer = None
+        self.m_timeouts["request"].inc()
+        ex.flags = "UT"
         ex.upstream_failed(504, "upstream request timeout")
 
     @property
@@ -135,6 +157,8 @@ class Listener:
         self.server = await loop.create_server(
             self._protocol, self.bind.host, self.bind.port, backlog=1024, reuse_address=True
         )
+        if self.http:
+            self._sweeper = loop.create_task(self._sweep_loop())
         log.info("%s listening on %s", self.name, self.bind)
 
     def _protocol(self) -> asyncio.Protocol:
@@ -175,6 +199,31 @@ class Listener:
         if not self.relays and not self.tasks:
             self._idle.set()
 
+    # -- periodic work (HTTP): idle keep-alive connections, pools, outlier detection
+
+    def _sweep_period(self) -> float:
+        return max(0.05, min(1.0, self.idle_timeout / 4))
+
+    async def _sweep_loop(self) -> None:
+        period = self._sweep_period()
+        while True:
+            await asyncio.sleep(period)
+            try:
+                self._sweep(time.monotonic())
+            except Exception:  # a bug here must not stop the sweeps
+                log.exception("%s: sweep failed", self.name)
+
+    def _sweep(self, now: float) -> None:
+        before = now - self.idle_timeout
+        for conn in list(self.relays):
+            if isinstance(conn, ServerConnection) and conn.idle() and conn.idle_since < before:
+                self.m_timeouts["idle"].inc()
+                conn.close()
+        self.pool.close_idle(before)
+
+    def _close_pools(self) -> None:
+        self.pool.close()
+
     def stop_accepting(self) -> None:
         if self.server is not None:
             self.server.close()
@@ -182,7 +231,12 @@ class Listener:
     async def drain(self, timeout: float) -> int:
         """Wait for open connections to finish; abort what is left after ``timeout``. Returns aborted count."""
         self.draining = True
-        self.pool.close()  # idle keep-alive connections to upstreams have nothing left to finish
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        self._close_pools()  # idle keep-alive connections to upstreams have nothing left to finish
         for conn in list(self.relays):
             drain = getattr(conn, "drain", None)
             if drain is not None:
@@ -196,7 +250,7 @@ class Listener:
                 t.cancel()
             for r in list(self.relays):
                 r.abort()
-            self.pool.close()
+            self._close_pools()
             return left
 
 
@@ -208,9 +262,11 @@ class InboundListener(Listener):
         super().__init__(config.inbound.bind, holder)
         self.app_host = config.service.address
         self.app_port = config.service.port
+        self.app_label = f"{self.app_host}:{self.app_port}"
         self.http = config.service.protocol == "http"
         self.connect_timeout = config.inbound.connect_timeout
         self.request_timeout = config.inbound.request_timeout
+        self.idle_timeout = config.inbound.idle_timeout
         self.m_denied = {r: metrics.CONNECTIONS_DENIED.labels(self.name, r) for r in metrics.DENY_REASONS}
         self.m_http_denied = metrics.HTTP_DENIED.labels(self.name, "intention")
         self.m_app_error = metrics.UPSTREAM_CONNECT_ERRORS.labels(self.name, "connect_failed")
@@ -225,7 +281,9 @@ class InboundListener(Listener):
             # Fail closed: without a valid leaf there is no mTLS, and there is never plaintext.
             relay.down.on_made = lambda transport: self._refuse_not_ready(transport)
             return relay.down
-        side = TLSSide(relay, tls.server_ctx, server_side=True, handshake_timeout=HANDSHAKE_TIMEOUT)
+        side = (FlowTLSSide if self.http else TLSSide)(
+            relay, tls.server_ctx, server_side=True, handshake_timeout=HANDSHAKE_TIMEOUT
+        )
         relay.down = side
         side.on_made = lambda transport: self._spawn(self._serve(relay, side, snap))
         return side
@@ -292,24 +350,37 @@ class InboundListener(Listener):
             on_response=self._on_response,
             on_close=self._closed,  # type: ignore[arg-type]
             peer_ip=peer[0] if peer else "",
+            on_done=self._done,
         )
+        conn.source = source  # type: ignore[attr-defined]  # for access logs
         self._track(conn)  # type: ignore[arg-type]
         self.m_accepted.inc()
         side.set_sink(conn.feed)
 
     def _request(self, conn: ServerConnection, ex: Exchange, source: str, source_ns: str, snap: Snapshot) -> Any:
+        # Per request (design.md): an intention change applies to the next request of a kept-alive connection too.
+        snap = self.holder.current
         path = ex.url.split(b"?", 1)[0].decode("latin-1")
         headers = {n.decode("latin-1").lower(): v.decode("latin-1") for n, v in ex.headers}
         decision = snap.intentions.authorize_http(source, ex.method.decode("latin-1"), path, headers, source_ns)
         if not decision.allowed:
             self.m_http_denied.inc()
             log.info("inbound: denied %s %s from %s: %s", ex.method.decode(), path, source, decision.reason)
+            ex.flags = "RBAC"
             conn.local_response(ex, 403, f"RBAC: access denied ({decision.reason})")
             return None
+        if snap.access_log is not None:
+            ex.info = []
         head = render_request_head(
-            ex.method, ex.url, ex.headers, chunked=ex.chunked, upgrade=ex.upgrade, client_ip=conn.peer_ip
+            ex.method,
+            ex.url,
+            ex.headers,
+            chunked=ex.chunked,
+            upgrade=ex.upgrade,
+            client_ip=conn.peer_ip,
+            info=ex.info,
         )
-        ex.timer = asyncio.get_running_loop().call_later(self.request_timeout, self._request_timeout, ex)
+        ex.arm_timeout(self.request_timeout, self._request_timeout)
         client = self.pool.take(None)
         if client is not None:
             ex.attach(client, head)
@@ -318,14 +389,17 @@ class InboundListener(Listener):
 
     async def _open_app(self, ex: Exchange, head: bytes) -> None:
         loop = asyncio.get_running_loop()
-        side = Side(_Detached())  # type: ignore[arg-type]
+        side = FlowSide(_Detached())  # type: ignore[arg-type]
         try:
             await asyncio.wait_for(
                 loop.create_connection(lambda: side, self.app_host, self.app_port), self.connect_timeout
             )
         except CONNECT_ERRORS as e:
             self.m_app_error.inc()
+            if isinstance(e, TimeoutError):
+                self.m_timeouts["connect"].inc()
             log.warning("inbound: cannot reach the local app at %s:%s: %s", self.app_host, self.app_port, e)
+            ex.flags = "UF"
             ex.upstream_failed(503, "upstream connect error")
             return
         _nodelay(side.transport)  # type: ignore[arg-type]
@@ -336,19 +410,42 @@ class InboundListener(Listener):
             return
         ex.attach(client, head)
 
+    def _done(self, ex: Exchange) -> None:
+        alog = self.holder.current.access_log
+        if alog is not None:
+            alog.log(
+                alog.record(
+                    ex,
+                    self.name,
+                    cluster="local_app",
+                    host=self.app_label,
+                    source=getattr(ex.server, "source", ""),
+                    flags=ex.flags or ("DC" if not ex.response_status else ""),
+                )
+            )
+
 
 class UpstreamListener(Listener):
     def __init__(self, config: Config, upstream: UpstreamConfig, holder: SnapshotHolder):
         self.name = f"upstream:{upstream.service}"
         super().__init__(upstream.bind, holder)
         self.key = upstream_key(upstream, config.datacenter)
+        self.upstream = upstream
+        self.source = config.service.name
         self.http = upstream.protocol == "http"
         self.connect_timeout = upstream.connect_timeout
         self.request_timeout = upstream.request_timeout
+        self.idle_timeout = upstream.idle_timeout
         self._rr = 0
         self.m_err = {r: metrics.UPSTREAM_CONNECT_ERRORS.labels(self.name, r) for r in metrics.UPSTREAM_ERRORS}
+        self.clusters: dict[str, ClusterRuntime] = {}
+        self._route_metrics: dict[str, tuple[dict[str, Any], Any]] = {}
 
     def _protocol(self) -> asyncio.Protocol:
+        if self.http:
+            side = FlowSide(_Detached())  # type: ignore[arg-type]
+            side.on_made = lambda transport: self._accepted_http(side, transport)
+            return side
         relay = Relay(on_close=self._closed)
         # The relay's downstream side is the accept protocol itself: no hand-over, no extra object.
         relay.down.on_made = lambda transport: self._accepted(relay, transport)
@@ -356,19 +453,6 @@ class UpstreamListener(Listener):
 
     def _accepted(self, relay: Relay, transport: asyncio.BaseTransport) -> None:
         _nodelay(transport)
-        if self.http:
-            peer = transport.get_extra_info("peername")
-            conn = ServerConnection(
-                relay.down,
-                handle=lambda ex: self._request(ex),
-                on_response=self._on_response,
-                on_close=self._closed,  # type: ignore[arg-type]
-                peer_ip=peer[0] if peer else "",
-            )
-            self._track(conn)  # type: ignore[arg-type]
-            self.m_accepted.inc()
-            relay.down.set_sink(conn.feed)
-            return
         self._track(relay)
         self._spawn(self._connect(relay))
 
@@ -419,42 +503,155 @@ class UpstreamListener(Listener):
 
     # ------------------------------------------------------------------ HTTP
 
-    def _request(self, ex: Exchange) -> Any:
-        tls, view, eps, start, problem = self._pick(self.holder.current)
-        if problem is not None:
-            self.m_err[problem].inc()
-            ex.server.local_response(ex, 503, f"no healthy upstream ({problem})")
-            return None
-        head = render_request_head(
-            ex.method, ex.url, ex.headers, chunked=ex.chunked, upgrade=ex.upgrade, client_ip=ex.server.peer_ip
+    def _accepted_http(self, side: FlowSide, transport: asyncio.BaseTransport) -> None:
+        _nodelay(transport)
+        peer = transport.get_extra_info("peername")
+        conn = ServerConnection(
+            side,
+            handle=self._request,
+            on_response=self._on_response,
+            on_close=self._closed,  # type: ignore[arg-type]
+            peer_ip=peer[0] if peer else "",
+            on_done=self._done,
         )
-        ex.timer = asyncio.get_running_loop().call_later(self.request_timeout, self._request_timeout, ex)
-        for i in range(len(eps)):
-            ep = eps[(start + i) % len(eps)]
-            client = self.pool.take((ep.address, ep.port))
-            if client is not None:
-                ex.attach(client, head)
-                return None
-        return self._open_endpoint(ex, head, tls, view, eps, start)  # type: ignore[arg-type]
+        self._track(conn)  # type: ignore[arg-type]
+        self.m_accepted.inc()
+        side.set_sink(conn.feed)
 
-    async def _open_endpoint(
-        self, ex: Exchange, head: bytes, tls: TLSState, view: UpstreamView, eps: tuple[Endpoint, ...], start: int
-    ) -> None:
-        last = ""
-        for i in range(min(MAX_CONNECT_ATTEMPTS, len(eps))):
-            ep = eps[(start + i) % len(eps)]
-            try:
-                side = await dial_endpoint(_Detached(), tls, view, ep, self.connect_timeout)
-            except DialError as e:
-                self.m_err[e.reason].inc()
-                last = str(e)
-                continue
-            client = ClientConnection(side, (ep.address, ep.port))
-            self.pool.add(client)
-            if ex.server.closed or ex.response_status is not None:
-                self.pool.release(client)
-                return
-            ex.attach(client, head)
+    def _runtime(self, name: str) -> ClusterRuntime:
+        rt = self.clusters.get(name)
+        if rt is None:
+            u = self.upstream
+            rt = self.clusters[name] = ClusterRuntime(self.name, name, u.limits, u.passive_health_check)
+        return rt
+
+    def _request(self, ex: Exchange) -> Any:
+        snap = self.holder.current
+        tls = snap.tls
+        if tls is None or not tls.valid():
+            self.m_err["not_ready"].inc()
+            ex.flags = "UH"
+            ex.server.local_response(ex, 503, "no healthy upstream (not_ready)")
+            return None
+        chain = snap.upstreams[self.key].chain
+        route = chain.route_for(ex.method, ex.url, ex.headers)
+        split = route.pick()
+        cluster = split.cluster
+        rt = self.clusters.get(cluster.name) or self._runtime(cluster.name)
+        if not cluster.endpoints:
+            self.m_err["no_healthy_endpoints"].inc()
+            ex.flags = "UH"
+            ex.server.local_response(ex, 503, "no healthy upstream (no_healthy_endpoints)")
+            return None
+        if rt.active >= rt.limits.max_concurrent_requests:
+            rt.m_trips["max_concurrent_requests"].inc()
+            ex.flags = "UO"
+            ex.server.local_response(ex, 503, "upstream overflow", b"x-meshgw-overloaded: max_concurrent_requests\r\n")
+            return None
+        call = Call(self, ex, route, split, cluster, rt, tls, route.retry or self.upstream.retries)
+        ex.call = call
+        call.observe = not chain.simple
+        url = ex.url
+        if route.prefix_rewrite is not None and url.startswith(route.match_prefix):
+            url = route.prefix_rewrite + url[len(route.match_prefix) :]
+        req = split.request
+        if snap.access_log is not None:
+            ex.info = []
+        ex.head = render_request_head(
+            ex.method,
+            url,
+            ex.headers,
+            chunked=ex.chunked,
+            upgrade=ex.upgrade,
+            client_ip=ex.server.peer_ip,
+            extra=req.extra,
+            drop=req.drop,
+            info=ex.info,
+        )
+        resp = split.response
+        if resp.extra or resp.drop:
+            ex.resp_drop = resp.drop
+            ex.resp_extra = resp.extra
+        timeout = route.request_timeout or cluster.request_timeout or self.request_timeout
+        ex.arm_timeout(timeout, self._request_timeout)
+        return call.attempt()
+
+    # -- called by Call
+
+    def dial(self, call: Call, ep: Endpoint, key: tuple[str, int]) -> Any:
+        return self._dial(call, ep, key)
+
+    async def _dial(self, call: Call, ep: Endpoint, key: tuple[str, int]) -> None:
+        try:
+            side = await dial_endpoint(
+                _Detached(), call.tls, call.cluster, ep, call.cluster.connect_timeout, FlowTLSSide
+            )
+        except DialError as e:
+            self.m_err[e.reason].inc()
+            if e.timeout:
+                self.m_timeouts["connect"].inc()
+            log.warning("%s: %s", self.name, e)
+            call.dialed(None, e.reason)
             return
-        log.warning("%s: giving up: %s", self.name, last)
-        ex.upstream_failed(503, "upstream connect error")
+        client = ClientConnection(side, key)
+        call.rt.pool.add(client)
+        call.dialed(client, "")
+
+    def retry(self, call: Call) -> None:
+        coro = call.attempt()
+        if coro is not None:
+            self._spawn(coro)
+
+    def _done(self, ex: Exchange) -> None:
+        call: Call | None = ex.call
+        if call is not None:
+            call.done()
+            if call.observe:
+                self._route_observe(call, ex)
+        alog = self.holder.current.access_log
+        if alog is not None:
+            alog.log(
+                alog.record(
+                    ex,
+                    self.name,
+                    cluster=call.cluster.name if call else "",
+                    host=call.upstream_host if call else "",
+                    route=call.route.name if call else "",
+                    retries=call.retries if call else 0,
+                    source=self.source,
+                    flags=ex.flags or ("DC" if not ex.response_status else ""),
+                )
+            )
+
+    def _route_observe(self, call: Call, ex: Exchange) -> None:
+        status = ex.response_status
+        if not status:
+            return
+        elapsed = time.monotonic() - ex.started
+        rt = call.rt
+        cls = code_class(status)
+        rt.m_class[cls].inc()
+        rt.m_latency.observe(elapsed)
+        rm = self._route_metrics.get(call.route.name)
+        if rm is None:
+            rm = self._route_metrics[call.route.name] = (
+                {c: metrics.HTTP_ROUTE_RESPONSES.labels(self.name, call.route.name, c) for c in STATUS_CLASSES},
+                metrics.HTTP_ROUTE_DURATION.labels(self.name, call.route.name),
+            )
+        rm[0][cls].inc()
+        rm[1].observe(elapsed)
+
+    def _sweep(self, now: float) -> None:
+        super()._sweep(now)
+        before = now - self.idle_timeout
+        for rt in self.clusters.values():
+            rt.sweep(now, before)
+
+    def _sweep_period(self) -> float:
+        interval = self.upstream.passive_health_check.interval
+        return max(0.05, min(1.0, self.idle_timeout / 4, interval))
+
+    def _close_pools(self) -> None:
+        super()._close_pools()
+        for rt in self.clusters.values():
+            rt.close()

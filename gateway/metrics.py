@@ -139,6 +139,84 @@ HTTP_DENIED = Counter(
     ["listener", "reason"],
     registry=REGISTRY,
 )
+
+# ---------------------------------------------------------------------- HTTP: clusters, routes, resilience
+# ``cluster`` is a discovery-chain target ("api", "v2.api", "api.dc2") and ``route`` a router route
+# ("default", "<service>/<index>"): both come from the config or Consul's config entries, never from a request.
+
+CLUSTER_BREAKERS = ("max_connections", "max_pending_requests", "max_concurrent_requests")
+RETRY_REASONS = ("connect_failure", "reset", "status")
+EJECTION_REASONS = ("consecutive_5xx", "consecutive_gateway_failure")
+TIMEOUT_KINDS = ("connect", "request", "idle")
+
+HTTP_UPSTREAM_RESPONSES = Counter(
+    "meshgw_http_upstream_responses",
+    "HTTP responses per upstream cluster and status class, on listeners whose chain has routes or splits.",
+    ["listener", "cluster", "code_class"],
+    registry=REGISTRY,
+)
+HTTP_UPSTREAM_DURATION = Histogram(
+    "meshgw_http_upstream_request_duration_seconds",
+    "Request duration per upstream cluster (all attempts), on listeners whose chain has routes or splits.",
+    ["listener", "cluster"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    registry=REGISTRY,
+)
+HTTP_ROUTE_RESPONSES = Counter(
+    "meshgw_http_route_responses",
+    "HTTP responses per route and status class, on listeners whose chain has routes or splits.",
+    ["listener", "route", "code_class"],
+    registry=REGISTRY,
+)
+HTTP_ROUTE_DURATION = Histogram(
+    "meshgw_http_route_request_duration_seconds",
+    "Request duration per route, on listeners whose chain has routes or splits.",
+    ["listener", "route"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    registry=REGISTRY,
+)
+HTTP_RETRIES = Counter(
+    "meshgw_http_retries",
+    "Request attempts made again, by upstream cluster and cause (connect_failure, reset, status).",
+    ["listener", "cluster", "reason"],
+    registry=REGISTRY,
+)
+HTTP_RETRY_OVERFLOW = Counter(
+    "meshgw_http_retry_budget_exhausted",
+    "Retries not made because the cluster's retry budget was used up.",
+    ["listener", "cluster"],
+    registry=REGISTRY,
+)
+HTTP_BREAKER_TRIPS = Counter(
+    "meshgw_http_circuit_breaker_trips",
+    "Requests refused with 503 by a circuit breaker, by cluster and breaker.",
+    ["listener", "cluster", "breaker"],
+    registry=REGISTRY,
+)
+HTTP_PENDING = Gauge(
+    "meshgw_http_pending_requests",
+    "Requests waiting for a connection to an upstream cluster (dialling or queued at max_connections).",
+    ["listener", "cluster"],
+    registry=REGISTRY,
+)
+OUTLIER_EJECTIONS = Counter(
+    "meshgw_outlier_ejections",
+    "Endpoints ejected by outlier detection, by cluster and reason.",
+    ["listener", "cluster", "reason"],
+    registry=REGISTRY,
+)
+OUTLIER_EJECTED = Gauge(
+    "meshgw_outlier_ejected_endpoints",
+    "Endpoints of a cluster ejected now.",
+    ["listener", "cluster"],
+    registry=REGISTRY,
+)
+HTTP_TIMEOUTS = Counter(
+    "meshgw_http_timeouts",
+    "HTTP timeouts by kind: connect (to an upstream endpoint or the app), request (504), idle (connection closed).",
+    ["listener", "kind"],
+    registry=REGISTRY,
+)
 VAULT_FAILURES = Counter(
     "meshgw_vault_failures",
     "Failed Vault calls, by operation (login, lookup, renew, sign, issue, issuers, parse) and reason "

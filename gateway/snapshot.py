@@ -19,7 +19,9 @@ from connect.ca import Leaf
 from connect.intentions import IntentionTable, ServiceIntentions
 from connect.spiffe import service_uri, upstream_sni
 from gateway import metrics
+from gateway.accesslog import AccessLog
 from gateway.config import Config, UpstreamConfig
+from gateway.http.routing import BalancerCache, cfg_entries, compile_chain
 from gateway.tls import client_context, server_context
 
 log = logging.getLogger("meshgw.snapshot")
@@ -36,15 +38,23 @@ class Endpoint:
     datacenter: str
     health: str = "passing"
     weight: int = 1
+    # Service.Meta and Service.Tags, for service-resolver subset filters (consul.md §8.5).
+    meta: tuple[tuple[str, str], ...] = ()
+    tags: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "address": self.address,
             "port": self.port,
             "datacenter": self.datacenter,
             "health": self.health,
             "weight": self.weight,
         }
+        if self.meta:
+            out["meta"] = dict(self.meta)
+        if self.tags:
+            out["tags"] = list(self.tags)
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +103,8 @@ class UpstreamView:
     sni: str
     expected_uri: str
     endpoints: tuple[Endpoint, ...]
+    # protocol http: the compiled discovery chain (gateway.http.routing.Chain): routes, splits, clusters, balancers.
+    chain: Any = None
 
 
 def upstream_key(u: UpstreamConfig, local_dc: str) -> str:
@@ -109,6 +121,7 @@ class Snapshot:
     upstreams: Mapping[str, UpstreamView]
     intentions: IntentionTable
     intention_entries: tuple[ServiceIntentions, ...] = field(default=())
+    access_log: Any = None  # gateway.accesslog.AccessLog when access logs are on
 
     def ready(self) -> tuple[bool, str]:
         if self.tls is None:
@@ -172,6 +185,11 @@ class SnapshotBuilder:
         # Roots trusted besides the leaf provider's own, e.g. Consul's during a move between CAs.
         self._extra_roots = b""
         self._version = 0
+        # HTTP: discovery-chain config entries from Consul (the local ones are in the config), balancers kept
+        # across builds while their endpoints stay, the access log writer kept while its settings stay.
+        self._chain_entries: tuple[Any, ...] = ()
+        self._balancers = BalancerCache()
+        self._access_log: AccessLog | None = None
         self.holder = SnapshotHolder(self._build())
 
     def reconfigure(self, config: Config) -> None:
@@ -184,6 +202,10 @@ class SnapshotBuilder:
 
     def set_intentions(self, entries: tuple[ServiceIntentions, ...]) -> None:
         self._entries = entries
+        self.publish()
+
+    def set_chain_entries(self, entries: tuple[Any, ...]) -> None:
+        self._chain_entries = entries
         self.publish()
 
     def set_tls(self, trust_domain: str, leaf: Leaf, roots_pem: bytes) -> None:
@@ -232,8 +254,15 @@ class SnapshotBuilder:
                 sni=upstream_sni(u.service, dc, td),
                 expected_uri=service_uri(td, dc, u.service),
                 endpoints=eps,
+                chain=compile_chain(
+                    u, cfg.datacenter, td, self._catalog, cfg_entries(cfg) + self._chain_entries, self._balancers
+                )
+                if u.protocol == "http"
+                else None,
             )
             metrics.UPSTREAM_ENDPOINTS.labels(key).set(len(eps))
+        self._balancers.sweep()
+        self._access_log = AccessLog.update(self._access_log, cfg.access_log)
         snap = Snapshot(
             version=self._version,
             built_at=time.time(),
@@ -247,6 +276,7 @@ class SnapshotBuilder:
                 default_allow=cfg.control_plane.default_intention_policy == "allow",
             ),
             intention_entries=self._entries,
+            access_log=self._access_log,
         )
         metrics.SNAPSHOT_VERSION.set(snap.version)
         metrics.SNAPSHOT_AGE.set(snap.built_at)

@@ -1,12 +1,11 @@
 """Header work for the HTTP proxy: hop-by-hop removal, forwarding headers, trace context, heads as bytes.
 
-Everything is bytes and done once per message, joined into one write.
+Everything is bytes and done once per message, in one pass over the headers, joined into one write.
 """
 
 from __future__ import annotations
 
-import os
-import uuid
+import random
 from dataclasses import dataclass
 from http import HTTPStatus
 
@@ -24,8 +23,12 @@ HOP_BY_HOP = frozenset(
         b"proxy-authorization",
     }
 )
+# Connection options that name no header: nothing more to drop when only these appear.
+_PLAIN_CONNECTION = frozenset({b"close", b"keep-alive", b"upgrade"})
+_EMPTY: frozenset[bytes] = frozenset()
 
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+_getrandbits = random.getrandbits
 
 
 def connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
@@ -55,12 +58,12 @@ class ResponseHead:
         return any(n.lower() == b"transfer-encoding" and b"chunked" in v.lower() for n, v in self.headers)
 
 
-def _filtered(headers: list[tuple[bytes, bytes]], keep_upgrade: bool) -> list[bytes]:
-    drop = connection_tokens(headers)
+def _filtered(headers: list[tuple[bytes, bytes]], keep_upgrade: bool, drop: frozenset[bytes] = _EMPTY) -> list[bytes]:
+    conn = connection_tokens(headers)
     out = []
     for name, value in headers:
         lname = name.lower()
-        if lname in HOP_BY_HOP or lname in drop:
+        if lname in HOP_BY_HOP or lname in conn or lname in drop:
             if keep_upgrade and lname == b"upgrade":
                 out.append(b"%s: %s\r\n" % (name, value))
             continue
@@ -68,14 +71,28 @@ def _filtered(headers: list[tuple[bytes, bytes]], keep_upgrade: bool) -> list[by
     return out
 
 
+def new_request_id() -> bytes:
+    """A UUID version 4 (RFC 9562 §5.4) as Envoy generates for x-request-id; from the fast PRNG: it names a
+    request, it guards nothing."""
+    n = _getrandbits(128)
+    n = (n & ~(0xF << 76) | (0x4 << 76)) & ~(0x3 << 62) | (0x2 << 62)
+    h = b"%032x" % n
+    return b"%s-%s-%s-%s-%s" % (h[:8], h[8:12], h[12:16], h[16:20], h[20:])
+
+
 def new_trace_parent(incoming: bytes | None) -> bytes:
     """W3C trace context: keep the trace id and flags, new span id per hop; start a trace when none arrives."""
-    span = os.urandom(8).hex().encode()
+    span = b"%016x" % (_getrandbits(64) or 1)  # an all-zero id is invalid (W3C trace-context §3.2.2.4)
     if incoming:
         parts = incoming.strip().split(b"-")
         if len(parts) >= 4 and len(parts[1]) == 32 and len(parts[2]) == 16 and parts[1] != b"0" * 32:
             return b"%s-%s-%s-%s" % (parts[0], parts[1], span, parts[3][:2])
-    return b"00-%s-%s-01" % (os.urandom(16).hex().encode(), span)
+    return b"00-%032x-%s-01" % (_getrandbits(128) or 1, span)
+
+
+def _forwarded_for(ip: str) -> bytes:
+    # RFC 7239 §6: an IPv6 node is quoted and bracketed.
+    return b'for="[%s]"' % ip.encode() if ":" in ip else b"for=%s" % ip.encode()
 
 
 def render_request_head(
@@ -87,39 +104,72 @@ def render_request_head(
     upgrade: bool,
     client_ip: str,
     extra: bytes = b"",
+    drop: frozenset[bytes] = _EMPTY,
+    info: list[bytes] | None = None,
 ) -> bytes:
-    lines = _filtered(headers, keep_upgrade=upgrade)
+    """The head sent upstream: hop-by-hop fields and ``drop`` removed, ``extra`` (pre-rendered lines) added,
+    X-Forwarded-For (and an incoming Forwarded) extended with the client, x-request-id kept or made, a new
+    traceparent span. ``info``, when given, receives [x-request-id, traceparent] as sent."""
+    out: list[bytes] = []
+    conn: bytes | None = None
     xff = b""
-    request_id = False
+    fwd = b""
+    request_id = b""
     trace = None
-    out_lines = []
-    for line in lines:
-        lname = line[: line.index(b":")].lower()
+    for name, value in headers:
+        lname = name.lower()
+        if lname in HOP_BY_HOP:
+            if lname == b"connection":
+                conn = value if conn is None else conn + b"," + value
+            elif upgrade and lname == b"upgrade":
+                out.append(b"%s: %s\r\n" % (name, value))
+            continue
         if lname == b"x-forwarded-for":
-            xff = line[line.index(b":") + 1 :].strip()
+            xff = xff + b", " + value.strip() if xff else value.strip()
+            continue
+        if lname == b"forwarded":
+            fwd = fwd + b", " + value.strip() if fwd else value.strip()
             continue
         if lname == b"traceparent":
-            trace = line[line.index(b":") + 1 :].strip()
+            trace = value
             continue
         if lname == b"x-request-id":
-            request_id = True
-        out_lines.append(line)
+            request_id = value
+        if drop and lname in drop:
+            continue
+        out.append(b"%s: %s\r\n" % (name, value))
+    if conn is not None:
+        tokens = {t.strip().lower() for t in conn.split(b",")} - _PLAIN_CONNECTION
+        if tokens:
+            # Rare: Connection names other headers; those are hop-by-hop as well (RFC 9110 §7.6.1).
+            out = [line for line in out if line[: line.index(b":")].lower() not in tokens]
     if client_ip:
         xff = xff + b", " + client_ip.encode() if xff else client_ip.encode()
+        if fwd:
+            fwd = fwd + b", " + _forwarded_for(client_ip)
     if xff:
-        out_lines.append(b"x-forwarded-for: %s\r\n" % xff)
+        out.append(b"x-forwarded-for: %s\r\n" % xff)
+    if fwd:
+        out.append(b"forwarded: %s\r\n" % fwd)
     if not request_id:
-        out_lines.append(b"x-request-id: %s\r\n" % str(uuid.uuid4()).encode())
-    out_lines.append(b"traceparent: %s\r\n" % new_trace_parent(trace))
+        request_id = new_request_id()
+        out.append(b"x-request-id: %s\r\n" % request_id)
+    traceparent = new_trace_parent(trace)
+    out.append(b"traceparent: %s\r\n" % traceparent)
     if chunked:
-        out_lines.append(b"transfer-encoding: chunked\r\n")
+        out.append(b"transfer-encoding: chunked\r\n")
     if upgrade:
-        out_lines.append(b"connection: upgrade\r\n")
-    return b"%s %s HTTP/1.1\r\n%s%s\r\n" % (method, url, b"".join(out_lines), extra)
+        out.append(b"connection: upgrade\r\n")
+    if info is not None:
+        info.append(request_id)
+        info.append(traceparent)
+    return b"%s %s HTTP/1.1\r\n%s%s\r\n" % (method, url, b"".join(out), extra)
 
 
-def render_response_head(head: ResponseHead, te: bytes, keep_alive: bool, extra: bytes = b"") -> bytes:
-    lines = _filtered(head.headers, keep_upgrade=head.status == 101)
+def render_response_head(
+    head: ResponseHead, te: bytes, keep_alive: bool, extra: bytes = b"", drop: frozenset[bytes] = _EMPTY
+) -> bytes:
+    lines = _filtered(head.headers, keep_upgrade=head.status == 101, drop=drop)
     if te:
         lines.append(b"transfer-encoding: %s\r\n" % te)
     if head.status == 101:

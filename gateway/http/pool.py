@@ -1,8 +1,14 @@
-"""Keep-alive connection pools, one per listener, keyed by endpoint."""
+"""Keep-alive connection pools: one per upstream cluster (or the local app), keyed by endpoint.
+
+The pool counts every connection it handed out (``total``), for the max_connections circuit breaker, and
+can give a released connection straight to a request waiting for one (``waiter``), which is how requests
+queue as "pending" while the cluster is at its connection limit (Envoy's HTTP/1 pool behaviour).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+import time
+from collections.abc import Callable, Hashable
 
 from gateway.http.proxy import ClientConnection
 
@@ -13,6 +19,9 @@ MAX_IDLE = 64
 class ConnectionPool:
     def __init__(self) -> None:
         self.idle: dict[Hashable, list[ClientConnection]] = {}
+        self.total = 0  # open connections made through this pool, busy or idle
+        # Offered each released connection first; returns True when it took it.
+        self.waiter: Callable[[ClientConnection], bool] | None = None
 
     def take(self, key: Hashable) -> ClientConnection | None:
         conns = self.idle.get(key)
@@ -22,22 +31,52 @@ class ConnectionPool:
                 return c
         return None
 
+    def take_any(self) -> ClientConnection | None:
+        for conns in self.idle.values():
+            while conns:
+                c = conns.pop()
+                if not c.closed:
+                    return c
+        return None
+
     def add(self, client: ClientConnection) -> None:
         """A new connection: it returns here when an exchange leaves it reusable."""
         client.pool = self
         client.lost_cb = self._lost
+        self.total += 1
 
     def release(self, client: ClientConnection) -> None:
+        if client.closed:
+            return
+        waiter = self.waiter
+        if waiter is not None and waiter(client):
+            return
         conns = self.idle.setdefault(client.key, [])
-        if len(conns) >= MAX_IDLE or client.closed:
+        if len(conns) >= MAX_IDLE:
             client.close()
             return
+        client.idle_since = time.monotonic()
         conns.append(client)
 
     def _lost(self, client: ClientConnection) -> None:
+        self.total -= 1
+        client.lost_cb = None
         conns = self.idle.get(client.key)
         if conns and client in conns:
             conns.remove(client)
+
+    def close_idle(self, older_than: float) -> int:
+        """Close connections idle since before ``older_than`` (monotonic time). Returns how many."""
+        n = 0
+        for conns in self.idle.values():
+            if conns and conns[0].idle_since < older_than:
+                keep = [c for c in conns if c.idle_since >= older_than]
+                for c in conns:
+                    if c.idle_since < older_than:
+                        c.close()
+                        n += 1
+                conns[:] = keep
+        return n
 
     def close(self) -> None:
         for conns in self.idle.values():

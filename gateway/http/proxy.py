@@ -6,6 +6,15 @@ upstream endpoint), streams the request body as it arrives and the response body
 Framing is re-done on each hop (Content-Length kept, chunked re-chunked, close-delimited answers
 turned into chunked ones), hop-by-hop headers are dropped per RFC 9110 §7.6.1, and an ``Upgrade``
 answered with 101 turns the two connections into a plain byte relay (WebSocket passthrough).
+
+Back-pressure: the sides are ``gateway.http.flow`` sides, so a full write buffer towards one end pauses
+reading from the end that feeds it (the server connection pauses its current client connection, and the
+other way round), for bodies and for upgraded tunnels alike.
+
+Retries: an exchange keeps what it sent upstream (head and body, up to ``REPLAY_LIMIT``) while its ``call``
+(the outbound request driver, ``gateway.http.outbound``) may still retry; a failed attempt detaches the client
+connection and the next attempt replays those bytes to a new one. Once a response head went downstream, or
+the body outgrew the limit, nothing is retried.
 """
 
 from __future__ import annotations
@@ -26,7 +35,14 @@ log = logging.getLogger("meshgw.http")
 
 # Buffered request body while the upstream connection is being set up; past it the client is paused.
 BODY_BUFFER_LIMIT = 256 * 1024
+# Request bytes kept for a retry once sent (Envoy also buffers a bounded request for retries); past it, none.
+REPLAY_LIMIT = 256 * 1024
 LAST_CHUNK = b"0\r\n\r\n"
+
+# Why a server connection's reading is paused; it resumes when no reason is left.
+PAUSE_BUFFER = 1  # request body buffered while no upstream connection is attached
+PAUSE_PIPELINE = 2  # a pipelined request waits for the one before it
+PAUSE_UPSTREAM = 4  # the upstream connection's write buffer is full
 
 
 def chunk(data: bytes) -> bytes:
@@ -43,18 +59,21 @@ class ClientConnection:
         "exchange",
         "head_request",
         "headers",
+        "idle_since",
         "keep_alive",
         "key",
         "lost_cb",
         "pool",
+        "read_paused",
         "side",
+        "throttling",
         "upgraded",
     )
 
     def __init__(self, side: Side, key: Any):
         self.side = side
         self.key = key
-        side.relay = self  # type: ignore[assignment]  # duck-typed owner: side_lost / close
+        side.relay = self  # type: ignore[assignment]  # duck-typed owner: side_lost / close / peer_pause
         side.write = self.feed
         self._parser = httptools.HttpResponseParser(self)
         self.exchange: Exchange | None = None
@@ -66,14 +85,18 @@ class ClientConnection:
         self.body_mode = b""  # b"length", b"chunked" or b"close" for the answer being relayed
         self.lost_cb: Callable[[ClientConnection], None] | None = None
         self.pool: Any = None  # the pool it goes back to after a reusable exchange
+        self.idle_since = 0.0
+        self.read_paused = False  # paused by the downstream end's back-pressure
+        self.throttling: ServerConnection | None = None  # the server connection this one paused
 
     # -- owner protocol for the Side
 
     def side_lost(self, side: Side) -> None:
         self.closed = True
+        self._unthrottle()
         ex = self.exchange
         if ex is not None:
-            ex.upstream_lost()
+            ex.upstream_lost(self)
         if self.lost_cb is not None:
             self.lost_cb(self)
 
@@ -96,6 +119,36 @@ class ClientConnection:
         self.closed = True
         self.side.abort()
 
+    # -- back-pressure
+
+    def peer_pause(self) -> None:
+        """Our write buffer towards the upstream is full: stop reading from the downstream that fills it."""
+        ex = self.exchange
+        if ex is not None and self.throttling is None:
+            self.throttling = ex.server
+            ex.server.pause(PAUSE_UPSTREAM)
+
+    def peer_resume(self) -> None:
+        self._unthrottle()
+
+    def _unthrottle(self) -> None:
+        server = self.throttling
+        if server is not None:
+            self.throttling = None
+            server.resume(PAUSE_UPSTREAM)
+
+    def pause_reading(self) -> None:
+        t = self.side.transport
+        if not self.read_paused and t is not None and not self.side.lost:
+            self.read_paused = True
+            t.pause_reading()
+
+    def resume_reading(self) -> None:
+        t = self.side.transport
+        if self.read_paused and t is not None and not self.side.lost:
+            self.read_paused = False
+            t.resume_reading()
+
     # -- sending the request
 
     def begin(self, exchange: Exchange) -> None:
@@ -106,6 +159,12 @@ class ClientConnection:
             # llhttp cannot be told an answer belongs to HEAD (no body despite Content-Length): a fresh
             # parser is used after it, and on_headers_complete ends the message.
             self._parser = httptools.HttpResponseParser(self)
+
+    def detach(self) -> None:
+        """A failed attempt: this connection is dropped and the exchange goes on elsewhere."""
+        self.exchange = None
+        self._unthrottle()
+        self.abort()
 
     def send(self, data: bytes) -> None:
         self.side.send(data)
@@ -146,7 +205,10 @@ class ClientConnection:
             return
         self.keep_alive = self._parser.should_keep_alive()
         head = ResponseHead(status, self.headers, self._parser.get_http_version())
-        self.body_mode = ex.send_response_head(head, self)
+        mode = ex.send_response_head(head, self)
+        if mode == b"retry":
+            return  # the exchange detached this connection and tries again elsewhere
+        self.body_mode = mode
         if status == 101:
             self.upgraded = True
         elif self.head_request:
@@ -165,6 +227,7 @@ class ClientConnection:
         if self.head_request:
             self._parser = httptools.HttpResponseParser(self)
             self.head_request = False
+        self._unthrottle()
         ex.response_complete(self)
 
 
@@ -172,20 +235,32 @@ class Exchange:
     """One request/response through the proxy."""
 
     __slots__ = (
-        "body_buffer",
-        "body_size",
+        "call",
         "chunked",
         "client",
         "content_length",
         "expect_continue",
+        "finished",
+        "flags",
+        "head",
+        "head_time",
         "headers",
+        "info",
         "keep_alive",
         "method",
+        "out",
+        "out_size",
+        "replay",
         "request_done",
+        "resp_drop",
+        "resp_extra",
         "response_status",
+        "rx",
         "server",
         "started",
+        "timeout",
         "timer",
+        "tx",
         "upgrade",
         "url",
         "version",
@@ -202,45 +277,97 @@ class Exchange:
         self.keep_alive = True
         self.upgrade = False
         self.expect_continue = False
-        self.body_buffer: list[bytes] | None = []
-        self.body_size = 0
+        self.head = b""
+        # Body bytes not sent yet (no connection attached), or everything sent while a retry may replay it.
+        # None once neither applies: attached without replay, or answered locally (the rest is dropped).
+        self.out: list[bytes] | None = []
+        self.out_size = 0
+        self.replay = False
         self.request_done = False
         self.client: ClientConnection | None = None
         self.response_status: int | None = None
         self.started = time.monotonic()
         self.timer: asyncio.TimerHandle | None = None
+        self.timeout: tuple[float, Callable[[Exchange], None]] | None = None  # armed when the request is complete
+        self.call: Any = None  # the outbound driver (retries, breakers, balancing), upstream listeners only
+        self.resp_drop: frozenset[bytes] = frozenset()  # route header rules for the response
+        self.resp_extra = b""
+        self.finished = False
+        self.rx = 0  # request body bytes received
+        self.tx = 0  # response body bytes sent
+        self.info: list[bytes] | None = None  # [x-request-id, traceparent] as sent upstream, for access logs
+        self.head_time = 0.0  # when the upstream's response head arrived
+        self.flags = ""  # Envoy-style response flags for the access log (UF, UO, UT, ...)
 
     # -- request side
 
     def request_body(self, data: bytes) -> None:
-        framed = chunk(data) if self.chunked else data
-        if self.client is not None:
-            self.client.send(framed)
+        self.rx += len(data)
+        self._forward(chunk(data) if self.chunked else data)
+
+    def _forward(self, framed: bytes) -> None:
+        client = self.client
+        out = self.out
+        if client is not None:
+            client.send(framed)
+            if out is not None:
+                out.append(framed)
+                self.out_size += len(framed)
+                if self.out_size > REPLAY_LIMIT:
+                    self.out = None  # too large to replay: from now on this attempt is the last
+                    self.replay = False
             return
-        if self.body_buffer is None:
+        if out is None:
             return  # answered already (e.g. 403): the rest of the body is read and dropped
-        self.body_buffer.append(framed)
-        self.body_size += len(framed)
-        if self.body_size > BODY_BUFFER_LIMIT:
-            self.server.pause()
+        out.append(framed)
+        self.out_size += len(framed)
+        if self.out_size > BODY_BUFFER_LIMIT:
+            self.server.pause(PAUSE_BUFFER)
 
     def request_complete(self) -> None:
         self.request_done = True
         if self.chunked:
-            if self.client is not None:
-                self.client.send(LAST_CHUNK)
-            elif self.body_buffer is not None:
-                self.body_buffer.append(LAST_CHUNK)
+            self._forward(LAST_CHUNK)
+        if self.timeout is not None:
+            self._start_timer()
 
-    def attach(self, client: ClientConnection, head: bytes) -> None:
-        """The upstream connection is ready: send the head and what body arrived so far."""
+    def arm_timeout(self, seconds: float, callback: Callable[[Exchange], None]) -> None:
+        """The request timeout, counted as Envoy's route timeout is: from the end of the downstream request to
+        the response head, so a long upload is not cut short (Envoy docs, RouteAction.timeout)."""
+        self.timeout = (seconds, callback)
+        if self.request_done:
+            self._start_timer()
+
+    def _start_timer(self) -> None:
+        seconds, callback = self.timeout  # type: ignore[misc]
+        self.timeout = None
+        if self.response_status is None and self.timer is None:
+            self.timer = asyncio.get_running_loop().call_later(seconds, callback, self)
+
+    def attach(self, client: ClientConnection, head: bytes | None = None) -> None:
+        """An upstream connection is ready: send the head and what body arrived so far."""
+        if head is not None:
+            self.head = head
         self.client = client
         client.begin(self)
-        buffered = self.body_buffer or []
-        self.body_buffer = None
-        client.send(head + b"".join(buffered) if buffered else head)
-        if self.body_size > BODY_BUFFER_LIMIT:
-            self.server.resume()
+        out = self.out
+        client.send(self.head + b"".join(out) if out else self.head)
+        if not self.replay:
+            self.out = None
+        if self.out_size > BODY_BUFFER_LIMIT:
+            self.server.resume(PAUSE_BUFFER)
+            if self.out is not None and self.out_size > REPLAY_LIMIT:
+                self.out = None
+                self.replay = False
+
+    def can_replay(self) -> bool:
+        return self.response_status is None and self.out is not None
+
+    def detach(self) -> None:
+        client = self.client
+        if client is not None:
+            self.client = None
+            client.detach()
 
     # -- response side
 
@@ -249,7 +376,11 @@ class Exchange:
         self.server.side.send(render_response_head(ResponseHead(status, headers, "1.1"), b"", keep_alive=True))
 
     def send_response_head(self, head: ResponseHead, client: ClientConnection) -> bytes:
+        call = self.call
+        if call is not None and call.on_response_head(head.status):
+            return b"retry"
         self.response_status = head.status
+        self.head_time = time.monotonic()
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -266,14 +397,18 @@ class Exchange:
         keep_alive = self.keep_alive and (mode != b"close" or self.version == "1.1") and not self.server.draining
         self.keep_alive = keep_alive
         te = b"chunked" if mode in (b"chunked", b"close") and self.version == "1.1" else b""
-        self.server.send_response(
-            render_response_head(head, te, keep_alive, self.server.extra_response_headers), head.status, self
+        extra = (
+            self.resp_extra + self.server.extra_response_headers
+            if self.resp_extra
+            else self.server.extra_response_headers
         )
+        self.server.send_response(render_response_head(head, te, keep_alive, extra, self.resp_drop), head.status, self)
         if mode == b"upgrade":
             self.server.upgrade_to(client)
         return mode
 
     def send_response_body(self, body: bytes, mode: bytes) -> None:
+        self.tx += len(body)
         if mode == b"length" or self.version != "1.1":
             self.server.side.send(body)
         else:
@@ -285,23 +420,27 @@ class Exchange:
         reuse = client.keep_alive and self.request_done and not client.closed
         self.server.exchange_done(self, client, reuse)
 
-    def upstream_lost(self) -> None:
-        client = self.client
+    def upstream_lost(self, client: ClientConnection) -> None:
         if self.response_status is None:
+            call = self.call
+            if call is not None:
+                self.client = None
+                call.on_reset()
+                return
             self.upstream_failed(503, "upstream connection reset before the response headers")
-        elif client is not None and client.body_mode == b"close" and not client.upgraded:
+        elif client.body_mode == b"close" and not client.upgraded:
             self.response_complete(client)  # a close-delimited answer ends with the connection
         else:
             self.server.abort()  # mid-body: the client must not take a truncated answer as whole
 
-    def upstream_failed(self, status: int, reason: str) -> None:
+    def upstream_failed(self, status: int, reason: str, headers: bytes = b"") -> None:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
         if self.response_status is not None:
             self.server.abort()
             return
-        self.server.local_response(self, status, reason)
+        self.server.local_response(self, status, reason, headers)
 
 
 class ServerConnection:
@@ -315,21 +454,25 @@ class ServerConnection:
         on_close: Callable[[ServerConnection], None],
         peer_ip: str = "",
         extra_response_headers: bytes = b"",
+        on_done: Callable[[Exchange], None] | None = None,
     ):
         self.side = side
         side.relay = self  # type: ignore[assignment]
         self.handle = handle
         self.on_response = on_response
         self.on_close = on_close
+        self.on_done = on_done
         self.peer_ip = peer_ip
         self.extra_response_headers = extra_response_headers
         self.parser = httptools.HttpRequestParser(self)
         self.queue: deque[Exchange] = deque()
         self.current: Exchange | None = None  # the one being parsed
         self.closed = False
-        self.paused = False
+        self.paused = 0  # PAUSE_* reasons
         self.upgraded_to: ClientConnection | None = None
+        self.throttled: ClientConnection | None = None  # the client connection our back-pressure paused
         self.draining = False
+        self.idle_since = time.monotonic()
 
     def counts(self) -> tuple[int, int]:
         return (self.side.nbytes, 0)
@@ -341,6 +484,7 @@ class ServerConnection:
         self._abort_exchanges()
         if self.upgraded_to is not None:
             self.upgraded_to.close()
+        self._unthrottle()
         self.on_close(self)
 
     def _abort_exchanges(self) -> None:
@@ -348,9 +492,11 @@ class ServerConnection:
             if ex.timer is not None:
                 ex.timer.cancel()
                 ex.timer = None
-            if ex.client is not None and not ex.client.closed:
-                ex.client.abort()  # mid-exchange: the upstream connection cannot be reused
+            if ex.client is not None:
+                ex.detach()  # mid-exchange: the upstream connection cannot be reused
             ex.response_status = ex.response_status or 0  # a dial still under way must not attach
+            ex.out = None
+            self._finish(ex)
         self.queue.clear()
 
     def close(self) -> None:
@@ -375,18 +521,43 @@ class ServerConnection:
     def drain(self) -> None:
         """Shutdown: an idle keep-alive connection closes now, a busy one after its current answer."""
         self.draining = True
-        if not self.queue and self.current is None and self.upgraded_to is None:
+        if self.idle():
             self.side.close()
 
-    def pause(self) -> None:
-        if not self.paused and self.side.transport is not None:
-            self.paused = True
-            self.side.transport.pause_reading()
+    def idle(self) -> bool:
+        return not self.queue and self.current is None and self.upgraded_to is None
 
-    def resume(self) -> None:
-        if self.paused and self.side.transport is not None:
-            self.paused = False
+    # -- flow control
+
+    def pause(self, reason: int) -> None:
+        if not self.paused and self.side.transport is not None and not self.side.lost:
+            self.side.transport.pause_reading()
+        self.paused |= reason
+
+    def resume(self, reason: int) -> None:
+        if not self.paused & reason:
+            return
+        self.paused &= ~reason
+        if not self.paused and self.side.transport is not None and not self.side.lost:
             self.side.transport.resume_reading()
+
+    def peer_pause(self) -> None:
+        """Our write buffer towards the client is full: stop reading from the upstream connection feeding it."""
+        up = self.upgraded_to
+        if up is None and self.queue:
+            up = self.queue[0].client
+        if up is not None and self.throttled is None:
+            self.throttled = up
+            up.pause_reading()
+
+    def peer_resume(self) -> None:
+        self._unthrottle()
+
+    def _unthrottle(self) -> None:
+        up = self.throttled
+        if up is not None:
+            self.throttled = None
+            up.resume_reading()
 
     # -- parsing requests
 
@@ -447,7 +618,7 @@ class ServerConnection:
         if len(self.queue) == 1:
             self._start(ex)
         else:
-            self.pause()  # pipelined: one exchange at a time, the next waits its turn
+            self.pause(PAUSE_PIPELINE)  # pipelined: one exchange at a time, the next waits its turn
 
     def on_body(self, body: bytes) -> None:
         ex = self.current
@@ -468,6 +639,12 @@ class ServerConnection:
             task = asyncio.ensure_future(result)
             task.add_done_callback(_log_failure)
 
+    def _finish(self, ex: Exchange) -> None:
+        if not ex.finished:
+            ex.finished = True
+            if self.on_done is not None:
+                self.on_done(ex)
+
     def send_response(self, head: bytes, status: int, ex: Exchange) -> None:
         self.on_response(ex, status)
         self.side.send(head)
@@ -476,24 +653,32 @@ class ServerConnection:
         """An answer made here (403, 503, 504...): the request never reached (or never left) the app."""
         ex.response_status = status
         if ex.client is not None:
-            ex.client.abort()
-            ex.client = None
+            if self.throttled is ex.client:
+                self.throttled = None
+            ex.detach()  # mid-exchange (a timeout, a malformed answer): that connection is done
         # Keep the connection only if the whole request body has been read (else the next bytes
         # would be taken for a new request).
         keep = ex.keep_alive and ex.request_done and not ex.upgrade and not self.draining
         self.on_response(ex, status)
         self.side.send(simple_response(status, reason, keep_alive=keep, extra=headers + self.extra_response_headers))
-        ex.body_buffer = None
+        if ex.out_size > BODY_BUFFER_LIMIT:
+            self.resume(PAUSE_BUFFER)  # the rest of the body is read and dropped
+        ex.out = None
+        self._finish(ex)
         if keep:
             self._next(ex)
         else:
             self.side.close()
 
     def exchange_done(self, ex: Exchange, client: ClientConnection, reuse: bool) -> None:
+        if self.throttled is client:
+            self.throttled = None
+            client.resume_reading()
         if reuse and client.pool is not None:
             client.pool.release(client)
         else:
             client.close()
+        self._finish(ex)
         if not ex.keep_alive or self.draining:
             self.side.close()
             return
@@ -505,15 +690,15 @@ class ServerConnection:
         if self.queue:
             self._start(self.queue[0])
         else:
-            self.resume()
+            self.idle_since = time.monotonic()
+            self.resume(PAUSE_PIPELINE)
 
     def upgrade_to(self, client: ClientConnection) -> None:
         """101 Switching Protocols: from now on, bytes both ways as they are."""
         self.upgraded_to = client
         ex = self.queue[0] if self.queue else None
-        if ex is not None and ex.body_buffer:
-            client.send(b"".join(ex.body_buffer))
-            ex.body_buffer = None
+        if ex is not None:
+            ex.out = None  # everything received so far went upstream when the request was attached
 
 
 def _log_failure(task: asyncio.Future[Any]) -> None:
