@@ -89,7 +89,12 @@ def parse_catalog(data: Any, path: Path, default_dc: str) -> dict[str, tuple[End
             weight = inst.get("weight", 1)
             if isinstance(weight, bool) or not isinstance(weight, int) or weight < 1:
                 raise bad(f"{ikey}.weight", f"{weight!r} is not a weight (expected an integer >= 1)")
-            eps.append(Endpoint(addr, port, dc, health, weight))
+            # meta/tags also feed service-resolver subset filters (Service.Meta / Service.Tags, consul.md §8.5).
+            meta = inst.get("meta")
+            meta_t = tuple(sorted((str(k), str(v)) for k, v in meta.items())) if isinstance(meta, Mapping) else ()
+            tags = inst.get("tags")
+            tags_t = tuple(str(t) for t in tags) if isinstance(tags, list) else ()
+            eps.append(Endpoint(addr, port, dc, health, weight, meta_t, tags_t))
         out[str(name)] = tuple(eps)
     return out
 
@@ -121,11 +126,21 @@ class WatchedFile(Generic[T]):
     Polling (not inotify) because it also sees atomic renames, NFS and bind mounts, and costs one stat.
     """
 
-    def __init__(self, path: Path, parse: Callable[[Path], T], apply: Callable[[T], None], source: str):
+    def __init__(
+        self,
+        path: Path,
+        parse: Callable[[Path], T],
+        apply: Callable[[T], None],
+        source: str,
+        keeper: str = "",
+        applied: str = "applied to new connections",
+    ):
         self.path = path
         self.parse = parse
         self.apply = apply
-        self.source = source
+        self.source = source  # a metric label: bounded
+        self.keeper = keeper or f"keeping the last good {source}"  # who keeps what, for the log line
+        self.applied = applied
         self._sig: tuple[int, int, int] | None = None
         self._last_error: str | None = None
 
@@ -152,13 +167,13 @@ class WatchedFile(Generic[T]):
             msg = str(e)
             metrics.CONTROL_PLANE_ERRORS.labels(self.source).inc()
             if msg != self._last_error:
-                log.error("%s (keeping the last good %s)", msg, self.source)
+                log.error("%s (%s)", msg, self.keeper)
                 self._last_error = msg
             return
         if self._last_error is not None:
             log.info("%s: good again, applied", self.path)
         self._last_error = None
-        log.info("%s: changed, applied to new connections", self.path)
+        log.info("%s: changed, %s", self.path, self.applied)
         self.apply(value)
 
 

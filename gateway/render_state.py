@@ -28,7 +28,7 @@ from typing import Any
 
 from connect.ca import Leaf
 from connect.intentions import IntentionError, ServiceIntentions, parse_entries
-from connect.local import SourceError, load_structured, parse_catalog, read_intentions
+from connect.local import SourceError, WatchedFile, load_structured, parse_catalog, read_intentions
 from connect.watch import WatchError, WatchHealth, blocking_watch
 from gateway.config import Config, ConfigError, TemplateCertsConfig
 
@@ -362,44 +362,6 @@ class StateSource:
         """One read of these keys now (``--once``); raises WatchError or SourceError."""
 
 
-class PolledFile:
-    """One control-plane file, re-read when its (inode, size, mtime) changes: polling also sees atomic renames,
-    NFS and bind mounts (as connect.local.WatchedFile does for the sidecar; this one speaks for the templates)."""
-
-    def __init__(self, path: Path, parse: Callable[[Path], Any], apply: Callable[[Any], None]):
-        self.path = path
-        self.parse = parse
-        self.apply = apply
-        self._sig: tuple[int, int, int] | None = None
-        self._last_error: str | None = None
-
-    def _signature(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_ino, st.st_size, st.st_mtime_ns)
-
-    def load_initial(self) -> None:
-        self._sig = self._signature()
-        self.apply(self.parse(self.path))
-
-    def poll(self) -> None:
-        sig = self._signature()
-        if sig == self._sig:
-            return
-        self._sig = sig
-        try:
-            value = self.parse(self.path)
-        except SourceError as e:
-            if str(e) != self._last_error:  # once per distinct problem
-                log.error("%s (templates keep the last good data)", e)
-                self._last_error = str(e)
-            return
-        self._last_error = None
-        self.apply(value)
-
-
 class LocalSource(StateSource):
     """The local control-plane files. Everything is loaded up front, so only certs can be missing."""
 
@@ -408,20 +370,32 @@ class LocalSource(StateSource):
         self.poll = poll
         self.catalog: dict[str, tuple[Instance, ...]] = {}
         self.intentions: tuple[ServiceIntentions, ...] = ()
-        self.files: list[PolledFile] = []
+        self.files: list[WatchedFile[Any]] = []
         self._on_change: Callable[[], None] = lambda: None
         self._task: asyncio.Task[None] | None = None
         local = config.control_plane.local
         if local.catalog is not None:
             self.files.append(
-                PolledFile(
+                WatchedFile(
                     local.catalog,
                     lambda p: parse_catalog_for_templates(load_structured(p, _read(p)), p, config.datacenter),
                     self._set_catalog,
+                    "catalog",
+                    keeper="templates keep the last good data",
+                    applied="templates render again",
                 )
             )
         if local.intentions is not None:
-            self.files.append(PolledFile(local.intentions, read_intentions, self._set_intentions))
+            self.files.append(
+                WatchedFile(
+                    local.intentions,
+                    read_intentions,
+                    self._set_intentions,
+                    "intentions",
+                    keeper="templates keep the last good data",
+                    applied="templates render again",
+                )
+            )
 
     def _set_catalog(self, catalog: dict[str, tuple[Instance, ...]]) -> None:
         self.catalog = catalog

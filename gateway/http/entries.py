@@ -430,8 +430,11 @@ def _router(r: _R, d: Mapping[str, Any], name: str) -> ServiceRouter:
             request_headers=_header_mods(r, dm.get("RequestHeaders"), f"{dk}.RequestHeaders"),
             response_headers=_header_mods(r, dm.get("ResponseHeaders"), f"{dk}.ResponseHeaders"),
         )
-        if dest.prefix_rewrite is not None and (match is None or (match.path_prefix is None and match.path_exact is None)):
-            r.problem(f"{dk}.PrefixRewrite", "needs Match.HTTP.PathPrefix or PathExact (C:structs ServiceRouter.Validate)")
+        no_path = match is None or (match.path_prefix is None and match.path_exact is None)
+        if dest.prefix_rewrite is not None and no_path:
+            r.problem(
+                f"{dk}.PrefixRewrite", "needs Match.HTTP.PathPrefix or PathExact (C:structs ServiceRouter.Validate)"
+            )
         routes.append(RouterRoute(match, dest))
     return ServiceRouter(name, tuple(routes))
 
