@@ -24,11 +24,13 @@ from connect.intentions import IntentionError, parse_entries
 from connect.watch import WatchError, WatchHealth, backoff_delay, blocking_watch
 from gateway import metrics
 from gateway.config import Config, ConfigError, ConsulConfig
+from gateway.http.entries import EntryError, parse_entry, referenced_services
 from gateway.snapshot import Endpoint, SnapshotBuilder
 
 log = logging.getLogger("meshgw.consul")
 
 TTL = 15.0  # the sidecar's TTL check; refreshed every TTL/3
+CHAIN_KINDS = ("service-router", "service-splitter", "service-resolver", "service-defaults")
 # After the agent comes back, it may answer from an empty local state until services register
 # again (ours does so at once): an empty upstream set inside this window keeps the last good one.
 RECOVERY_GRACE = 10.0
@@ -144,7 +146,10 @@ def endpoints_from_health(entries: list[dict[str, Any]], datacenter: str, local_
         if not address or not port:
             continue
         weight = int(((svc.get("Weights") or {}).get("Passing")) or 1)
-        out.append(Endpoint(str(address), int(port), datacenter, "passing", max(1, weight)))
+        # Service.Meta/Tags for service-resolver subset filters (a sidecar inherits its service's, consul.md §3.2).
+        meta = tuple(sorted((str(k), str(v)) for k, v in (svc.get("Meta") or {}).items()))
+        tags = tuple(str(t) for t in svc.get("Tags") or ())
+        out.append(Endpoint(str(address), int(port), datacenter, "passing", max(1, weight), meta, tags))
     # Sorted so that a reordered answer (Consul does not keep order, §4.1) is not a change.
     return tuple(sorted(out, key=lambda ep: (ep.address, ep.port)))
 
@@ -186,14 +191,22 @@ class ConsulControlPlane:
         self.tasks: list[asyncio.Task[None]] = []
         self._endpoints: dict[tuple[str, str], tuple[Endpoint, ...]] = {}
         self._roots: tuple[str, bytes] | None = None
+        self._chain: dict[str, tuple[Any, ...]] = {}  # kind -> parsed entries (the last good ones)
+        self._watched_services: set[tuple[str, str]] = set()
         self._leaf: Leaf | None = None
         self.registered = False
+        self._names: set[str] = set()
         self._recovered_at = 0.0
         self._wake_registration = asyncio.Event()
         svc = config.service
         self.sidecar_id = f"{svc.id}-sidecar-proxy"
         self.check_id = f"service:{self.sidecar_id}"
         metrics.CONSUL_UP.set(0)
+
+    def waiting_for(self) -> str | None:
+        """Not ready until every watch has had a first answer (started with Consul down: wait, 503)."""
+        missing = self._names - self.health.answered
+        return f"waiting for a first answer from consul ({', '.join(sorted(missing))})" if missing else None
 
     def _on_health(self, up: bool) -> None:
         metrics.CONSUL_UP.set(1 if up else 0)
@@ -209,9 +222,17 @@ class ConsulControlPlane:
         await self.api.open()
         loop = asyncio.get_running_loop()
         dcs = {(u.service, u.datacenter or self.config.datacenter) for u in self.config.upstreams}
+        self._names = {f"health/connect/{svc}" for svc, _ in dcs} | {"config/service-intentions", "connect/ca/roots"}
+        if self.provide_certs:
+            self._names.add("connect/ca/leaf")
         for service, dc in sorted(dcs):
             self._spawn(loop, self._watch_upstream(service, dc), f"watch-upstream-{service}-{dc}")
         self._spawn(loop, self._watch_intentions(), "watch-intentions")
+        if any(u.protocol == "http" for u in self.config.upstreams):
+            # HTTP upstreams: the discovery chain's config entries (consul.md §8.1, §8.3-§8.5).
+            self._watched_services = set(dcs)
+            for kind in CHAIN_KINDS:
+                self._spawn(loop, self._watch_chain_kind(kind), f"watch-{kind}")
         self._spawn(loop, self._watch_roots(), "watch-roots")
         if self.provide_certs:
             self._spawn(loop, self._watch_leaf(), "watch-leaf")
@@ -270,6 +291,33 @@ class ConsulControlPlane:
             self.builder.set_intentions(parsed)
 
         await blocking_watch("config/service-intentions", fetch, on_data, self.health)
+
+    async def _watch_chain_kind(self, kind: str) -> None:
+        async def fetch(index: int) -> tuple[int, Any]:
+            return await self.api.blocking_get(f"/v1/config/{kind}", index)
+
+        def on_data(entries: Any) -> None:
+            parsed = []
+            for raw in entries or []:
+                try:
+                    parsed.append(parse_entry(raw, f"consul /v1/config/{kind}", lenient=True))
+                except EntryError as e:
+                    # One bad entry is left out (and said once per change); the others still apply.
+                    metrics.CONTROL_PLANE_ERRORS.labels("config-entries").inc()
+                    log.error("%s (entry ignored)", e)
+            self._chain[kind] = tuple(parsed)
+            combined = tuple(e for k in CHAIN_KINDS for e in self._chain.get(k, ()))
+            # Routes and splits can send requests to other services: watch their endpoints too.
+            loop = asyncio.get_running_loop()
+            for service, dc in referenced_services(combined):
+                key = (service, dc or self.config.datacenter)
+                if key not in self._watched_services:
+                    self._watched_services.add(key)
+                    self._spawn(loop, self._watch_upstream(*key), f"watch-upstream-{key[0]}-{key[1]}")
+            log.info("consul %s entries: %d", kind, len(parsed))
+            self.builder.set_chain_entries(combined)
+
+        await blocking_watch(f"config/{kind}", fetch, on_data, self.health)
 
     async def _watch_roots(self) -> None:
         async def fetch(index: int) -> tuple[int, Any]:

@@ -37,9 +37,11 @@ class WatchHealth:
     up: bool | None = None
     last_success: float = 0.0
     failing: dict[str, str] = field(default_factory=dict)
+    answered: set[str] = field(default_factory=set)  # watches that have had at least one answer
 
     def success(self, name: str) -> None:
         self.last_success = time.time()
+        self.answered.add(name)
         self.failing.pop(name, None)
         if not self.failing and self.up is not True:
             if self.up is False:

@@ -21,12 +21,13 @@ class Admin:
         bind: Address,
         holder: SnapshotHolder,
         config_json: Callable[[], dict[str, Any]],
-        draining: Callable[[], bool],
+        not_ready: Callable[[], str | None],
     ):
         self.bind = bind
         self.holder = holder
         self.config_json = config_json
-        self.draining = draining
+        # A reason the process as a whole is not ready (draining, control plane not answered yet), or None.
+        self.not_ready = not_ready
         self.runner: web.AppRunner | None = None
         self.port = bind.port
 
@@ -61,8 +62,9 @@ class Admin:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def ready(self, request: web.Request) -> web.Response:
-        if self.draining():
-            return web.Response(status=503, text="draining\n")
+        reason = self.not_ready()
+        if reason:
+            return web.Response(status=503, text=f"{reason}\n")
         ok, why = self.holder.current.ready()
         return web.Response(status=200 if ok else 503, text=f"{why}\n")
 

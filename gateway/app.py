@@ -56,7 +56,7 @@ class Sidecar:
         self.control_plane = self._make_control_plane(config)
         self.certs = self._make_certs(config)
         self.listeners: dict[tuple[Any, ...], Listener] = {}
-        self.admin = Admin(config.admin.bind, self.holder, self._config_json, lambda: self.draining)
+        self.admin = Admin(config.admin.bind, self.holder, self._config_json, self._not_ready)
         self.draining = False
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -74,8 +74,15 @@ class Sidecar:
             cfg.control_plane.local, cfg.datacenter, self.builder.set_catalog, self.builder.set_intentions
         )
 
+    def _not_ready(self) -> str | None:
+        if self.draining:
+            return "draining"
+        waiting = getattr(self.control_plane, "waiting_for", None)
+        return waiting() if waiting is not None else None
+
     def _ready(self) -> tuple[bool, str]:
-        return self.holder.current.ready()
+        reason = self._not_ready()
+        return (False, reason) if reason else self.holder.current.ready()
 
     def _make_certs(self, cfg: Config) -> Any:
         """The leaf-certificate provider: async start()/stop(), hands (trust domain, leaf, roots) to the builder."""
@@ -224,7 +231,7 @@ class Sidecar:
                 await self._start_listener(key, new)
         if new.admin != old.admin:
             await self.admin.stop()
-            self.admin = Admin(new.admin.bind, self.holder, self._config_json, lambda: self.draining)
+            self.admin = Admin(new.admin.bind, self.holder, self._config_json, self._not_ready)
             await self.admin.start()
 
     async def _new_templates(self, cfg: Config) -> TemplateRunner | None:

@@ -301,3 +301,36 @@ def test_meshgw_intention_round_trip_against_consul(consul: ConsulDoubleThread) 
     assert "web => db (deny, precedence 9)" in r.stdout
     assert run("delete", "web", "db").returncode == 0
     assert run("get", "web", "db").returncode == 1
+
+
+def test_starting_with_consul_down_waits_with_ready_503(tmp_path: Path, consul: ConsulDoubleThread) -> None:
+    m = ConsulMesh(tmp_path, consul)
+    consul.kill()
+    try:
+        with echo_app() as app:
+            admin = free_port()
+            cfg = {
+                "service": {"name": "api", "port": app.port},
+                "inbound": {"bind": f"127.0.0.1:{free_port()}"},
+                "control_plane": {"type": "consul", "consul": {"address": consul.address, "wait": "10s"}},
+                "certificates": {"type": "builtin", "builtin": {"dir": "ca", "leaf_ttl": "1h"}},
+                "admin": {"bind": f"127.0.0.1:{admin}"},
+            }
+            path = tmp_path / "api.yaml"
+            path.write_text(yaml.safe_dump(cfg))
+            sc = Sidecar(None, "api", path, admin, tmp_path / "api.log")  # type: ignore[arg-type]
+            m.sidecars.append(sc)
+            sc.start(wait_ready=False)
+
+            def status() -> tuple[int, str] | None:
+                try:
+                    return sc.admin("/ready")
+                except OSError:
+                    return None
+
+            first = wait_for(status, 15, "admin up")
+            assert first[0] == 503 and "waiting for a first answer from consul" in first[1]
+            consul.restart()
+            wait_for(lambda: sc.ready(), 20, "ready once consul answers")
+    finally:
+        m.close()
