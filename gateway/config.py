@@ -217,6 +217,9 @@ class Config:
     templates: tuple[TemplateConfig, ...] = ()
     template_certs: TemplateCertsConfig | None = None
     access_log: AccessLogConfig = field(default_factory=lambda: AccessLogConfig())
+    # Discovery-chain entries for the local control plane (service-router/-splitter/-resolver/-defaults, in
+    # Consul's shapes: gateway/http/entries.py); with Consul they come from its config entries instead.
+    config_entries: tuple[Any, ...] = ()
 
     def to_public_dict(self) -> dict[str, Any]:
         """The config as plain JSON-able data (no secrets are ever part of it)."""
@@ -397,6 +400,7 @@ def parse_config(data: Any, path: Path, env: Mapping[str, str] | None = None) ->
             "log_level",
             "templates",
             "access_log",
+            "config_entries",
         ),
     )
     if data is None or (isinstance(data, Mapping) and not data):
@@ -502,6 +506,14 @@ def parse_config(data: Any, path: Path, env: Mapping[str, str] | None = None) ->
 
     templates, template_certs = _parse_templates(r, top.get("templates"), base, env)
     access_log = _parse_access_log(r, top.get("access_log"), base)
+    config_entries: tuple[Any, ...] = ()
+    if top.get("config_entries") is not None:
+        from gateway.http.entries import EntryError, parse_entries  # imported here: entries imports this module
+
+        try:
+            config_entries = parse_entries(top["config_entries"], "config_entries")
+        except EntryError as e:
+            r.problems.extend(f"{path}: {p}" for p in e.problems)
 
     if inbound is None and not upstreams:
         r.problem("inbound", "a sidecar needs an inbound listener or at least one upstream (expected inbound.bind)")
@@ -523,6 +535,7 @@ def parse_config(data: Any, path: Path, env: Mapping[str, str] | None = None) ->
         templates=templates,
         template_certs=template_certs,
         access_log=access_log,
+        config_entries=config_entries,
     )
 
 

@@ -28,6 +28,7 @@ from gateway.http.headers import render_request_head
 from gateway.http.outbound import Call, ClusterRuntime, code_class
 from gateway.http.pool import ConnectionPool
 from gateway.http.proxy import ClientConnection, Exchange, ServerConnection
+from gateway.http.stats import Observer, incrementer
 from gateway.l4 import Relay, Side, TLSSide
 from gateway.snapshot import Endpoint, Snapshot, SnapshotHolder, TLSState, UpstreamView, upstream_key
 from gateway.tls import handshake_failure_reason, peer_identity
@@ -37,6 +38,7 @@ HANDSHAKE_TIMEOUT = 10.0
 CONNECT_ERRORS = (OSError, asyncio.TimeoutError, ConnectionError)
 MAX_CONNECT_ATTEMPTS = 3
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+TICK = 0.05  # request deadlines are checked this often
 
 
 class DialError(Exception):
@@ -128,6 +130,8 @@ class Listener:
         self.m_tx = metrics.BYTES_SENT.labels(self.name)
         self.m_status = {c: metrics.HTTP_RESPONSES.labels(self.name, c) for c in STATUS_CLASSES}
         self.m_latency = metrics.HTTP_DURATION.labels(self.name)
+        self._status_inc = [incrementer(self.m_status[c]) for c in STATUS_CLASSES]
+        self._latency = Observer(self.m_latency).observe
         self.m_timeouts = {k: metrics.HTTP_TIMEOUTS.labels(self.name, k) for k in metrics.TIMEOUT_KINDS}
         self.pool = ConnectionPool()
         self.request_timeout = 15.0
@@ -135,14 +139,15 @@ class Listener:
         self.http = False
         self.draining = False
         self._sweeper: asyncio.Task[None] | None = None
+        self._ticker: asyncio.TimerHandle | None = None
 
     def _on_response(self, ex: Exchange | None, status: int) -> None:
-        self.m_status[STATUS_CLASSES[min(max(status // 100, 1), 5) - 1]].inc()
+        self._status_inc[min(max(status // 100, 1), 5) - 1]()
         if ex is not None:
-            self.m_latency.observe(time.monotonic() - ex.started)
+            self._latency(time.monotonic() - ex.started)
 
     def _request_timeout(self, ex: Exchange) -> None:
-        ex.timer = None
+        ex.deadline = 0.0
         self.m_timeouts["request"].inc()
         ex.flags = "UT"
         ex.upstream_failed(504, "upstream request timeout")
@@ -159,6 +164,7 @@ class Listener:
         )
         if self.http:
             self._sweeper = loop.create_task(self._sweep_loop())
+            self._ticker = loop.call_later(TICK, self._tick)
         log.info("%s listening on %s", self.name, self.bind)
 
     def _protocol(self) -> asyncio.Protocol:
@@ -199,7 +205,19 @@ class Listener:
         if not self.relays and not self.tasks:
             self._idle.set()
 
-    # -- periodic work (HTTP): idle keep-alive connections, pools, outlier detection
+    # -- periodic work (HTTP): request deadlines, idle keep-alive connections, pools, outlier detection
+
+    def _tick(self) -> None:
+        """Request timeouts: one timer for the listener instead of one per request (a timer per request cost more
+        than the rest of the request bookkeeping). Deadlines are met within TICK."""
+        now = time.monotonic()
+        for conn in list(self.relays):
+            queue = getattr(conn, "queue", None)
+            if queue:
+                ex = queue[0]
+                if ex.deadline and ex.deadline <= now and ex.response_status is None:
+                    self._request_timeout(ex)
+        self._ticker = asyncio.get_running_loop().call_later(TICK, self._tick)
 
     def _sweep_period(self) -> float:
         return max(0.05, min(1.0, self.idle_timeout / 4))
@@ -252,6 +270,10 @@ class Listener:
                 r.abort()
             self._close_pools()
             return left
+        finally:
+            if self._ticker is not None:  # kept until now: requests finishing during the drain have deadlines too
+                self._ticker.cancel()
+                self._ticker = None
 
 
 class InboundListener(Listener):
@@ -380,7 +402,7 @@ class InboundListener(Listener):
             client_ip=conn.peer_ip,
             info=ex.info,
         )
-        ex.arm_timeout(self.request_timeout, self._request_timeout)
+        ex.arm_timeout(self.request_timeout)
         client = self.pool.take(None)
         if client is not None:
             ex.attach(client, head)
@@ -440,6 +462,12 @@ class UpstreamListener(Listener):
         self.m_err = {r: metrics.UPSTREAM_CONNECT_ERRORS.labels(self.name, r) for r in metrics.UPSTREAM_ERRORS}
         self.clusters: dict[str, ClusterRuntime] = {}
         self._route_metrics: dict[str, tuple[dict[str, Any], Any]] = {}
+        self.retries = upstream.retries
+        self._snap: Snapshot | None = None
+        self._tls: TLSState | None = None
+        self._tls_window = (1.0, 0.0)
+        self._chain: Any = None
+        self._observe = False
 
     def _protocol(self) -> asyncio.Protocol:
         if self.http:
@@ -518,26 +546,42 @@ class UpstreamListener(Listener):
         self.m_accepted.inc()
         side.set_sink(conn.feed)
 
-    def _runtime(self, name: str) -> ClusterRuntime:
-        rt = self.clusters.get(name)
+    def _runtime(self, cluster: Any) -> ClusterRuntime:
+        """The cluster's runtime state, created on first use, its settings following the snapshot's cluster."""
+        rt = self.clusters.get(cluster.name)
         if rt is None:
-            u = self.upstream
-            rt = self.clusters[name] = ClusterRuntime(self.name, name, u.limits, u.passive_health_check)
+            rt = self.clusters[cluster.name] = ClusterRuntime(self.name, cluster.name, cluster.limits, cluster.outlier)
+        rt.limits = cluster.limits
+        rt.outlier = cluster.outlier
+        rt.cluster = cluster
         return rt
+
+    def _view(self, snap: Snapshot) -> None:
+        """What requests need from a new snapshot, looked up once per snapshot rather than per request."""
+        self._snap = snap
+        tls = snap.tls
+        self._tls = tls
+        self._tls_window = (tls.leaf.not_before, tls.leaf.not_after) if tls is not None else (1.0, 0.0)
+        self._chain = snap.upstreams[self.key].chain
+        self._observe = not self._chain.simple
 
     def _request(self, ex: Exchange) -> Any:
         snap = self.holder.current
-        tls = snap.tls
-        if tls is None or not tls.valid():
+        if snap is not self._snap:
+            self._view(snap)
+        not_before, not_after = self._tls_window
+        if not not_before <= time.time() < not_after:
             self.m_err["not_ready"].inc()
             ex.flags = "UH"
             ex.server.local_response(ex, 503, "no healthy upstream (not_ready)")
             return None
-        chain = snap.upstreams[self.key].chain
+        chain = self._chain
         route = chain.route_for(ex.method, ex.url, ex.headers)
         split = route.pick()
         cluster = split.cluster
-        rt = self.clusters.get(cluster.name) or self._runtime(cluster.name)
+        rt = self.clusters.get(cluster.name)
+        if rt is None or rt.cluster is not cluster:
+            rt = self._runtime(cluster)
         if not cluster.endpoints:
             self.m_err["no_healthy_endpoints"].inc()
             ex.flags = "UH"
@@ -548,9 +592,9 @@ class UpstreamListener(Listener):
             ex.flags = "UO"
             ex.server.local_response(ex, 503, "upstream overflow", b"x-meshgw-overloaded: max_concurrent_requests\r\n")
             return None
-        call = Call(self, ex, route, split, cluster, rt, tls, route.retry or self.upstream.retries)
+        call = Call(self, ex, route, split, cluster, rt, self._tls, route.retry or self.retries)
         ex.call = call
-        call.observe = not chain.simple
+        call.observe = self._observe
         url = ex.url
         if route.prefix_rewrite is not None and url.startswith(route.match_prefix):
             url = route.prefix_rewrite + url[len(route.match_prefix) :]
@@ -558,22 +602,14 @@ class UpstreamListener(Listener):
         if snap.access_log is not None:
             ex.info = []
         ex.head = render_request_head(
-            ex.method,
-            url,
-            ex.headers,
-            chunked=ex.chunked,
-            upgrade=ex.upgrade,
-            client_ip=ex.server.peer_ip,
-            extra=req.extra,
-            drop=req.drop,
-            info=ex.info,
+            ex.method, url, ex.headers, ex.chunked, ex.upgrade, ex.server.peer_ip, req.extra, req.drop, ex.info
         )
         resp = split.response
         if resp.extra or resp.drop:
             ex.resp_drop = resp.drop
             ex.resp_extra = resp.extra
         timeout = route.request_timeout or cluster.request_timeout or self.request_timeout
-        ex.arm_timeout(timeout, self._request_timeout)
+        ex.arm_timeout(timeout)
         return call.attempt()
 
     # -- called by Call

@@ -255,7 +255,13 @@ class SnapshotBuilder:
                 expected_uri=service_uri(td, dc, u.service),
                 endpoints=eps,
                 chain=compile_chain(
-                    u, cfg.datacenter, td, self._catalog, cfg_entries(cfg) + self._chain_entries, self._balancers
+                    u,
+                    cfg.datacenter,
+                    td,
+                    self._catalog,
+                    cfg_entries(cfg) + self._chain_entries,
+                    self._balancers,
+                    cfg.service.name,
                 )
                 if u.protocol == "http"
                 else None,

@@ -710,3 +710,111 @@ class EnvoyProcess:
             if p.exists():
                 chunks.append(f"--- {p.name} ---\n" + "\n".join(p.read_text(errors="replace").splitlines()[-lines:]))
         return "\n".join(chunks)
+
+
+# ----------------------------------------------------------------------------------------------------
+# protocol = "http": HTTP connection managers instead of tcp_proxy (added for the HTTP interop tests and bench)
+#
+# What Consul serves for a service or upstream whose protocol is http (hashicorp/consul):
+# * The filter chain is one ``envoy.filters.network.http_connection_manager`` (listeners.go makeHTTPFilter):
+#   ``codec_type: AUTO``, ``stat_prefix`` = the listener's filter name (``public_listener`` inbound), the
+#   http filters ``[authz..., envoy.filters.http.router]``, and ``tracing: {random_sampling: {value: 0}}``
+#   (trace only what the application already samples). Inbound the route is a static ``route_config`` named
+#   like the listener with one virtual host (``domains: ["*"]``) and one route ``prefix: "/"`` to
+#   ``local_app``; upstream listeners get their routes over RDS (``useRDS``), which a static bootstrap
+#   inlines the same way (one catch-all route to the upstream's cluster, what a chain without router compiles
+#   to).
+# * On the public listener the RBAC moves from the network filter to the HTTP filter
+#   ``envoy.filters.http.rbac`` placed first (makeRBACHTTPFilter, no stat_prefix: its stats are
+#   ``http.public_listener.rbac.*``); the rules for L4 intentions are the same as the network filter's
+#   (makeRBACRules with isHTTP: L4 sources still form the ``consul-intentions-layer4`` policy).
+# * Inbound, unless the mesh entry sets ``HTTP.SanitizeXForwardedClientCert``, the HCM forwards client
+#   certificate details: ``forward_client_cert_details: APPEND_FORWARD`` with
+#   ``set_current_client_cert_details`` {subject, cert, chain, dns, uri} (listeners.go makeInboundListener).
+# * WebSocket upgrades: ``upgrade_configs: [{upgrade_type: websocket}]`` on the HCM, which Consul enables
+#   explicitly since hashicorp/consul#18150 ("Explicitly enable WebSocket upgrades", issue #8283).
+
+TYPE_HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+TYPE_HTTP_RBAC = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
+TYPE_ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+
+
+def rbac_http_filter(rules: Mapping[str, Any]) -> dict[str, Any]:
+    """``envoy.filters.http.rbac`` with the given rules (rbac.go makeRBACHTTPFilter)."""
+    return {"name": "envoy.filters.http.rbac", "typed_config": {"@type": TYPE_HTTP_RBAC, "rules": dict(rules)}}
+
+
+def http_connection_manager(
+    *,
+    stat_prefix: str,
+    route_name: str,
+    cluster: str,
+    authz_filters: Sequence[Mapping[str, Any]] = (),
+    forward_client_cert: bool = False,
+    websocket: bool = True,
+) -> dict[str, Any]:
+    """The HCM Consul builds (listeners.go makeHTTPFilter) with an inlined catch-all route to ``cluster``."""
+    cfg: dict[str, Any] = {
+        "@type": TYPE_HCM,
+        "stat_prefix": stat_prefix,
+        "codec_type": "AUTO",
+        "http_filters": [
+            *(dict(f) for f in authz_filters),
+            {"name": "envoy.filters.http.router", "typed_config": {"@type": TYPE_ROUTER}},
+        ],
+        "tracing": {"random_sampling": {"value": 0}},
+        "route_config": {
+            "name": route_name,
+            "virtual_hosts": [
+                {
+                    "name": route_name,
+                    "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": cluster}}],
+                }
+            ],
+        },
+    }
+    if websocket:
+        cfg["upgrade_configs"] = [{"upgrade_type": "websocket"}]
+    if forward_client_cert:
+        cfg["forward_client_cert_details"] = "APPEND_FORWARD"
+        cfg["set_current_client_cert_details"] = {
+            "subject": True,
+            "cert": True,
+            "chain": True,
+            "dns": True,
+            "uri": True,
+        }
+    return {"name": "envoy.filters.network.http_connection_manager", "typed_config": cfg}
+
+
+def http_sidecar_bootstrap(**kwargs: Any) -> dict[str, Any]:
+    """``sidecar_bootstrap`` (same arguments) for a service and upstreams whose protocol is ``http``.
+
+    The listeners, clusters, TLS and RBAC rules are the TCP bootstrap's; each listener's filters become the HTTP
+    connection manager Consul uses for ``protocol = "http"`` (see the comment above): the public listener's
+    network RBAC turns into the HTTP RBAC filter with the same rules, and each tcp_proxy into an HCM routing
+    everything to the same cluster.
+    """
+    boot = sidecar_bootstrap(**kwargs)
+    for listener in boot["static_resources"]["listeners"]:
+        chain = listener["filter_chains"][0]
+        filters = chain["filters"]
+        tcp = filters[-1]["typed_config"]
+        if listener["traffic_direction"] == "INBOUND":
+            rules = filters[0]["typed_config"]["rules"]
+            chain["filters"] = [
+                http_connection_manager(
+                    stat_prefix="public_listener",
+                    route_name="public_listener",
+                    cluster=tcp["cluster"],
+                    authz_filters=[rbac_http_filter(rules)],
+                    forward_client_cert=True,
+                )
+            ]
+        else:
+            service = listener["name"].split(":", 1)[0]
+            chain["filters"] = [
+                http_connection_manager(stat_prefix=f"upstream.{service}", route_name=service, cluster=tcp["cluster"])
+            ]
+    return boot

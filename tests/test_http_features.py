@@ -537,3 +537,188 @@ def test_access_logs_and_trace_context_across_two_hops(mesh: Mesh) -> None:
             10,
             "the 403 in api's access log",
         )
+
+
+# ---------------------------------------------------------------------- routing, splitting, subsets
+
+CHAIN = [
+    {
+        "Kind": "service-router",
+        "Name": "api",
+        "Routes": [
+            {
+                "Match": {"HTTP": {"PathPrefix": "/admin/", "Methods": ["GET"]}},
+                "Destination": {
+                    "Service": "admin",
+                    "PrefixRewrite": "/",
+                    "RequestHeaders": {"Add": {"x-routed": "admin"}, "Remove": ["x-secret"]},
+                    "ResponseHeaders": {"Set": {"x-route": "admin"}, "Remove": ["x-app"]},
+                },
+            },
+            {
+                "Match": {"HTTP": {"Header": [{"Name": "x-canary", "Exact": "1"}]}},
+                "Destination": {"ServiceSubset": "v2"},
+            },
+            {
+                "Match": {"HTTP": {"QueryParam": [{"Name": "pin", "Exact": "v1"}]}},
+                "Destination": {"ServiceSubset": "v1"},
+            },
+            {"Match": {"HTTP": {"PathPrefix": "/slow/"}}, "Destination": {"RequestTimeout": "300ms"}},
+            {
+                "Match": {"HTTP": {"PathRegex": "/status/5[0-9]{2}"}},
+                "Destination": {"ServiceSubset": "v1", "NumRetries": 2, "RetryOnStatusCodes": [503]},
+            },
+        ],
+    },
+    {
+        "Kind": "service-splitter",
+        "Name": "api",
+        "Splits": [
+            {"Weight": 80, "ServiceSubset": "v1", "RequestHeaders": {"Set": {"x-split": "v1"}}},
+            {"Weight": 20, "ServiceSubset": "v2", "RequestHeaders": {"Set": {"x-split": "v2"}}},
+        ],
+    },
+    {
+        "Kind": "service-resolver",
+        "Name": "api",
+        "DefaultSubset": "v1",
+        "Subsets": {"v1": {"Filter": "Service.Meta.version == v1"}, "v2": {"Filter": "Service.Meta.version == v2"}},
+    },
+]
+
+
+def test_routes_splits_subsets_and_header_rules(mesh: Mesh) -> None:
+    meta = [{"version": "v1"}, {"version": "v2"}]
+    with instances(mesh, 2, meta=meta) as apps, instances(mesh, 1, service="admin") as admin:
+        sc, port = web(mesh, {"passive_health_check": NO_OUTLIER}, config_entries=CHAIN)
+        wait_endpoints(sc, 2)
+        c = Client(port)
+        # Path prefix + method → another service, prefix rewritten, request and response headers changed.
+        status, body, headers = c.request("GET", "/admin/users?x=1", headers={"x-secret": "s", "x-keep": "k"})
+        seen = json.loads(body)
+        assert status == 200 and seen["app"] == "admin-0" and seen["path"] == "/users?x=1"
+        assert seen["headers"]["x-routed"] == "admin" and "x-secret" not in seen["headers"]
+        assert seen["headers"]["x-keep"] == "k"
+        assert headers["x-route"] == "admin" and "x-app" not in headers
+        # Not a GET: no match, so the default route (api) answers it.
+        assert c.request("POST", "/admin/users")[0] == 200 and len(admin[0].requests) == 1
+        # Header and query matches → subsets.
+        assert {c.app(headers={"x-canary": "1"}) for _ in range(10)} == {"api-1"}
+        assert {c.app("/p?a=b&pin=v1") for _ in range(10)} == {"api-0"}
+        # The default route goes through the splitter: 80/20 between the subsets, with each split's header.
+        got = Counter()
+        for _ in range(400):
+            status, body, _ = c.request("GET", "/split")
+            seen = json.loads(body)
+            got[seen["app"]] += 1
+            assert seen["headers"]["x-split"] == {"api-0": "v1", "api-1": "v2"}[seen["app"]]
+        # Binomial(400, 0.2): mean 80, sd 8; 40..120 is 5 sd.
+        assert 40 <= got["api-1"] <= 120 and got["api-0"] + got["api-1"] == 400, got
+        # Per-route request timeout: 504 after 300 ms instead of the upstream's 15 s.
+        status, body, _ = c.request("GET", "/slow/3")
+        assert status == 504
+        # Per-route retries (RetryOnStatusCodes): 503 tried 1 + 2 times on the v1 subset, then passed on.
+        before = len(apps[0].requests)
+        assert c.request("GET", "/status/503")[0] == 503
+        assert len(apps[0].requests) - before == 3
+        assert c.request("GET", "/status/500")[0] == 500
+        assert len(apps[0].requests) - before == 4  # 500 is not in RetryOnStatusCodes
+        # Per-route and per-cluster metrics (the chain has routes, so they are kept).
+        assert sc.metric("meshgw_http_route_responses_total", route="api/0", code_class="2xx") == 1
+        assert sc.metric("meshgw_http_upstream_responses_total", cluster="v2.api") >= 40
+        assert sc.metric("meshgw_http_route_responses_total", route="api/3", code_class="5xx") == 1
+
+
+# ---------------------------------------------------------------------- the same entries from Consul
+
+
+def consul_sidecar(
+    root: Path, consul: Any, name: str, app_port: int, upstream: int | None = None, **extra: Any
+) -> Sidecar:
+    """A meshgw sidecar with Consul as control plane and CA (as in test_consul_e2e), protocol http."""
+    admin = free_port()
+    cfg: dict[str, Any] = {
+        "datacenter": "dc1",
+        "service": {"name": name, "port": app_port, "protocol": "http"},
+        "control_plane": {"type": "consul", "consul": {"address": consul.address, "wait": "10s"}},
+        "certificates": {"type": "consul"},
+        "admin": {"bind": f"127.0.0.1:{admin}"},
+        "drain_timeout": "5s",
+        "inbound": {"bind": f"127.0.0.1:{free_port()}"},
+        **extra,
+    }
+    if upstream:
+        cfg["upstreams"] = [{"service": "api", "bind": f"127.0.0.1:{upstream}", "protocol": "http"}]
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return Sidecar(None, name, path, admin, root / f"{name}.log").start()  # type: ignore[arg-type]
+
+
+def test_routes_and_splits_from_consul_config_entries(tmp_path: Path) -> None:
+    from doubles.consul import ConsulDoubleThread
+
+    sidecars: list[Sidecar] = []
+    with ConsulDoubleThread() as consul, http_app("api") as api, http_app("api-v2") as v2, http_app("admin") as adm:
+
+        def put(body: dict[str, Any]) -> None:
+            r = urllib_put(f"{consul.url}/v1/config", body)
+            assert r == 200
+
+        try:
+            for src, dst in (("web", "api"), ("web", "api-v2"), ("web", "admin")):
+                put({"Kind": "service-intentions", "Name": dst, "Sources": [{"Name": src, "Action": "allow"}]})
+            put(
+                {
+                    "Kind": "service-router",
+                    "Name": "api",
+                    "Routes": [
+                        {
+                            "Match": {"HTTP": {"PathPrefix": "/admin"}},
+                            "Destination": {"Service": "admin", "ResponseHeaders": {"Add": {"x-via": "router"}}},
+                        }
+                    ],
+                }
+            )
+            put(
+                {
+                    "Kind": "service-splitter",
+                    "Name": "api",
+                    "Splits": [{"Weight": 50, "Service": "api"}, {"Weight": 50, "Service": "api-v2"}],
+                }
+            )
+            for name, app in (("api", api), ("api-v2", v2), ("admin", adm)):
+                sidecars.append(consul_sidecar(tmp_path, consul, name, app.port))
+            up = free_port()
+            sidecars.append(consul_sidecar(tmp_path, consul, "web", free_port(), upstream=up))
+            c = Client(up)
+
+            def both() -> bool:
+                return {c.request("GET", "/s")[0] for _ in range(4)} == {200} and {
+                    json.loads(c.request("GET", "/s")[1])["app"] for _ in range(20)
+                } == {"api", "api-v2"}
+
+            wait_for(both, 20, "the splitter's two services answering")
+            status, body, headers = c.request("GET", "/admin/x")
+            assert status == 200 and json.loads(body)["app"] == "admin" and headers["x-via"] == "router"
+            # A change in Consul applies live: without the splitter everything goes to api.
+            r = urllib_delete(f"{consul.url}/v1/config/service-splitter/api")
+            assert r == 200
+            wait_for(lambda: {json.loads(c.request("GET", "/s")[1])["app"] for _ in range(10)} == {"api"}, 15, "api")
+        finally:
+            for sc in sidecars:
+                sc.stop()
+
+
+def urllib_put(url: str, body: Any) -> int:
+    import urllib.request
+
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="PUT")
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return r.status
+
+
+def urllib_delete(url: str) -> int:
+    import urllib.request
+
+    with urllib.request.urlopen(urllib.request.Request(url, method="DELETE"), timeout=10) as r:
+        return r.status

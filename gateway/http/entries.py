@@ -217,8 +217,9 @@ def _norm(key: str) -> str:
 class _R:
     """Collects problems with their key paths, like gateway.config's reader."""
 
-    def __init__(self, where: str):
+    def __init__(self, where: str, lenient: bool = False):
         self.where = where
+        self.lenient = lenient  # entries read back from Consul: fields newer than this code are ignored
         self.problems: list[str] = []
 
     def problem(self, key: str, msg: str) -> None:
@@ -238,7 +239,7 @@ class _R:
             n = _norm(str(k))
             if n in canon:
                 out[canon[n]] = v
-            elif n not in skip:
+            elif n not in skip and not self.lenient:
                 self.problem(f"{key}.{k}" if key else str(k), f"unknown key (expected one of: {', '.join(fields)})")
         return out
 
@@ -377,8 +378,15 @@ def _http_match(r: _R, raw: Any, key: str) -> HTTPMatch:
 def _retry_on(v: Any) -> tuple[str, ...]:
     items = _list(v)
     for x in items:
-        if x not in RETRY_ON and x not in ("cancelled", "deadline-exceeded", "internal", "resource-exhausted",
-                                           "unavailable", "envoy-ratelimited", "http3-post-connect-failure"):
+        if x not in RETRY_ON and x not in (
+            "cancelled",
+            "deadline-exceeded",
+            "internal",
+            "resource-exhausted",
+            "unavailable",
+            "envoy-ratelimited",
+            "http3-post-connect-failure",
+        ):
             raise ValueError(f"{x!r} is not a retry condition (expected one of: {', '.join(RETRY_ON)})")
     return tuple(x for x in items if x in RETRY_ON)  # gRPC-only tokens mean nothing for HTTP/1.1 here
 
@@ -430,8 +438,9 @@ def _router(r: _R, d: Mapping[str, Any], name: str) -> ServiceRouter:
             request_headers=_header_mods(r, dm.get("RequestHeaders"), f"{dk}.RequestHeaders"),
             response_headers=_header_mods(r, dm.get("ResponseHeaders"), f"{dk}.ResponseHeaders"),
         )
-        no_path = match is None or (match.path_prefix is None and match.path_exact is None)
-        if dest.prefix_rewrite is not None and no_path:
+        if dest.prefix_rewrite is not None and (
+            match is None or (match.path_prefix is None and match.path_exact is None)
+        ):
             r.problem(
                 f"{dk}.PrefixRewrite", "needs Match.HTTP.PathPrefix or PathExact (C:structs ServiceRouter.Validate)"
             )
@@ -444,8 +453,11 @@ def _splitter(r: _R, d: Mapping[str, Any], name: str) -> ServiceSplitter:
     total = 0.0
     for i, raw in enumerate(r.get(d, "", "Splits", _list, []) or []):
         key = f"Splits[{i}]"
-        m = r.obj(raw, key, ("Weight", "Service", "ServiceSubset", "Namespace", "Partition", "RequestHeaders",
-                             "ResponseHeaders"))
+        m = r.obj(
+            raw,
+            key,
+            ("Weight", "Service", "ServiceSubset", "Namespace", "Partition", "RequestHeaders", "ResponseHeaders"),
+        )
         w = m.get("Weight", 0)
         if isinstance(w, bool) or not isinstance(w, int | float) or not 0 <= w <= 100:
             r.problem(f"{key}.Weight", f"{w!r} is not a weight (expected a percentage 0-100)")
@@ -491,8 +503,14 @@ def _load_balancer(r: _R, raw: Any, key: str) -> LoadBalancerConfig | None:
             r.problem(hk, "set either Field (with FieldValue) or SourceIP")
         elif field and not value:
             r.problem(f"{hk}.FieldValue", "is required with Field")
-        hps.append(HashPolicyConfig(field, value.lower() if field == "header" else value, source_ip,
-                                    bool(r.get(h, hk, "Terminal", _bool, False))))
+        hps.append(
+            HashPolicyConfig(
+                field,
+                value.lower() if field == "header" else value,
+                source_ip,
+                bool(r.get(h, hk, "Terminal", _bool, False)),
+            )
+        )
     if hps and policy not in ("ring_hash", "maglev"):
         r.problem(f"{key}.HashPolicies", f"only apply to ring_hash and maglev (Policy is {policy})")
     return LoadBalancerConfig(
@@ -524,8 +542,11 @@ def _resolver(r: _R, d: Mapping[str, Any], name: str) -> ServiceResolver:
         subsets.append((str(sname), Subset(flt, bool(r.get(m, key, "OnlyPassing", _bool, False)))))
     redirect = None
     if d.get("Redirect") is not None:
-        rm = r.obj(d["Redirect"], "Redirect", ("Service", "ServiceSubset", "Namespace", "Partition", "Datacenter",
-                                              "Peer", "SamenessGroup"))
+        rm = r.obj(
+            d["Redirect"],
+            "Redirect",
+            ("Service", "ServiceSubset", "Namespace", "Partition", "Datacenter", "Peer", "SamenessGroup"),
+        )
         redirect = Redirect(
             service=r.get(rm, "Redirect", "Service", _str, "") or "",
             service_subset=r.get(rm, "Redirect", "ServiceSubset", _str, "") or "",
@@ -550,8 +571,16 @@ def _upstream_settings(r: _R, raw: Any, key: str, named: bool) -> UpstreamSettin
         raw,
         key,
         ("Name", "ConnectTimeoutMs", "Limits", "PassiveHealthCheck"),
-        ignore=("Namespace", "Partition", "Peer", "EnvoyListenerJSON", "EnvoyClusterJSON", "Protocol", "MeshGateway",
-                "BalanceOutboundConnections"),
+        ignore=(
+            "Namespace",
+            "Partition",
+            "Peer",
+            "EnvoyListenerJSON",
+            "EnvoyClusterJSON",
+            "Protocol",
+            "MeshGateway",
+            "BalanceOutboundConnections",
+        ),
     )
     limits = None
     if m.get("Limits") is not None:
@@ -567,8 +596,11 @@ def _upstream_settings(r: _R, raw: Any, key: str, named: bool) -> UpstreamSettin
     phc = None
     if m.get("PassiveHealthCheck") is not None:
         pk = f"{key}.PassiveHealthCheck"
-        pm = r.obj(m["PassiveHealthCheck"], pk, ("Interval", "MaxFailures", "EnforcingConsecutive5xx",
-                                                "MaxEjectionPercent", "BaseEjectionTime"))
+        pm = r.obj(
+            m["PassiveHealthCheck"],
+            pk,
+            ("Interval", "MaxFailures", "EnforcingConsecutive5xx", "MaxEjectionPercent", "BaseEjectionTime"),
+        )
         d2 = PassiveHealthCheckConfig()
         # Unset fields keep Envoy's defaults (C:agent/xds/config.go ToOutlierDetection).
         phc = PassiveHealthCheckConfig(
@@ -582,16 +614,15 @@ def _upstream_settings(r: _R, raw: Any, key: str, named: bool) -> UpstreamSettin
     name = r.get(m, key, "Name", _str, "") or ""
     if named and not name:
         r.problem(f"{key}.Name", "is required in an override")
-    return UpstreamSettings(name=name, connect_timeout=ms / 1000 if ms else None, limits=limits,
-                            passive_health_check=phc)
+    return UpstreamSettings(
+        name=name, connect_timeout=ms / 1000 if ms else None, limits=limits, passive_health_check=phc
+    )
 
 
 def _defaults(r: _R, d: Mapping[str, Any], name: str) -> ServiceDefaults:
     protocol = r.get(d, "", "Protocol", _str, "") or ""
     uc = r.obj(d.get("UpstreamConfig"), "UpstreamConfig", ("Defaults", "Overrides"))
-    defaults = (
-        _upstream_settings(r, uc["Defaults"], "UpstreamConfig.Defaults", False) if uc.get("Defaults") else None
-    )
+    defaults = _upstream_settings(r, uc["Defaults"], "UpstreamConfig.Defaults", False) if uc.get("Defaults") else None
     overrides = tuple(
         _upstream_settings(r, o, f"UpstreamConfig.Overrides[{i}]", True)
         for i, o in enumerate(r.get(uc, "UpstreamConfig", "Overrides", _list, []) or [])
@@ -604,20 +635,44 @@ _PARSERS: dict[str, tuple[Callable[[_R, Mapping[str, Any], str], Any], tuple[str
     "service-splitter": (_splitter, ("Splits",)),
     "service-resolver": (
         _resolver,
-        ("DefaultSubset", "Subsets", "Redirect", "Failover", "ConnectTimeout", "RequestTimeout", "LoadBalancer",
-         "PrioritizeByLocality"),
+        (
+            "DefaultSubset",
+            "Subsets",
+            "Redirect",
+            "Failover",
+            "ConnectTimeout",
+            "RequestTimeout",
+            "LoadBalancer",
+            "PrioritizeByLocality",
+        ),
     ),
     "service-defaults": (
         _defaults,
-        ("Protocol", "UpstreamConfig", "Mode", "TransparentProxy", "MutualTLSMode", "MeshGateway", "Expose",
-         "ExternalSNI", "Destination", "MaxInboundConnections", "LocalConnectTimeoutMs", "LocalRequestTimeoutMs",
-         "BalanceInboundConnections", "RateLimits", "EnvoyExtensions", "JWTProvider"),
+        (
+            "Protocol",
+            "UpstreamConfig",
+            "Mode",
+            "TransparentProxy",
+            "MutualTLSMode",
+            "MeshGateway",
+            "Expose",
+            "ExternalSNI",
+            "Destination",
+            "MaxInboundConnections",
+            "LocalConnectTimeoutMs",
+            "LocalRequestTimeoutMs",
+            "BalanceInboundConnections",
+            "RateLimits",
+            "EnvoyExtensions",
+            "JWTProvider",
+        ),
     ),
 }
 
 
-def parse_entry(raw: Any, where: str) -> Entry:
-    """One config entry. Raises EntryError with every problem found."""
+def parse_entry(raw: Any, where: str, lenient: bool = False) -> Entry:
+    """One config entry. Raises EntryError with every problem found. ``lenient``: unknown keys are ignored (an
+    entry read back from Consul may carry fields of a newer version)."""
     if not isinstance(raw, Mapping):
         raise EntryError([f"{where}: expected a config entry mapping with Kind and Name"])
     kind = next((v for k, v in raw.items() if _norm(str(k)) == "kind"), None)
@@ -627,7 +682,7 @@ def parse_entry(raw: Any, where: str) -> Entry:
     if not isinstance(name, str) or not name:
         raise EntryError([f"{where}: {kind}: Name is required"])
     parser, fields = _PARSERS[kind]
-    r = _R(f"{where}: {kind}/{name}")
+    r = _R(f"{where}: {kind}/{name}", lenient)
     d = r.obj(raw, "", (*_COMMON, *fields))
     entry = parser(r, d, name)
     if r.problems:
@@ -660,9 +715,7 @@ def parse_entries(raw: Any, where: str) -> tuple[Entry, ...]:
 
 # ---------------------------------------------------------------------- bexpr subset filters
 
-_TOKEN = re.compile(
-    r'\s*(?:(?P<str>"(?:[^"\\]|\\.)*"|`[^`]*`)|(?P<op>==|!=|\(|\))|(?P<word>[A-Za-z0-9_.\-/:]+))'
-)
+_TOKEN = re.compile(r'\s*(?:(?P<str>"(?:[^"\\]|\\.)*"|`[^`]*`)|(?P<op>==|!=|\(|\))|(?P<word>[A-Za-z0-9_.\-/:]+))')
 
 
 def _tokens(expr: str) -> list[tuple[str, str]]:
@@ -792,3 +845,16 @@ def compile_filter(expr: str) -> Filter:
     if pos != len(toks):
         raise ValueError(f"filter {expr!r}: unexpected {toks[pos][1]!r}")
     return f
+
+
+def referenced_services(entries: tuple[Entry, ...]) -> set[tuple[str, str]]:
+    """(service, datacenter or "") pairs that routes, splits and redirects send traffic to."""
+    out: set[tuple[str, str]] = set()
+    for e in entries:
+        if isinstance(e, ServiceRouter):
+            out.update((r.destination.service, "") for r in e.routes if r.destination.service)
+        elif isinstance(e, ServiceSplitter):
+            out.update((sp.service, "") for sp in e.splits if sp.service)
+        elif isinstance(e, ServiceResolver) and e.redirect is not None:
+            out.add((e.redirect.service or e.name, e.redirect.datacenter))
+    return out

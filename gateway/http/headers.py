@@ -99,7 +99,6 @@ def render_request_head(
     method: bytes,
     url: bytes,
     headers: list[tuple[bytes, bytes]],
-    *,
     chunked: bool,
     upgrade: bool,
     client_ip: str,
@@ -138,7 +137,7 @@ def render_request_head(
         if drop and lname in drop:
             continue
         out.append(b"%s: %s\r\n" % (name, value))
-    if conn is not None:
+    if conn is not None and conn.lower() not in _PLAIN_CONNECTION:
         tokens = {t.strip().lower() for t in conn.split(b",")} - _PLAIN_CONNECTION
         if tokens:
             # Rare: Connection names other headers; those are hop-by-hop as well (RFC 9110 §7.6.1).
@@ -167,17 +166,50 @@ def render_request_head(
 
 
 def render_response_head(
-    head: ResponseHead, te: bytes, keep_alive: bool, extra: bytes = b"", drop: frozenset[bytes] = _EMPTY
-) -> bytes:
-    lines = _filtered(head.headers, keep_upgrade=head.status == 101, drop=drop)
-    if te:
-        lines.append(b"transfer-encoding: %s\r\n" % te)
-    if head.status == 101:
-        lines.append(b"connection: upgrade\r\n")
-    elif not keep_alive:
-        lines.append(b"connection: close\r\n")
+    head: ResponseHead,
+    te: bytes,
+    keep_alive: bool,
+    extra: bytes = b"",
+    drop: frozenset[bytes] = _EMPTY,
+    pending: bool = False,
+) -> tuple[bytes, bytes]:
+    """(the head, its framing: b"length", b"chunked" or b"") in one pass over the headers: hop-by-hop fields,
+    those named in Connection and ``drop`` removed, ``extra`` added. ``pending``: leave the head open (no framing
+    lines, no blank line) for the caller to finish once it knows the framing."""
+    out: list[bytes] = []
+    conn: bytes | None = None
+    framing = b""
+    upgrade = head.status == 101
+    for name, value in head.headers:
+        lname = name.lower()
+        if lname in HOP_BY_HOP:
+            if lname == b"transfer-encoding":
+                if b"chunked" in value.lower():
+                    framing = b"chunked"
+            elif lname == b"connection":
+                conn = value if conn is None else conn + b"," + value
+            elif upgrade and lname == b"upgrade":
+                out.append(b"%s: %s\r\n" % (name, value))
+            continue
+        if lname == b"content-length" and not framing:
+            framing = b"length"
+        if drop and lname in drop:
+            continue
+        out.append(b"%s: %s\r\n" % (name, value))
+    if conn is not None and conn.lower() not in _PLAIN_CONNECTION:
+        tokens = {t.strip().lower() for t in conn.split(b",")} - _PLAIN_CONNECTION
+        if tokens:
+            out = [line for line in out if line[: line.index(b":")].lower() not in tokens]
     reason = _REASONS.get(head.status, b"Unknown")
-    return b"HTTP/1.1 %d %s\r\n%s%s\r\n" % (head.status, reason, b"".join(lines), extra)
+    top = b"HTTP/1.1 %d %s\r\n%s%s" % (head.status, reason, b"".join(out), extra)
+    if pending:
+        return top, framing
+    tail = b"transfer-encoding: %s\r\n" % te if te else b""
+    if upgrade:
+        tail += b"connection: upgrade\r\n"
+    elif not keep_alive:
+        tail += b"connection: close\r\n"
+    return top + tail + b"\r\n", framing
 
 
 def simple_response(status: int, text: str, keep_alive: bool, extra: bytes = b"") -> bytes:

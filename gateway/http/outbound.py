@@ -70,6 +70,7 @@ class ClusterRuntime:
         self.name = name
         self.limits = limits
         self.outlier = outlier
+        self.cluster: Any = None  # the snapshot's Cluster these settings came from
         self.lb = ClusterState()
         self.pool = ConnectionPool()
         self.pool.waiter = self._hand_over

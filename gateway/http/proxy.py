@@ -172,24 +172,32 @@ class ClientConnection:
     # -- parsing the response
 
     def feed(self, data: bytes) -> None:
+        ex = self.exchange
         if self.upgraded:
-            ex = self.exchange
             if ex is not None:
                 ex.server.side.send(data)
             return
+        # Everything this read produces for the client (head, body, last chunk) leaves in one write: one
+        # syscall and, on a TLS side, one record instead of one per piece.
+        srv = ex.server if ex is not None else None
+        if srv is not None:
+            srv.out = []
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
             offset = e.args[0] if e.args else len(data)
             rest = data[offset:]
-            if self.exchange is not None and rest:
-                self.exchange.server.side.send(rest)
+            if srv is not None and rest:
+                srv.write(rest)
         except httptools.HttpParserError as e:
             log.warning("upstream sent a malformed response: %s", e)
             ex = self.exchange
             self.abort()
             if ex is not None:
                 ex.upstream_failed(502, "upstream sent a malformed response")
+        finally:
+            if srv is not None:
+                srv.flush()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
@@ -239,6 +247,7 @@ class Exchange:
         "chunked",
         "client",
         "content_length",
+        "deadline",
         "expect_continue",
         "finished",
         "flags",
@@ -259,7 +268,6 @@ class Exchange:
         "server",
         "started",
         "timeout",
-        "timer",
         "tx",
         "upgrade",
         "url",
@@ -287,8 +295,10 @@ class Exchange:
         self.client: ClientConnection | None = None
         self.response_status: int | None = None
         self.started = time.monotonic()
-        self.timer: asyncio.TimerHandle | None = None
-        self.timeout: tuple[float, Callable[[Exchange], None]] | None = None  # armed when the request is complete
+        # The request timeout (seconds, 0: none) becomes a deadline (monotonic) once the request is complete; the
+        # listener's ticker answers 504 for exchanges past theirs (no timer per request: see Listener._tick).
+        self.timeout = 0.0
+        self.deadline = 0.0
         self.call: Any = None  # the outbound driver (retries, breakers, balancing), upstream listeners only
         self.resp_drop: frozenset[bytes] = frozenset()  # route header rules for the response
         self.resp_extra = b""
@@ -328,21 +338,15 @@ class Exchange:
         self.request_done = True
         if self.chunked:
             self._forward(LAST_CHUNK)
-        if self.timeout is not None:
-            self._start_timer()
+        if self.timeout and self.response_status is None:
+            self.deadline = time.monotonic() + self.timeout
 
-    def arm_timeout(self, seconds: float, callback: Callable[[Exchange], None]) -> None:
+    def arm_timeout(self, seconds: float) -> None:
         """The request timeout, counted as Envoy's route timeout is: from the end of the downstream request to
         the response head, so a long upload is not cut short (Envoy docs, RouteAction.timeout)."""
-        self.timeout = (seconds, callback)
-        if self.request_done:
-            self._start_timer()
-
-    def _start_timer(self) -> None:
-        seconds, callback = self.timeout  # type: ignore[misc]
-        self.timeout = None
-        if self.response_status is None and self.timer is None:
-            self.timer = asyncio.get_running_loop().call_later(seconds, callback, self)
+        self.timeout = seconds
+        if self.request_done and self.response_status is None:
+            self.deadline = time.monotonic() + seconds
 
     def attach(self, client: ClientConnection, head: bytes | None = None) -> None:
         """An upstream connection is ready: send the head and what body arrived so far."""
@@ -373,7 +377,7 @@ class Exchange:
 
     def send_interim(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         # 100 Continue and friends go to the client as they are (RFC 9110 §15.2).
-        self.server.side.send(render_response_head(ResponseHead(status, headers, "1.1"), b"", keep_alive=True))
+        self.server.write(render_response_head(ResponseHead(status, headers, "1.1"), b"", keep_alive=True)[0])
 
     def send_response_head(self, head: ResponseHead, client: ClientConnection) -> bytes:
         call = self.call
@@ -381,28 +385,29 @@ class Exchange:
             return b"retry"
         self.response_status = head.status
         self.head_time = time.monotonic()
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.deadline = 0.0
+        server = self.server
+        extra = self.resp_extra + server.extra_response_headers if self.resp_extra else server.extra_response_headers
+        # One pass over the headers renders them and finds the framing; the framing lines follow (RFC 9112 §6).
+        rendered, framing = render_response_head(head, b"", True, extra, self.resp_drop, pending=True)
         if head.status == 101:
             mode = b"upgrade"
         elif self.method == b"HEAD" or head.status in (204, 304):
             mode = b"none"
-        elif head.content_length is not None:
+        elif framing == b"length":
             mode = b"length"
-        elif head.chunked:
+        elif framing == b"chunked":
             mode = b"chunked"
         else:
             mode = b"close"  # delimited by the upstream closing: re-framed as chunked for the client
-        keep_alive = self.keep_alive and (mode != b"close" or self.version == "1.1") and not self.server.draining
+        keep_alive = self.keep_alive and (mode != b"close" or self.version == "1.1") and not server.draining
         self.keep_alive = keep_alive
-        te = b"chunked" if mode in (b"chunked", b"close") and self.version == "1.1" else b""
-        extra = (
-            self.resp_extra + self.server.extra_response_headers
-            if self.resp_extra
-            else self.server.extra_response_headers
-        )
-        self.server.send_response(render_response_head(head, te, keep_alive, extra, self.resp_drop), head.status, self)
+        tail = b"transfer-encoding: chunked\r\n" if mode in (b"chunked", b"close") and self.version == "1.1" else b""
+        if head.status == 101:
+            tail += b"connection: upgrade\r\n"
+        elif not keep_alive:
+            tail += b"connection: close\r\n"
+        server.send_response(rendered + tail + b"\r\n", head.status, self)
         if mode == b"upgrade":
             self.server.upgrade_to(client)
         return mode
@@ -410,13 +415,13 @@ class Exchange:
     def send_response_body(self, body: bytes, mode: bytes) -> None:
         self.tx += len(body)
         if mode == b"length" or self.version != "1.1":
-            self.server.side.send(body)
+            self.server.write(body)
         else:
-            self.server.side.send(chunk(body))
+            self.server.write(chunk(body))
 
     def response_complete(self, client: ClientConnection) -> None:
         if self.client is not None and client.body_mode in (b"chunked", b"close") and self.version == "1.1":
-            self.server.side.send(LAST_CHUNK)
+            self.server.write(LAST_CHUNK)
         reuse = client.keep_alive and self.request_done and not client.closed
         self.server.exchange_done(self, client, reuse)
 
@@ -434,9 +439,7 @@ class Exchange:
             self.server.abort()  # mid-body: the client must not take a truncated answer as whole
 
     def upstream_failed(self, status: int, reason: str, headers: bytes = b"") -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.deadline = 0.0
         if self.response_status is not None:
             self.server.abort()
             return
@@ -473,6 +476,7 @@ class ServerConnection:
         self.throttled: ClientConnection | None = None  # the client connection our back-pressure paused
         self.draining = False
         self.idle_since = time.monotonic()
+        self.out: list[bytes] | None = None  # writes held while a client connection's read is being parsed
 
     def counts(self) -> tuple[int, int]:
         return (self.side.nbytes, 0)
@@ -489,9 +493,7 @@ class ServerConnection:
 
     def _abort_exchanges(self) -> None:
         for ex in self.queue:
-            if ex.timer is not None:
-                ex.timer.cancel()
-                ex.timer = None
+            ex.deadline = 0.0
             if ex.client is not None:
                 ex.detach()  # mid-exchange: the upstream connection cannot be reused
             ex.response_status = ex.response_status or 0  # a dial still under way must not attach
@@ -499,10 +501,27 @@ class ServerConnection:
             self._finish(ex)
         self.queue.clear()
 
+    def write(self, data: bytes) -> None:
+        out = self.out
+        if out is not None:
+            out.append(data)
+        else:
+            self.side.send(data)
+
+    def flush(self) -> None:
+        out = self.out
+        if out is None:
+            return
+        self.out = None
+        if out and not self.side.lost:
+            self.side.send(out[0] if len(out) == 1 else b"".join(out))
+
     def close(self) -> None:
+        self.flush()
         self.side.close()
 
     def abort(self) -> None:
+        self.out = None
         self.side.abort()
 
     def side_eof(self, side: Side) -> None:
@@ -522,7 +541,7 @@ class ServerConnection:
         """Shutdown: an idle keep-alive connection closes now, a busy one after its current answer."""
         self.draining = True
         if self.idle():
-            self.side.close()
+            self.close()
 
     def idle(self) -> bool:
         return not self.queue and self.current is None and self.upgraded_to is None
@@ -647,7 +666,7 @@ class ServerConnection:
 
     def send_response(self, head: bytes, status: int, ex: Exchange) -> None:
         self.on_response(ex, status)
-        self.side.send(head)
+        self.write(head)
 
     def local_response(self, ex: Exchange, status: int, reason: str, headers: bytes = b"") -> None:
         """An answer made here (403, 503, 504...): the request never reached (or never left) the app."""
@@ -660,7 +679,7 @@ class ServerConnection:
         # would be taken for a new request).
         keep = ex.keep_alive and ex.request_done and not ex.upgrade and not self.draining
         self.on_response(ex, status)
-        self.side.send(simple_response(status, reason, keep_alive=keep, extra=headers + self.extra_response_headers))
+        self.write(simple_response(status, reason, keep_alive=keep, extra=headers + self.extra_response_headers))
         if ex.out_size > BODY_BUFFER_LIMIT:
             self.resume(PAUSE_BUFFER)  # the rest of the body is read and dropped
         ex.out = None
@@ -668,7 +687,7 @@ class ServerConnection:
         if keep:
             self._next(ex)
         else:
-            self.side.close()
+            self.close()
 
     def exchange_done(self, ex: Exchange, client: ClientConnection, reuse: bool) -> None:
         if self.throttled is client:
@@ -680,7 +699,7 @@ class ServerConnection:
             client.close()
         self._finish(ex)
         if not ex.keep_alive or self.draining:
-            self.side.close()
+            self.close()
             return
         self._next(ex)
 

@@ -1,0 +1,126 @@
+"""Discovery-chain entries and their compilation, as pure functions: parsing, bexpr filters, routes, splits."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.config import UpstreamConfig, parse_address
+from gateway.http.entries import EntryError, HeaderMods, compile_filter, go_duration, parse_entries, parse_entry
+from gateway.http.routing import BalancerCache, compile_chain, render_rules
+from gateway.snapshot import Endpoint
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("5s", 5.0), ("1m30s", 90.0), ("250ms", 0.25), ("1.5h", 5400.0), ("0", 0.0), (2_000_000_000, 2.0)],
+)
+def test_go_durations(text: object, seconds: float) -> None:
+    assert go_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("bad", ["5", "1x", "s", "", True])
+def test_bad_go_durations(bad: object) -> None:
+    with pytest.raises(ValueError):
+        go_duration(bad)
+
+
+DOC = {"Service": {"Meta": {"version": "v2", "zone": "a"}, "Tags": ["canary", "blue"], "Port": 8080}, "Node": {}}
+
+
+@pytest.mark.parametrize(
+    ("expr", "expected"),
+    [
+        ("Service.Meta.version == v2", True),
+        ('Service.Meta.version == "v1"', False),
+        ("Service.Meta.version != v1", True),
+        ("canary in Service.Tags", True),
+        ("green not in Service.Tags", True),
+        ("Service.Tags contains blue", True),
+        ('Service.Meta.zone matches "^a$"', True),
+        ("Service.Meta.missing is empty", True),
+        ("Service.Tags is not empty", True),
+        ("Service.Meta.version == v2 and not (Service.Meta.zone == b)", True),
+        ("Service.Meta.version == v1 or Service.Port == 8080", True),
+    ],
+)
+def test_bexpr_filters(expr: str, expected: bool) -> None:
+    assert compile_filter(expr)(DOC) is expected
+
+
+def test_entries_accept_consul_key_styles_and_report_problems_on_one_line_each() -> None:
+    a = parse_entry(
+        {"Kind": "service-router", "Name": "api", "Routes": [{"Match": {"HTTP": {"PathPrefix": "/a"}}}]}, "x"
+    )
+    b = parse_entry(
+        {"kind": "service-router", "name": "api", "routes": [{"match": {"http": {"path_prefix": "/a"}}}]}, "x"
+    )
+    assert a == b
+    with pytest.raises(EntryError) as e:
+        parse_entries(
+            [
+                {"Kind": "service-splitter", "Name": "api", "Splits": [{"Weight": 60}, {"Weight": 30}]},
+                {"Kind": "service-resolver", "Name": "api", "DefaultSubset": "v9", "LoadBalancer": {"Policy": "x"}},
+            ],
+            "f.yaml: config_entries",
+        )
+    assert e.value.problems == [
+        "f.yaml: config_entries[0]: service-splitter/api: Splits: weights add up to 90, not 100",
+        "f.yaml: config_entries[1]: service-resolver/api: DefaultSubset: 'v9' is not one of the Subsets",
+        "f.yaml: config_entries[1]: service-resolver/api: LoadBalancer.Policy: 'x' is not a policy (expected one of: "
+        "round_robin, least_request, random, ring_hash, maglev)",
+    ]
+    # From Consul, fields of a newer version are ignored instead of refused.
+    lenient = parse_entry({"Kind": "service-resolver", "Name": "api", "NewThing": 1}, "consul", lenient=True)
+    assert lenient.name == "api"
+
+
+def test_header_rules_order_set_add_remove() -> None:
+    split = HeaderMods(set=(("x-a", "split"),), add=(("x-b", "1"),))
+    route = HeaderMods(set=(("X-A", "route"),), remove=("x-c",))
+    rules = render_rules([split, route])
+    assert rules.drop == {b"x-a", b"x-c"} and rules.extra == b"x-b: 1\r\nX-A: route\r\n"
+
+
+def _up() -> UpstreamConfig:
+    return UpstreamConfig(service="api", bind=parse_address("127.0.0.1:1"), protocol="http")
+
+
+def test_chain_nested_splitters_redirect_and_subset_sni() -> None:
+    entries = parse_entries(
+        [
+            {"Kind": "service-splitter", "Name": "api", "Splits": [{"Weight": 50}, {"Weight": 50, "Service": "b"}]},
+            {
+                "Kind": "service-splitter",
+                "Name": "b",
+                "Splits": [{"Weight": 50, "ServiceSubset": "x"}, {"Weight": 50, "Service": "c"}],
+            },
+            {"Kind": "service-resolver", "Name": "b", "Subsets": {"x": {"Filter": "Service.Meta.k == x"}}},
+            {"Kind": "service-resolver", "Name": "c", "Redirect": {"Service": "d", "Datacenter": "dc2"}},
+        ],
+        "t",
+    )
+    cat = {
+        "api": (Endpoint("10.0.0.1", 1, "dc1"),),
+        "b": (Endpoint("10.0.0.2", 1, "dc1", meta=(("k", "x"),)), Endpoint("10.0.0.3", 1, "dc1")),
+        "d": (Endpoint("10.0.0.4", 1, "dc2"),),
+    }
+    chain = compile_chain(_up(), "dc1", "td.consul", cat, entries, BalancerCache(), "web")
+    (route,) = chain.routes
+    got = {s.cluster.name: (s.weight, s.cluster.sni, len(s.cluster.endpoints)) for s in route.splits}
+    assert got == {
+        "api": (50.0, "api.default.dc1.internal.td.consul", 1),
+        "x.b": (25.0, "x.b.default.dc1.internal.td.consul", 1),
+        "d.dc2": (25.0, "d.default.dc2.internal.td.consul", 1),
+    }
+    assert not chain.simple
+
+
+def test_balancers_are_reused_while_endpoints_stay() -> None:
+    cache = BalancerCache()
+    cat = {"api": (Endpoint("10.0.0.1", 1, "dc1"),)}
+    one = compile_chain(_up(), "dc1", "td", cat, (), cache).clusters[0].balancer
+    cache.sweep()
+    two = compile_chain(_up(), "dc1", "td", cat, (), cache).clusters[0].balancer
+    cache.sweep()
+    three = compile_chain(_up(), "dc1", "td", {"api": cat["api"] * 2}, (), cache).clusters[0].balancer
+    assert one is two and three is not two
