@@ -19,6 +19,7 @@ import logging
 import socket
 import ssl
 import time
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from gateway import metrics
@@ -109,6 +110,43 @@ def _nodelay(transport: asyncio.BaseTransport) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
+
+
+_NO_DROP: frozenset[bytes] = frozenset()
+
+
+class _LazyHeaders(Mapping[str, str]):
+    """Request headers as intentions read them (lower-case str names, repeated ones joined with ","), decoded on
+    the first lookup: most requests meet no header permission and never pay for it."""
+
+    __slots__ = ("_d", "_raw")
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]):
+        self._raw = raw
+        self._d: dict[str, str] | None = None
+
+    def _dict(self) -> dict[str, str]:
+        d = self._d
+        if d is None:
+            d = {}
+            for n, v in self._raw:
+                k = n.decode("latin-1").lower()
+                val = v.decode("latin-1")
+                d[k] = f"{d[k]},{val}" if k in d else val
+            self._d = d
+        return d
+
+    def __getitem__(self, key: str) -> str:
+        return self._dict()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._dict().get(key, default)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._dict())
+
+    def __len__(self) -> int:
+        return len(self._dict())
 
 
 class Listener:
@@ -383,7 +421,7 @@ class InboundListener(Listener):
         # Per request (design.md): an intention change applies to the next request of a kept-alive connection too.
         snap = self.holder.current
         path = ex.url.split(b"?", 1)[0].decode("latin-1")
-        headers = {n.decode("latin-1").lower(): v.decode("latin-1") for n, v in ex.headers}
+        headers = _LazyHeaders(ex.headers)  # decoded only if a permission looks at a header
         decision = snap.intentions.authorize_http(source, ex.method.decode("latin-1"), path, headers, source_ns)
         if not decision.allowed:
             self.m_http_denied.inc()
@@ -394,13 +432,7 @@ class InboundListener(Listener):
         if snap.access_log is not None:
             ex.info = []
         head = render_request_head(
-            ex.method,
-            ex.url,
-            ex.headers,
-            chunked=ex.chunked,
-            upgrade=ex.upgrade,
-            client_ip=conn.peer_ip,
-            info=ex.info,
+            ex.method, ex.url, ex.headers, ex.chunked, ex.upgrade, conn.peer_ip, b"", _NO_DROP, ex.info
         )
         ex.arm_timeout(self.request_timeout)
         client = self.pool.take(None)
@@ -658,6 +690,10 @@ class UpstreamListener(Listener):
                     flags=ex.flags or ("DC" if not ex.response_status else ""),
                 )
             )
+        if call is not None:
+            # Break the exchange <-> call cycle: both go with their last reference, not at the next GC pass.
+            ex.call = None
+            call.ex = None  # type: ignore[assignment]
 
     def _route_observe(self, call: Call, ex: Exchange) -> None:
         status = ex.response_status

@@ -6,7 +6,7 @@ Everything is bytes and done once per message, in one pass over the headers, joi
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+import re
 from http import HTTPStatus
 
 # RFC 9110 §7.6.1 (Connection-specific fields) plus the ones every proxy strips (Envoy, HAProxy).
@@ -40,22 +40,25 @@ def connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
     return frozenset(tokens)
 
 
-@dataclass(slots=True)
 class ResponseHead:
-    status: int
-    headers: list[tuple[bytes, bytes]]
-    version: str
+    """A response head as received: the status line and header lines (``raw``, CRLF-terminated lines, no blank
+    line). ``headers`` splits it into (name, value) pairs, only when the general rendering path needs them."""
+
+    __slots__ = ("raw", "status", "version")
+
+    def __init__(self, status: int, raw: bytes, version: str):
+        self.status = status
+        self.raw = raw
+        self.version = version
 
     @property
-    def content_length(self) -> bytes | None:
-        for name, value in self.headers:
-            if name.lower() == b"content-length":
-                return value
-        return None
-
-    @property
-    def chunked(self) -> bool:
-        return any(n.lower() == b"transfer-encoding" and b"chunked" in v.lower() for n, v in self.headers)
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        out = []
+        for line in self.raw.split(b"\n")[1:]:
+            name, sep, value = line.partition(b":")
+            if sep:
+                out.append((name.strip(), value.strip()))
+        return out
 
 
 def _filtered(headers: list[tuple[bytes, bytes]], keep_upgrade: bool, drop: frozenset[bytes] = _EMPTY) -> list[bytes]:
@@ -165,6 +168,44 @@ def render_request_head(
     return b"%s %s HTTP/1.1\r\n%s%s\r\n" % (method, url, b"".join(out), extra)
 
 
+# Response fields the proxy must look at (on the lower-cased head) and the hop-by-hop ones it cuts (on the head as
+# received, so the other fields keep their case). Field names carry no whitespace before the colon (RFC 9112 §5.1,
+# enforced by llhttp), so "\n<name>:" finds them.
+_HOP = (
+    rb"connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade|proxy-authenticate"
+    rb"|proxy-authorization"
+)
+_FIELDS = re.compile(rb"\n(" + _HOP + rb"|content-length):([^\n]*)")
+_HOP_LINES = re.compile(rb"\n(?:" + _HOP + rb"):[^\n]*", re.IGNORECASE)
+
+
+def _raw_response_head(head: ResponseHead, extra: bytes) -> tuple[bytes, bytes] | None:
+    """The common case straight from the received bytes, in C: one scan finds the framing and the hop-by-hop
+    fields, one substitution cuts those. None when the general path is needed (an HTTP/1.0 status line, a
+    Connection naming other fields, both Content-Length and chunked)."""
+    if head.version != "1.1":
+        return None
+    raw = head.raw
+    framing = b""
+    length = False
+    hop = False
+    for name, value in _FIELDS.findall(raw.lower()):
+        if name == b"content-length":
+            length = True
+            continue
+        hop = True
+        if name == b"transfer-encoding":
+            if b"chunked" in value:
+                framing = b"chunked"
+        elif name == b"connection" and value.strip(b" \t\r") not in _PLAIN_CONNECTION:
+            return None
+    if length:
+        if framing:
+            return None  # both: Transfer-Encoding wins and Content-Length must go (RFC 9112 §6.3)
+        framing = b"length"
+    return (_HOP_LINES.sub(b"", raw) if hop else raw) + extra, framing
+
+
 def render_response_head(
     head: ResponseHead,
     te: bytes,
@@ -173,14 +214,26 @@ def render_response_head(
     drop: frozenset[bytes] = _EMPTY,
     pending: bool = False,
 ) -> tuple[bytes, bytes]:
-    """(the head, its framing: b"length", b"chunked" or b"") in one pass over the headers: hop-by-hop fields,
-    those named in Connection and ``drop`` removed, ``extra`` added. ``pending``: leave the head open (no framing
-    lines, no blank line) for the caller to finish once it knows the framing."""
+    """(the head, its framing: b"length", b"chunked" or b""): hop-by-hop fields, those named in Connection and
+    ``drop`` removed, ``extra`` added. ``pending``: leave the head open (no framing lines, no blank line) for the
+    caller to finish once it knows the framing."""
+    if not drop and head.status != 101:
+        fast = _raw_response_head(head, extra)
+        if fast is not None:
+            top, framing = fast
+            if pending:
+                return top, framing
+            tail = b"transfer-encoding: %s\r\n" % te if te else b""
+            if not keep_alive:
+                tail += b"connection: close\r\n"
+            return top + tail + b"\r\n", framing
     out: list[bytes] = []
     conn: bytes | None = None
     framing = b""
     upgrade = head.status == 101
-    for name, value in head.headers:
+    headers = head.headers
+    chunked = any(n.lower() == b"transfer-encoding" and b"chunked" in v.lower() for n, v in headers)
+    for name, value in headers:
         lname = name.lower()
         if lname in HOP_BY_HOP:
             if lname == b"transfer-encoding":
@@ -191,7 +244,9 @@ def render_response_head(
             elif upgrade and lname == b"upgrade":
                 out.append(b"%s: %s\r\n" % (name, value))
             continue
-        if lname == b"content-length" and not framing:
+        if lname == b"content-length":
+            if chunked:
+                continue  # Transfer-Encoding wins; a Content-Length beside it must not be forwarded
             framing = b"length"
         if drop and lname in drop:
             continue

@@ -74,7 +74,7 @@ class ClusterRuntime:
         self.lb = ClusterState()
         self.pool = ConnectionPool()
         self.pool.waiter = self._hand_over
-        self.waiters: deque[Call] = deque()
+        self.waiters: deque[Call] = self.pool.waiters
         self.active = 0  # requests in flight
         self.pending = 0  # requests waiting for a connection
         self.dialing = 0  # connections being set up

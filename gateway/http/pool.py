@@ -8,7 +8,9 @@ queue as "pending" while the cluster is at its connection limit (Envoy's HTTP/1 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Hashable
+from typing import Any
 
 from gateway.http.proxy import ClientConnection
 
@@ -20,7 +22,9 @@ class ConnectionPool:
     def __init__(self) -> None:
         self.idle: dict[Hashable, list[ClientConnection]] = {}
         self.total = 0  # open connections made through this pool, busy or idle
-        # Offered each released connection first; returns True when it took it.
+        # Requests waiting for a connection (at max_connections); ``waiter`` hands a released one to them and
+        # returns True when one took it. Only consulted while ``waiters`` is not empty.
+        self.waiters: deque[Any] = deque()
         self.waiter: Callable[[ClientConnection], bool] | None = None
 
     def take(self, key: Hashable) -> ClientConnection | None:
@@ -48,8 +52,7 @@ class ConnectionPool:
     def release(self, client: ClientConnection) -> None:
         if client.closed:
             return
-        waiter = self.waiter
-        if waiter is not None and waiter(client):
+        if self.waiters and self.waiter is not None and self.waiter(client):
             return
         conns = self.idle.setdefault(client.key, [])
         if len(conns) >= MAX_IDLE:

@@ -58,12 +58,13 @@ class ClientConnection:
         "closed",
         "exchange",
         "head_request",
-        "headers",
         "idle_since",
+        "in_head",
         "keep_alive",
         "key",
         "lost_cb",
         "pool",
+        "raw",
         "read_paused",
         "side",
         "throttling",
@@ -77,7 +78,10 @@ class ClientConnection:
         side.write = self.feed
         self._parser = httptools.HttpResponseParser(self)
         self.exchange: Exchange | None = None
-        self.headers: list[tuple[bytes, bytes]] = []
+        # The response head is taken from the bytes as they came (no per-header callback: llhttp only frames
+        # the message); ``raw`` holds what arrived since the request went out, until the head is complete.
+        self.raw = b""
+        self.in_head = False
         self.keep_alive = True
         self.closed = False
         self.upgraded = False
@@ -151,15 +155,6 @@ class ClientConnection:
 
     # -- sending the request
 
-    def begin(self, exchange: Exchange) -> None:
-        self.exchange = exchange
-        self.headers = []
-        self.head_request = exchange.method == b"HEAD"
-        if self.head_request:
-            # llhttp cannot be told an answer belongs to HEAD (no body despite Content-Length): a fresh
-            # parser is used after it, and on_headers_complete ends the message.
-            self._parser = httptools.HttpResponseParser(self)
-
     def detach(self) -> None:
         """A failed attempt: this connection is dropped and the exchange goes on elsewhere."""
         self.exchange = None
@@ -182,6 +177,8 @@ class ClientConnection:
         srv = ex.server if ex is not None else None
         if srv is not None:
             srv.out = []
+        if self.in_head:
+            self.raw = self.raw + data if self.raw else data
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -199,20 +196,30 @@ class ClientConnection:
             if srv is not None:
                 srv.flush()
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+    def _take_head(self) -> bytes:
+        """The head that just completed (status line and header lines, without the blank line)."""
+        raw = self.raw
+        end = raw.find(b"\r\n\r\n")
+        if end >= 0:
+            self.raw = raw[end + 4 :]
+            return raw[: end + 2]
+        end = raw.find(b"\n\n")  # bare LF line ends, which llhttp tolerates
+        self.raw = raw[end + 2 :] if end >= 0 else b""
+        return raw[: end + 1] if end >= 0 else raw
 
     def on_headers_complete(self) -> None:
         ex = self.exchange
         if ex is None:
             return
+        block = self._take_head()
         status = self._parser.get_status_code()
         if 100 <= status < 200 and status != 101:
-            ex.send_interim(status, self.headers)
-            self.headers = []
+            ex.send_interim(ResponseHead(status, block, "1.1"))  # a final head follows: still in the head
             return
+        self.in_head = False
+        self.raw = b""
         self.keep_alive = self._parser.should_keep_alive()
-        head = ResponseHead(status, self.headers, self._parser.get_http_version())
+        head = ResponseHead(status, block, self._parser.get_http_version())
         mode = ex.send_response_head(head, self)
         if mode == b"retry":
             return  # the exchange detached this connection and tries again elsewhere
@@ -353,7 +360,14 @@ class Exchange:
         if head is not None:
             self.head = head
         self.client = client
-        client.begin(self)
+        client.exchange = self
+        client.raw = b""
+        client.in_head = True
+        if self.method == b"HEAD":
+            # llhttp cannot be told an answer belongs to HEAD (no body despite Content-Length): a fresh parser
+            # is used after it, and on_headers_complete ends the message.
+            client.head_request = True
+            client._parser = httptools.HttpResponseParser(client)
         out = self.out
         client.send(self.head + b"".join(out) if out else self.head)
         if not self.replay:
@@ -375,9 +389,9 @@ class Exchange:
 
     # -- response side
 
-    def send_interim(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+    def send_interim(self, head: ResponseHead) -> None:
         # 100 Continue and friends go to the client as they are (RFC 9110 §15.2).
-        self.server.write(render_response_head(ResponseHead(status, headers, "1.1"), b"", keep_alive=True)[0])
+        self.server.write(render_response_head(head, b"", keep_alive=True)[0])
 
     def send_response_head(self, head: ResponseHead, client: ClientConnection) -> bytes:
         call = self.call
@@ -635,7 +649,9 @@ class ServerConnection:
                 ex.expect_continue = True
         self.queue.append(ex)
         if len(self.queue) == 1:
-            self._start(ex)
+            result = self.handle(ex)  # _start, inlined: this is the path of every request
+            if result is not None:
+                asyncio.ensure_future(result).add_done_callback(_log_failure)
         else:
             self.pause(PAUSE_PIPELINE)  # pipelined: one exchange at a time, the next waits its turn
 
