@@ -13,6 +13,7 @@ outlier detection (``gateway.http.outbound``) over pooled mTLS connections.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import logging
@@ -149,7 +150,7 @@ class _LazyHeaders(Mapping[str, str]):
         return len(self._dict())
 
 
-class Listener:
+class Listener(abc.ABC):
     """What both stacks share: the listening socket, the set of open relays, drain."""
 
     name = "listener"
@@ -205,8 +206,9 @@ class Listener:
             self._ticker = loop.call_later(TICK, self._tick)
         log.info("%s listening on %s", self.name, self.bind)
 
+    @abc.abstractmethod
     def _protocol(self) -> asyncio.Protocol:
-        raise NotImplementedError  # abstract: each stack supplies its accept protocol
+        """The accept protocol: each stack (inbound, upstream) supplies its own."""
 
     def _track(self, relay: Relay) -> None:
         if self.draining:

@@ -16,6 +16,7 @@ is discarded and the key is fetched or watched, so a template is never written f
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import logging
 import os
@@ -343,23 +344,26 @@ def parse_catalog_for_templates(data: Any, path: Path, default_dc: str) -> dict[
     return out
 
 
-class StateSource:
+class StateSource(abc.ABC):
     """Where dependency values come from. ``lookup`` raises Missing for a key not loaded yet."""
 
-    def lookup(self, key: DepKey) -> Any:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def lookup(self, key: DepKey) -> Any: ...
 
     async def start(self, on_change: Callable[[], None]) -> None:
         """Load what can be loaded now and keep it current; call ``on_change`` after a change."""
+        return None  # default: nothing to do
 
     async def stop(self) -> None:
         return None
 
     def want(self, keys: Iterable[DepKey]) -> None:
         """A render needed these keys: keep them current from now on."""
+        return None  # default: nothing to do
 
     async def fetch(self, keys: Iterable[DepKey]) -> None:
         """One read of these keys now (``--once``); raises WatchError or SourceError."""
+        return None  # default: nothing to do
 
 
 class LocalSource(StateSource):
