@@ -26,17 +26,30 @@ import yaml
 
 from connect.ca import BuiltinCA, write_leaf
 
-_handed_out: set[int] = set()
+# Ports for listeners come from below the kernel's ephemeral range (32768-60999 by default), so an outgoing
+# connection of some other process cannot take one between free_port() and the sidecar's bind; each
+# pytest-xdist worker gets its own slice, so two workers never hand out the same port.
+_PORT_BASE = 20000
+_PORT_SLICE = 1500
+_next_port: list[int] = []  # [slice start, next candidate]
 
 
 def free_port() -> int:
-    """A free port not handed out before in this process: two of them in one config must differ."""
+    """A free port not handed out before by this test process."""
+    if not _next_port:
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+        n = int(worker[2:]) if worker[2:].isdigit() else 0
+        start = _PORT_BASE + (n % 8) * _PORT_SLICE
+        _next_port.extend([start, start])
+    start = _next_port[0]
     while True:
+        port = _next_port[1]
+        _next_port[1] = start + (port - start + 1) % _PORT_SLICE
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _handed_out:
-            _handed_out.add(port)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use (a previous run's TIME_WAIT, another program): take the next
             return port
 
 
