@@ -65,60 +65,19 @@ end
 
 
 def start_haproxy(h: l4.Harness, certs: l4.Certs, app_port: int, timeout: float) -> l4.Pair:
-    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
-    if not Path(haproxy).exists():
-        raise l4.BenchError("haproxy not found (bench/run.sh installs it)")
-    d = h.work / "haproxy-http"
-    d.mkdir(exist_ok=True)
-    front, back = h.port(), h.port()
-    common = """global
-    nbthread 1
-    maxconn 4000
-defaults
-    mode http
-    option http-keep-alive
-    timeout connect 5s
-    timeout client 300s
-    timeout server 300s
-    timeout http-keep-alive 300s
-"""
-    server_pem = l4.add_dns_san(certs, l4.SNI, d / "server-with-dns-san.pem")  # see l4_bench.add_dns_san
-    (d / "front.cfg").write_text(
-        common
-        + f"""
-frontend up_{l4.SERVER_SVC}
-    bind 127.0.0.1:{front}
-    option forwardfor
-    unique-id-format %{{+X}}o\\ %ci:%cp_%fi:%fp_%Ts_%rt:%pid
-    unique-id-header x-request-id
-    default_backend b_{l4.SERVER_SVC}
-backend b_{l4.SERVER_SVC}
-    server s 127.0.0.1:{back} ssl crt {certs.client_pem} ca-file {certs.ca_crt} verify required sni str({l4.SNI})
-"""
+    return l4.haproxy_pair(
+        h,
+        certs,
+        app_port,
+        timeout,
+        label="haproxy-http",
+        defaults="    mode http\n    option http-keep-alive\n    timeout http-keep-alive 300s\n",
+        front_extra="    option forwardfor\n"
+        "    unique-id-format %{+X}o\\ %ci:%cp_%fi:%fp_%Ts_%rt:%pid\n"
+        "    unique-id-header x-request-id\n",
+        back_extra="    option forwardfor\n",
+        info={"mode": "http"},
     )
-    (d / "back.cfg").write_text(
-        common
-        + f"""
-frontend inbound
-    bind 127.0.0.1:{back} ssl crt {server_pem} ca-file {certs.ca_crt} verify required
-    option forwardfor
-    default_backend app
-backend app
-    server app 127.0.0.1:{app_port}
-"""
-    )
-    for side in ("front", "back"):
-        r = subprocess.run([haproxy, "-c", "-f", str(d / f"{side}.cfg")], capture_output=True, text=True)
-        if r.returncode != 0:
-            raise l4.BenchError(f"haproxy {side}.cfg invalid:\n{r.stdout}{r.stderr}")
-    pb = h.spawn("haproxy-http-back", [haproxy, "-db", "-f", str(d / "back.cfg")], "proxy", h.proxy_cpus)
-    pf = h.spawn("haproxy-http-front", [haproxy, "-db", "-f", str(d / "front.cfg")], "proxy", h.proxy_cpus)
-    procs = [pb, pf]
-    h.wait_port(back, procs, timeout, "haproxy inbound side")
-    h.wait_port(front, procs, timeout, "haproxy upstream side")
-    v = subprocess.run([haproxy, "-v"], capture_output=True, text=True).stdout.splitlines()
-    ver = v[0].split()[2] if v and len(v[0].split()) > 2 else "?"
-    return l4.Pair(front, back, procs, {"version": ver, "mode": "http"}, {"upstream": pf, "inbound": pb})
 
 
 def start_meshgw(h: l4.Harness, certs: l4.Certs, app_port: int, timeout: float) -> l4.Pair:

@@ -439,19 +439,42 @@ class Pair:
 
 
 def start_haproxy(h: Harness, certs: Certs, app_port: int, timeout: float) -> Pair:
+    return haproxy_pair(
+        h,
+        certs,
+        app_port,
+        timeout,
+        label="haproxy",
+        global_extra="    tune.ssl.default-dh-param 2048\n",
+        defaults="    mode tcp\n",
+    )
+
+
+def haproxy_pair(
+    h: Harness,
+    certs: Certs,
+    app_port: int,
+    timeout: float,
+    *,
+    label: str,
+    defaults: str,
+    global_extra: str = "",
+    front_extra: str = "",
+    back_extra: str = "",
+    info: dict[str, Any] | None = None,
+) -> Pair:
+    """Two HAProxy processes, upstream side and inbound side, with mTLS between them (L4 or HTTP mode)."""
     haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
     if not Path(haproxy).exists():
         raise BenchError("haproxy not found (bench/run.sh installs it)")
-    d = h.work / "haproxy"
+    d = h.work / label
     d.mkdir(exist_ok=True)
     front, back = h.port(), h.port()
-    common = """global
+    common = f"""global
     nbthread 1
     maxconn 4000
-    tune.ssl.default-dh-param 2048
-defaults
-    mode tcp
-    timeout connect 5s
+{global_extra}defaults
+{defaults}    timeout connect 5s
     timeout client 300s
     timeout server 300s
 """
@@ -461,7 +484,7 @@ defaults
         + f"""
 frontend up_{SERVER_SVC}
     bind 127.0.0.1:{front}
-    default_backend b_{SERVER_SVC}
+{front_extra}    default_backend b_{SERVER_SVC}
 backend b_{SERVER_SVC}
     server s 127.0.0.1:{back} ssl crt {certs.client_pem} ca-file {certs.ca_crt} verify required sni str({SNI})
 """
@@ -471,7 +494,7 @@ backend b_{SERVER_SVC}
         + f"""
 frontend inbound
     bind 127.0.0.1:{back} ssl crt {server_pem} ca-file {certs.ca_crt} verify required
-    default_backend app
+{back_extra}    default_backend app
 backend app
     server app 127.0.0.1:{app_port}
 """
@@ -480,14 +503,14 @@ backend app
         r = subprocess.run([haproxy, "-c", "-f", str(d / f"{side}.cfg")], capture_output=True, text=True)
         if r.returncode != 0:
             raise BenchError(f"haproxy {side}.cfg invalid:\n{r.stdout}{r.stderr}")
-    pb = h.spawn("haproxy-back", [haproxy, "-db", "-f", str(d / "back.cfg")], "proxy", h.proxy_cpus)
-    pf = h.spawn("haproxy-front", [haproxy, "-db", "-f", str(d / "front.cfg")], "proxy", h.proxy_cpus)
+    pb = h.spawn(f"{label}-back", [haproxy, "-db", "-f", str(d / "back.cfg")], "proxy", h.proxy_cpus)
+    pf = h.spawn(f"{label}-front", [haproxy, "-db", "-f", str(d / "front.cfg")], "proxy", h.proxy_cpus)
     procs = [pb, pf]
     h.wait_port(back, procs, timeout, "haproxy inbound side")
     h.wait_port(front, procs, timeout, "haproxy upstream side")
     v = subprocess.run([haproxy, "-v"], capture_output=True, text=True).stdout.splitlines()
     ver = v[0].split()[2] if v and len(v[0].split()) > 2 else "?"  # "HAProxy version 2.6.12-1+deb12u3 ..."
-    return Pair(front, back, procs, {"version": ver}, {"upstream": pf, "inbound": pb})
+    return Pair(front, back, procs, {"version": ver, **(info or {})}, {"upstream": pf, "inbound": pb})
 
 
 def write_yaml(path: Path, data: Any) -> None:
