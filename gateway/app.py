@@ -34,6 +34,8 @@ def _listener_specs(cfg: Config) -> dict[tuple[Any, ...], Any]:
     specs: dict[tuple[Any, ...], Any] = {}
     if cfg.inbound is not None:
         specs[("inbound", cfg.inbound, cfg.service.address, cfg.service.port)] = None
+    if cfg.gateway is not None:
+        specs[("mesh-gateway", cfg.gateway, cfg.datacenter)] = None
     for u in cfg.upstreams:
         specs[("upstream", u, cfg.datacenter)] = u
     return specs
@@ -106,6 +108,10 @@ class Sidecar:
     def _make_listener(self, key: tuple[Any, ...], cfg: Config) -> Listener:
         if key[0] == "inbound":
             return InboundListener(cfg, self.holder)
+        if key[0] == "mesh-gateway":
+            from gateway.mesh_gateway import MeshGatewayListener
+
+            return MeshGatewayListener(cfg, self.holder)
         return UpstreamListener(cfg, key[1], self.holder)
 
     def _config_json(self) -> dict[str, Any]:
@@ -138,7 +144,11 @@ class Sidecar:
         try:
             await listener.start()
         except OSError as e:
-            where = "inbound.bind" if key[0] == "inbound" else f"upstreams[{cfg.upstreams.index(key[1])}].bind"
+            if key[0] in ("inbound", "mesh-gateway"):
+                where = "inbound.bind" if key[0] == "inbound" else "gateway.bind"
+            else:
+                kind = "listeners" if cfg.mode == "ingress-gateway" else "upstreams"
+                where = f"{kind}[{cfg.upstreams.index(key[1])}].bind"
             raise StartupError(f"{cfg.path}: {where}: cannot listen on {listener.bind}: {e.strerror or e}") from None
         self.listeners[key] = listener
 

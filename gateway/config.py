@@ -21,6 +21,9 @@ T = TypeVar("T")
 
 SERVICE_NAME_RE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9_-]{0,62}[a-zA-Z0-9])?$")
 PROTOCOLS = ("tcp", "http")
+MODES = ("sidecar", "mesh-gateway", "ingress-gateway")
+# consul.md §6: "" defers to the next layer; meshgw's last layer is "none" (dial the target directly).
+MESH_GATEWAY_MODES = ("none", "local", "remote")
 HEALTH_STATES = ("passing", "warning", "critical")
 
 
@@ -68,10 +71,32 @@ class UpstreamConfig:
     request_timeout: float = 15.0  # http only: no answer by then gives 504
     # http only (below): Envoy's cluster defaults as Consul configures them (consul.md §8.1, §8.5).
     idle_timeout: float = 3600.0
+    # How to reach a target in another datacenter (consul.md §6): None follows the top-level mesh_gateway.mode.
+    mesh_gateway: str | None = None
     load_balancer: LoadBalancerConfig = field(default_factory=lambda: LoadBalancerConfig())
     retries: RetryConfig = field(default_factory=lambda: RetryConfig())
     limits: LimitsConfig = field(default_factory=lambda: LimitsConfig())
     passive_health_check: PassiveHealthCheckConfig = field(default_factory=lambda: PassiveHealthCheckConfig())
+
+
+@dataclass(frozen=True)
+class MeshGatewayModeConfig:
+    """Cross-datacenter dialling for sidecars and ingress gateways (Consul's proxy-defaults MeshGateway.Mode)."""
+
+    mode: str = "none"
+    service: str = "mesh-gateway"  # the mesh gateways' service name in the catalog, in every datacenter
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """``mode: mesh-gateway``: one listener that routes mTLS connections by their SNI without decrypting them."""
+
+    bind: Address
+    # What Consul advertises (TaggedAddresses lan/wan, consul.md §3.3); default: the bind address.
+    lan_address: Address | None = None
+    wan_address: Address | None = None
+    # How long a caller may take to send its whole TLS ClientHello.
+    handshake_timeout: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -220,6 +245,12 @@ class Config:
     # Discovery-chain entries for the local control plane (service-router/-splitter/-resolver/-defaults, in
     # Consul's shapes: gateway/http/entries.py); with Consul they come from its config entries instead.
     config_entries: tuple[Any, ...] = ()
+    gateway: GatewayConfig | None = None
+    mesh_gateway: MeshGatewayModeConfig = field(default_factory=MeshGatewayModeConfig)
+
+    @property
+    def is_gateway(self) -> bool:
+        return self.mode != "sidecar"
 
     def to_public_dict(self) -> dict[str, Any]:
         """The config as plain JSON-able data (no secrets are ever part of it)."""
@@ -401,6 +432,9 @@ def parse_config(data: Any, path: Path, env: Mapping[str, str] | None = None) ->
             "templates",
             "access_log",
             "config_entries",
+            "gateway",
+            "mesh_gateway",
+            "listeners",
         ),
     )
     if data is None or (isinstance(data, Mapping) and not data):
@@ -409,20 +443,23 @@ def parse_config(data: Any, path: Path, env: Mapping[str, str] | None = None) ->
         raise ConfigError(r.problems)
 
     datacenter = r.get(top, "", "datacenter", text, "dc1") or "dc1"
-    mode = r.get(top, "", "mode", choice("sidecar"), "sidecar") or "sidecar"
+    mode = r.get(top, "", "mode", choice(*MODES), "sidecar") or "sidecar"
+    gateway_mode = mode != "sidecar"
     drain_timeout = r.get(top, "", "drain_timeout", parse_duration, 15.0) or 0.0
     log_level = r.get(top, "", "log_level", choice("debug", "info", "warning", "error"), "info") or "info"
 
     s = r.mapping(top.get("service"), "service", ("name", "id", "address", "port", "protocol"))
     if "service" not in top:
         r.problem("service", "is required (the service this sidecar fronts: name, address, port)")
+    # A gateway fronts no local app: its service is only the name it registers and gets a certificate for.
+    needs_port = "service" in top and not gateway_mode
     sname = r.get(s, "service", "name", parse_service_name, required="service" in top) or "invalid"
     service = ServiceConfig(
         name=sname,
         # The app's service ID (Consul defaults ID to Name); the sidecar registers as "<id>-sidecar-proxy".
         id=r.get(s, "service", "id", text, None) or sname,
         address=r.get(s, "service", "address", parse_host, "127.0.0.1") or "127.0.0.1",
-        port=r.get(s, "service", "port", parse_port, required="service" in top) or 1,
+        port=r.get(s, "service", "port", parse_port, 0 if gateway_mode else None, required=needs_port) or 0,
         protocol=r.get(s, "service", "protocol", choice(*PROTOCOLS), "tcp") or "tcp",
     )
 
@@ -447,7 +484,16 @@ def parse_config(data: Any, path: Path, env: Mapping[str, str] | None = None) ->
         u = r.mapping(
             raw,
             key,
-            ("service", "bind", "datacenter", "protocol", "connect_timeout", "request_timeout", *_HTTP_UPSTREAM_KEYS),
+            (
+                "service",
+                "bind",
+                "datacenter",
+                "protocol",
+                "connect_timeout",
+                "request_timeout",
+                "mesh_gateway",
+                *_HTTP_UPSTREAM_KEYS,
+            ),
         )
         up = UpstreamConfig(
             service=r.get(u, key, "service", parse_service_name, required=True) or "invalid",
@@ -456,6 +502,7 @@ def parse_config(data: Any, path: Path, env: Mapping[str, str] | None = None) ->
             protocol=r.get(u, key, "protocol", choice(*PROTOCOLS), "tcp") or "tcp",
             connect_timeout=r.get(u, key, "connect_timeout", parse_duration, 5.0) or 5.0,
             request_timeout=r.get(u, key, "request_timeout", parse_duration, 15.0) or 15.0,
+            mesh_gateway=r.get(u, key, "mesh_gateway", choice(*MESH_GATEWAY_MODES), None),
             **_parse_http_upstream(r, u, key),
         )
         if up.bind.port and up.bind in binds:
@@ -464,6 +511,33 @@ def parse_config(data: Any, path: Path, env: Mapping[str, str] | None = None) ->
         upstreams.append(up)
     if inbound is not None and inbound.bind.port and inbound.bind in binds:
         r.problem("inbound.bind", f"{inbound.bind} is also used by {binds[inbound.bind]}")
+
+    mg = r.mapping(top.get("mesh_gateway"), "mesh_gateway", ("mode", "service"))
+    mesh_gateway = MeshGatewayModeConfig(
+        mode=r.get(mg, "mesh_gateway", "mode", choice(*MESH_GATEWAY_MODES), "none") or "none",
+        service=r.get(mg, "mesh_gateway", "service", parse_service_name, "mesh-gateway") or "mesh-gateway",
+    )
+    gateway = None
+    if mode == "mesh-gateway":
+        g = r.mapping(top.get("gateway"), "gateway", ("bind", "lan_address", "wan_address", "handshake_timeout"))
+        gateway = GatewayConfig(
+            bind=r.get(g, "gateway", "bind", parse_address, required=True) or Address("0.0.0.0", 0),
+            lan_address=r.get(g, "gateway", "lan_address", parse_address, None),
+            wan_address=r.get(g, "gateway", "wan_address", parse_address, None),
+            handshake_timeout=r.get(g, "gateway", "handshake_timeout", parse_duration, 10.0) or 10.0,
+        )
+    elif top.get("gateway") is not None:
+        r.problem("gateway", f"only a mesh gateway has one (this is mode {mode}; expected mode: mesh-gateway)")
+    if mode == "ingress-gateway":
+        upstreams.extend(_parse_ingress_listeners(r, top.get("listeners"), binds))
+    elif top.get("listeners") is not None:
+        r.problem("listeners", f"only an ingress gateway has listeners (this is mode {mode}; expected upstreams)")
+    if gateway_mode:
+        if inbound is not None:
+            r.problem("inbound", f"a {mode} has no inbound listener of its own (no local app behind it)")
+        if raw_ups:
+            what = "gateway.bind" if mode == "mesh-gateway" else "listeners"
+            r.problem("upstreams", f"a {mode} has no upstreams (expected {what})")
 
     cp = r.mapping(top.get("control_plane"), "control_plane", ("type", "local", "consul", "default_intention_policy"))
     cp_type = r.get(cp, "control_plane", "type", choice("local", "consul"), "local") or "local"
@@ -515,7 +589,7 @@ def parse_config(data: Any, path: Path, env: Mapping[str, str] | None = None) ->
         except EntryError as e:
             r.problems.extend(f"{path}: {p}" for p in e.problems)
 
-    if inbound is None and not upstreams:
+    if mode == "sidecar" and inbound is None and not upstreams:
         r.problem("inbound", "a sidecar needs an inbound listener or at least one upstream (expected inbound.bind)")
 
     if r.problems:
@@ -536,7 +610,53 @@ def parse_config(data: Any, path: Path, env: Mapping[str, str] | None = None) ->
         template_certs=template_certs,
         access_log=access_log,
         config_entries=config_entries,
+        gateway=gateway,
+        mesh_gateway=mesh_gateway,
     )
+
+
+def _parse_ingress_listeners(r: _Reader, raw: Any, binds: dict[Address, str]) -> list[UpstreamConfig]:
+    """An ingress gateway's listeners, in the shape of Consul's ingress-gateway entry (consul.md §8.6), become
+    upstream listeners: plaintext from outside the mesh, mTLS with the gateway's identity to the service."""
+    if raw is None:
+        r.problem("listeners", "is required for an ingress gateway (expected a list of {bind, protocol, services})")
+        return []
+    if not isinstance(raw, list) or not raw:
+        r.problem("listeners", "expected a non-empty list of {bind, protocol, services}")
+        return []
+    out = []
+    for n, item in enumerate(raw):
+        key = f"listeners[{n}]"
+        lst = r.mapping(
+            item, key, ("bind", "protocol", "services", "connect_timeout", "request_timeout", *_HTTP_UPSTREAM_KEYS)
+        )
+        services = lst.get("services")
+        names: list[str] = []
+        if not isinstance(services, list) or not services:
+            r.problem(f"{key}.services", "expected a list with the one service this listener reaches")
+        else:
+            for m, svc in enumerate(services):
+                name = svc.get("name") if isinstance(svc, Mapping) else svc
+                try:
+                    names.append(parse_service_name(name))
+                except ValueError as e:
+                    r.problem(f"{key}.services[{m}]", str(e))
+            if len(services) > 1:
+                # Consul allows several on an http listener, told apart by Host; meshgw does not route by Host yet.
+                r.problem(f"{key}.services", f"lists {len(services)} services (expected one per listener)")
+        up = UpstreamConfig(
+            service=names[0] if names else "invalid",
+            bind=r.get(lst, key, "bind", parse_address, required=True) or Address("0.0.0.0", 0),
+            protocol=r.get(lst, key, "protocol", choice(*PROTOCOLS), "tcp") or "tcp",
+            connect_timeout=r.get(lst, key, "connect_timeout", parse_duration, 5.0) or 5.0,
+            request_timeout=r.get(lst, key, "request_timeout", parse_duration, 15.0) or 15.0,
+            **_parse_http_upstream(r, lst, key),
+        )
+        if up.bind.port and up.bind in binds:
+            r.problem(f"{key}.bind", f"{up.bind} is already used by {binds[up.bind]} (expected a unique address)")
+        binds[up.bind] = key
+        out.append(up)
+    return out
 
 
 def _trust_domain(value: Any) -> str:

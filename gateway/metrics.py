@@ -20,6 +20,10 @@ DENY_REASONS = (
     "foreign_trust_domain",  # a valid chain, but a SPIFFE ID of another trust domain
     "no_spiffe_id",  # a valid chain without a service SPIFFE URI SAN
     "not_ready",  # this sidecar has no valid leaf or roots: fail closed
+    # mesh gateway (it reads the ClientHello's SNI, nothing else):
+    "not_tls",  # the first bytes are not a TLS ClientHello
+    "no_sni",  # a ClientHello without a server name
+    "unknown_sni",  # a server name that is not a mesh name of this trust domain
 )
 
 UPSTREAM_ERRORS = (
@@ -40,6 +44,13 @@ CONNECTIONS_DENIED = Counter(
     "meshgw_connections_denied",
     "Inbound connections refused before any byte reached the app, by reason.",
     ["listener", "reason"],
+    registry=REGISTRY,
+)
+GATEWAY_ROUTED = Counter(
+    "meshgw_gateway_connections_routed",
+    "Connections a mesh gateway forwarded by SNI, to a service in its own datacenter (local) or to another "
+    "datacenter's gateways (remote).",
+    ["listener", "route"],
     registry=REGISTRY,
 )
 CONNECTIONS_ACTIVE = Gauge(

@@ -21,7 +21,7 @@ from connect.spiffe import service_uri, upstream_sni
 from gateway import metrics
 from gateway.accesslog import AccessLog
 from gateway.config import Config, UpstreamConfig
-from gateway.http.routing import BalancerCache, cfg_entries, compile_chain
+from gateway.http.routing import BalancerCache, cfg_entries, compile_chain, subset_endpoints
 from gateway.tls import client_context, server_context
 
 log = logging.getLogger("meshgw.snapshot")
@@ -107,6 +107,22 @@ class UpstreamView:
     chain: Any = None
 
 
+@dataclass(frozen=True, slots=True)
+class GatewayRoutes:
+    """A mesh gateway's routing table, keyed the way SNI names read (consul.md §5.2, §6)."""
+
+    # "<service>" and "<subset>.<service>": healthy connect-capable instances in this datacenter.
+    local: Mapping[str, tuple[Endpoint, ...]]
+    # "<dc>": healthy mesh gateways of another datacenter.
+    remote: Mapping[str, tuple[Endpoint, ...]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "local": {k: [e.to_json() for e in v] for k, v in sorted(self.local.items())},
+            "remote": {k: [e.to_json() for e in v] for k, v in sorted(self.remote.items())},
+        }
+
+
 def upstream_key(u: UpstreamConfig, local_dc: str) -> str:
     return f"{u.service}.{u.datacenter or local_dc}"
 
@@ -122,6 +138,7 @@ class Snapshot:
     intentions: IntentionTable
     intention_entries: tuple[ServiceIntentions, ...] = field(default=())
     access_log: Any = None  # gateway.accesslog.AccessLog when access logs are on
+    gateway: GatewayRoutes | None = None  # mode mesh-gateway
 
     def ready(self) -> tuple[bool, str]:
         if self.tls is None:
@@ -148,6 +165,7 @@ class Snapshot:
                 for k, v in self.upstreams.items()
             },
             "intentions": self.intentions.rules(),
+            **({"gateway": self.gateway.to_json()} if self.gateway is not None else {}),
         }
 
 
@@ -246,7 +264,11 @@ class SnapshotBuilder:
         for u in cfg.upstreams:
             dc = u.datacenter or cfg.datacenter
             key = upstream_key(u, cfg.datacenter)
-            eps = tuple(e for e in self._catalog.get(u.service, ()) if e.health in HEALTHY and e.datacenter == dc)
+            via = self._via_gateway(u)
+            if via is not None and dc != cfg.datacenter:
+                eps = via(dc)
+            else:
+                eps = tuple(e for e in self._catalog.get(u.service, ()) if e.health in HEALTHY and e.datacenter == dc)
             ups[key] = UpstreamView(
                 key=key,
                 service=u.service,
@@ -262,6 +284,7 @@ class SnapshotBuilder:
                     cfg_entries(cfg) + self._chain_entries,
                     self._balancers,
                     cfg.service.name,
+                    via,
                 )
                 if u.protocol == "http"
                 else None,
@@ -283,7 +306,46 @@ class SnapshotBuilder:
             ),
             intention_entries=self._entries,
             access_log=self._access_log,
+            gateway=self._gateway_routes() if cfg.mode == "mesh-gateway" else None,
         )
         metrics.SNAPSHOT_VERSION.set(snap.version)
         metrics.SNAPSHOT_AGE.set(snap.built_at)
         return snap
+
+    def _gateways(self, dc: str) -> tuple[Endpoint, ...]:
+        name = self.config.mesh_gateway.service
+        return tuple(e for e in self._catalog.get(name, ()) if e.health in HEALTHY and e.datacenter == dc)
+
+    def _via_gateway(self, u: UpstreamConfig) -> Callable[[str], tuple[Endpoint, ...]] | None:
+        """consul.md §6: with mode local a target in another datacenter is dialled through this datacenter's mesh
+        gateways, with mode remote through the target datacenter's; the SNI and the identity checked stay the
+        target's (the gateways pass TLS through)."""
+        mode = u.mesh_gateway or self.config.mesh_gateway.mode
+        if mode == "local":
+            local = self._gateways(self.config.datacenter)
+            return lambda dc: local
+        if mode == "remote":
+            return self._gateways
+        return None
+
+    def _gateway_routes(self) -> GatewayRoutes:
+        cfg = self.config
+        own = cfg.mesh_gateway.service
+        local: dict[str, tuple[Endpoint, ...]] = {}
+        remote: dict[str, list[Endpoint]] = {}
+        for name, eps in self._catalog.items():
+            if name == own or name == cfg.service.name:
+                for e in eps:
+                    if e.datacenter != cfg.datacenter and e.health in HEALTHY:
+                        remote.setdefault(e.datacenter, []).append(e)
+                continue
+            here = tuple(e for e in eps if e.datacenter == cfg.datacenter and e.health in HEALTHY)
+            if here:
+                local[name] = here
+        # Subset SNI names (<subset>.<service>...) reach only the subset's instances: the resolver's filter.
+        for entry in cfg_entries(cfg) + self._chain_entries:
+            if getattr(entry, "kind", "") != "service-resolver" or entry.name not in local:
+                continue
+            for subset, _ in entry.subsets:
+                local[f"{subset}.{entry.name}"] = subset_endpoints(entry, subset, local[entry.name])
+        return GatewayRoutes(MappingProxyType(local), MappingProxyType({k: tuple(v) for k, v in remote.items()}))

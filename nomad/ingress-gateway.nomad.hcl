@@ -1,8 +1,8 @@
 # A Consul ingress gateway run by meshgw: plain TCP from outside the mesh on port 8080, to "web" over mTLS.
 #
-# NOTE: meshgw does not implement gateway modes yet: today `mode` accepts only "sidecar", so this job is
-# written for the config keys a later issue adds (`mode: ingress-gateway` and its listeners) and will not
-# start until then. Nomad's side follows vault-nomad.md §4.1-4.3: `gateway { ingress { listener {} } }`
+# meshgw in `mode: ingress-gateway`: each of its `listeners` takes plaintext from outside the mesh and
+# calls its service over mTLS as "ingress-gateway" (allow it with an intention: ingress-gateway -> web).
+# Nomad's side follows vault-nomad.md §4.1-4.3: `gateway { ingress { listener {} } }`
 # registers the gateway and its config entry in Consul; the task of kind "connect-ingress:<service>" is
 # meshgw instead of the Envoy task Nomad would inject. The listener ports below, the network ports and
 # meshgw's listeners must agree (tests/test_packaging.py checks that they do).
@@ -104,7 +104,6 @@ job "ingress-gateway" {
         change_mode = "restart"
       }
 
-      # mode: ingress-gateway and the listeners below are for the later gateway issue (see the NOTE above).
       template {
         destination   = "local/meshgw.yaml"
         change_mode   = "signal"

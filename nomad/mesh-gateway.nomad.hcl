@@ -1,8 +1,9 @@
 # A Consul mesh gateway on every client node, run by meshgw (Nomad 1.10+ system job).
 #
-# NOTE: meshgw does not implement gateway modes yet: today `mode` accepts only "sidecar", so this job is
-# written for the config keys a later issue adds (`mode: mesh-gateway` and its listener settings) and will
-# not start until then. The job itself follows Nomad's gateway rules (vault-nomad.md §4.1-4.3):
+# meshgw in `mode: mesh-gateway` routes mTLS connections between datacenters by their SNI without
+# decrypting them (consul.md §6); sidecars reach it with `mesh_gateway: {mode: local}` (or `remote`).
+# It learns this datacenter's services and the other datacenters' gateways from Consul. The job itself
+# follows Nomad's gateway rules (vault-nomad.md §4.1-4.3):
 # - `connect { gateway { mesh {} } }` makes Nomad register the service as a Consul mesh gateway, with its
 #   WAN address on the "mesh_wan" port; the task of kind "connect-mesh:<service>" replaces the Envoy task
 #   Nomad would inject (and may carry template/vault/identity, which sidecar_task cannot).
@@ -96,7 +97,6 @@ job "mesh-gateway" {
         change_mode = "restart"
       }
 
-      # mode: mesh-gateway and the gateway block below are for the later gateway issue (see the NOTE above).
       template {
         destination   = "local/meshgw.yaml"
         change_mode   = "signal"

@@ -242,11 +242,12 @@ class Mesh:
         inbound: bool = True,
         upstreams: dict[str, int] | None = None,
         start: bool = True,
+        dc: str = "dc1",
         **extra: Any,
     ) -> Sidecar:
         admin = free_port()
         cfg: dict[str, Any] = {
-            "datacenter": "dc1",
+            "datacenter": dc,
             "service": {"name": name, "port": app_port or free_port()},
             "control_plane": {
                 "type": "local",
@@ -259,7 +260,7 @@ class Mesh:
         if inbound:
             port = free_port()
             cfg["inbound"] = {"bind": f"127.0.0.1:{port}"}
-            self.register(name, port)
+            self.register(name, port, dc=dc)
         if upstreams:
             cfg["upstreams"] = [{"service": s, "bind": f"127.0.0.1:{p}"} for s, p in upstreams.items()]
         for k, v in extra.items():

@@ -95,6 +95,32 @@ BAD = [
         "certificates.builtin.dir",
         "required",
     ),
+    ("mode: mesh-gateway\nservice: {name: mesh-gateway}\n", "gateway.bind", "is required"),
+    (
+        "mode: mesh-gateway\nservice: {name: m}\ngateway: {bind: 0.0.0.0:8443}\ninbound: {bind: 127.0.0.1:1}\n",
+        "inbound",
+        "no inbound listener",
+    ),
+    (S + "gateway: {bind: 0.0.0.0:8443}\n", "gateway", "mode: mesh-gateway"),
+    (S + "mesh_gateway: {mode: sideways}\n", "mesh_gateway.mode", "none, local, remote"),
+    (
+        "service: {name: web, port: 80}\nupstreams: [{service: a, bind: '127.0.0.1:5', mesh_gateway: up}]\n",
+        "upstreams[0].mesh_gateway",
+        "none, local, remote",
+    ),
+    ("mode: ingress-gateway\nservice: {name: ig}\n", "listeners", "is required"),
+    (
+        "mode: ingress-gateway\nservice: {name: ig}\nlisteners: [{bind: '0.0.0.0:8080', services: [a, b]}]\n",
+        "listeners[0].services",
+        "expected one per listener",
+    ),
+    (
+        "mode: ingress-gateway\nservice: {name: ig}\n"
+        "listeners: [{bind: '0.0.0.0:8080', protocol: udp, services: [a]}]\n",
+        "listeners[0].protocol",
+        "tcp, http",
+    ),
+    (S + "listeners: [{bind: '0.0.0.0:8080', services: [a]}]\n", "listeners", "only an ingress gateway"),
     ("service: [web]\n", "service", "mapping"),
     ("service: {name: web\n", "line", "invalid YAML"),
     ("", "file is empty", "service"),

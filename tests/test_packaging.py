@@ -22,14 +22,13 @@ import hcl2
 import pytest
 import yaml
 
-from gateway.config import ConfigError, parse_config
+from gateway.config import parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
 NOMAD_JOBS = sorted((ROOT / "nomad").glob("*.nomad.hcl"))
 LAB_SCRIPTS = sorted((ROOT / "scripts" / "lab").glob("*.sh"))
 SHELL_SCRIPTS = [*LAB_SCRIPTS, ROOT / "packaging" / "install.sh"]
 TRUST_DOMAIN = "11111111-2222-3333-4444-555555555555.consul"
-GATEWAY_NOTE = "meshgw does not implement gateway modes yet"
 
 
 # --------------------------------------------------------------------------- HCL helpers
@@ -208,7 +207,6 @@ def test_service_job_sidecars_agree_with_meshgw_config() -> None:
 
 def test_mesh_gateway_job() -> None:
     path = ROOT / "nomad" / "mesh-gateway.nomad.hcl"
-    assert GATEWAY_NOTE in path.read_text()
     job = Job(path)
     assert job.body["type"] == "system"
     ((_, group),) = job.groups()
@@ -222,15 +220,13 @@ def test_mesh_gateway_job() -> None:
     _, config = task_config_yaml(job, group, task)
     assert config["mode"] == "mesh-gateway" and config["service"]["name"] == service["name"]
     assert config["gateway"]["bind"] == "0.0.0.0:8443"
-    # Today's meshgw refuses the mode, and says so in one line: the job waits for the gateway issue.
-    with pytest.raises(ConfigError) as e:
-        parse_config(config, path, env={"VAULT_TOKEN": "s.lab"})
-    assert any(": mode: 'mesh-gateway' is not allowed" in p for p in e.value.problems)
+    cfg = parse_config(config, path, env={"VAULT_TOKEN": "s.lab"})
+    assert cfg.mode == "mesh-gateway" and cfg.gateway is not None and cfg.gateway.bind.port == 8443
+    assert cfg.control_plane.type == "consul" and cfg.service.name == "mesh-gateway"
 
 
 def test_ingress_gateway_job() -> None:
     path = ROOT / "nomad" / "ingress-gateway.nomad.hcl"
-    assert GATEWAY_NOTE in path.read_text()
     job = Job(path)
     ((_, group),) = job.groups()
     service = one(group["service"], "service")
@@ -241,6 +237,8 @@ def test_ingress_gateway_job() -> None:
     check_vault_access(task)
     _, config = task_config_yaml(job, group, task)
     assert config["mode"] == "ingress-gateway"
+    cfg = parse_config(config, path, env={"VAULT_TOKEN": "s.lab"})
+    assert [(u.service, u.protocol) for u in cfg.upstreams] == [(s, p) for _, p, (s,) in sorted(listeners)]
     mine = {(int(li["bind"].rsplit(":", 1)[1]), li["protocol"], tuple(li["services"])) for li in config["listeners"]}
     assert mine == listeners
     # Every listener port is a port of the group, reachable from outside (static).

@@ -336,6 +336,19 @@ def _upstream_settings(u: UpstreamConfig, idx: Mapping[tuple[str, str], Any], lo
     return _Settings(limits, outlier, ct)
 
 
+def subset_endpoints(res: ServiceResolver, subset: str, eps: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
+    """The instances of a resolver's subset: its OnlyPassing and Filter (consul.md §8.5)."""
+    sub = res.subset(subset)
+    if sub is None:
+        return ()  # an unknown subset has no instances (Consul refuses such an entry)
+    if sub.only_passing:
+        eps = tuple(e for e in eps if e.health == "passing")
+    if sub.filter:
+        f = compile_filter(sub.filter)
+        eps = tuple(e for e in eps if f(_filter_doc(e, res.name)))
+    return eps
+
+
 def compile_chain(
     u: UpstreamConfig,
     local_dc: str,
@@ -344,6 +357,7 @@ def compile_chain(
     entries: tuple[Any, ...],
     cache: BalancerCache,
     local_service: str = "",
+    via_gateway: Callable[[str], tuple[Endpoint, ...]] | None = None,
 ) -> Chain:
     """Consul's discovery-chain compiler in small: router routes (plus the implicit default route to the upstream's
     own service) → splitters (nested ones flattened, weights multiplied) → resolvers (redirect, default subset,
@@ -369,14 +383,13 @@ def compile_chain(
         hit = clusters.get(name)
         if hit is not None:
             return hit
-        sub = res.subset(subset) if res is not None and subset else None
-        healthy = frozenset({"passing"}) if sub is not None and sub.only_passing else _HEALTHY
-        eps = tuple(e for e in catalog.get(service, ()) if e.health in healthy and e.datacenter == dc)
-        if subset and sub is None:
-            eps = ()  # an unknown subset has no instances (Consul refuses such an entry)
-        elif sub is not None and sub.filter:
-            f = compile_filter(sub.filter)
-            eps = tuple(e for e in eps if f(_filter_doc(e, service)))
+        if via_gateway is not None and dc != local_dc:
+            # Through mesh gateways: they pick the target's instances (and its subset, by SNI) in its datacenter.
+            eps = via_gateway(dc)
+        else:
+            eps = tuple(e for e in catalog.get(service, ()) if e.health in _HEALTHY and e.datacenter == dc)
+            if subset:
+                eps = subset_endpoints(res, subset, eps) if res is not None else ()
         lb = res.load_balancer if res is not None and res.load_balancer is not None else u.load_balancer
         sni = (
             f"{subset}.{upstream_sni(service, dc, trust_domain)}" if subset else upstream_sni(service, dc, trust_domain)
