@@ -34,6 +34,7 @@ CHAIN_KINDS = ("service-router", "service-splitter", "service-resolver", "servic
 # After the agent comes back, it may answer from an empty local state until services register
 # again (ours does so at once): an empty upstream set inside this window keeps the last good one.
 RECOVERY_GRACE = 10.0
+DATACENTERS_POLL = 30.0  # /v1/catalog/datacenters cannot block
 UNSPECIFIED = ("0.0.0.0", "::", "")
 
 
@@ -199,7 +200,8 @@ class ConsulControlPlane:
         self._recovered_at = 0.0
         self._wake_registration = asyncio.Event()
         svc = config.service
-        self.sidecar_id = f"{svc.id}-sidecar-proxy"
+        # A gateway registers under its own ID (consul.md §3.3); a sidecar as "<service ID>-sidecar-proxy" (§3.2).
+        self.sidecar_id = svc.id if config.is_gateway else f"{svc.id}-sidecar-proxy"
         self.check_id = f"service:{self.sidecar_id}"
         metrics.CONSUL_UP.set(0)
 
@@ -221,23 +223,45 @@ class ConsulControlPlane:
         """Never waits for Consul: with the agent down, watches retry and /ready stays 503 meanwhile."""
         await self.api.open()
         loop = asyncio.get_running_loop()
-        dcs = {(u.service, u.datacenter or self.config.datacenter) for u in self.config.upstreams}
+        cfg = self.config
+        dcs = {(u.service, u.datacenter or cfg.datacenter) for u in cfg.upstreams}
         self._names = {f"health/connect/{svc}" for svc, _ in dcs} | {"config/service-intentions", "connect/ca/roots"}
         if self.provide_certs:
             self._names.add("connect/ca/leaf")
         for service, dc in sorted(dcs):
             self._spawn(loop, self._watch_upstream(service, dc), f"watch-upstream-{service}-{dc}")
+        # Targets in other datacenters reached through mesh gateways (consul.md §6): local mode dials this
+        # datacenter's gateways on their LAN address, remote mode the target datacenter's on their WAN address.
+        gw = cfg.mesh_gateway.service
+        for dc in sorted({self._gateway_dc(u) for u in cfg.upstreams} - {None}):
+            assert dc is not None
+            self._names.add(f"health/service/{gw}@{dc}")
+            self._watched_services.add((gw, dc))
+            self._spawn(loop, self._watch_upstream(gw, dc, "service"), f"watch-gateways-{dc}")
         self._spawn(loop, self._watch_intentions(), "watch-intentions")
-        if any(u.protocol == "http" for u in self.config.upstreams):
-            # HTTP upstreams: the discovery chain's config entries (consul.md §8.1, §8.3-§8.5).
-            self._watched_services = set(dcs)
+        if any(u.protocol == "http" for u in cfg.upstreams) or cfg.mode == "mesh-gateway":
+            # HTTP upstreams: the discovery chain's config entries (consul.md §8.1, §8.3-§8.5); a mesh gateway
+            # needs the resolvers' subsets for subset SNI names.
+            self._watched_services |= set(dcs)
             for kind in CHAIN_KINDS:
                 self._spawn(loop, self._watch_chain_kind(kind), f"watch-{kind}")
+        if cfg.mode == "mesh-gateway":
+            self._names |= {"catalog/services", "catalog/datacenters"}
+            self._spawn(loop, self._watch_catalog_services(), "watch-catalog-services")
+            self._spawn(loop, self._watch_datacenters(), "watch-datacenters")
         self._spawn(loop, self._watch_roots(), "watch-roots")
         if self.provide_certs:
             self._spawn(loop, self._watch_leaf(), "watch-leaf")
         if self.cfg.register:
             self._spawn(loop, self._registration(), "registration")
+
+    def _gateway_dc(self, u: Any) -> str | None:
+        """Which datacenter's mesh gateways an upstream dials, or None when it dials its target directly."""
+        dc = u.datacenter or self.config.datacenter
+        if dc == self.config.datacenter:
+            return None
+        mode = u.mesh_gateway or self.config.mesh_gateway.mode
+        return {"local": self.config.datacenter, "remote": dc}.get(mode)
 
     def _spawn(self, loop: asyncio.AbstractEventLoop, coro: Any, name: str) -> None:
         self.tasks.append(loop.create_task(coro, name=name))
@@ -253,11 +277,14 @@ class ConsulControlPlane:
 
     # ------------------------------------------------------------------ watches
 
-    async def _watch_upstream(self, service: str, dc: str) -> None:
+    async def _watch_upstream(self, service: str, dc: str, kind: str = "connect") -> None:
+        """Healthy instances of ``service`` in ``dc``: connect-capable ones (sidecars), or with kind "service" the
+        service's own instances (mesh gateways are not behind sidecars)."""
         params = {"passing": "1", "dc": dc if dc != self.config.datacenter else None}
+        name = f"health/{kind}/{service}" + ("" if kind == "connect" else f"@{dc}")
 
         async def fetch(index: int) -> tuple[int, Any]:
-            return await self.api.blocking_get(f"/v1/health/connect/{service}", index, params)
+            return await self.api.blocking_get(f"/v1/health/{kind}/{service}", index, params)
 
         def on_data(entries: Any) -> None:
             eps = endpoints_from_health(entries or [], dc, self.config.datacenter)
@@ -271,10 +298,52 @@ class ConsulControlPlane:
             catalog: dict[str, tuple[Endpoint, ...]] = {}
             for (svc, _), e in sorted(self._endpoints.items()):
                 catalog[svc] = catalog.get(svc, ()) + e
-            log.info("upstream %s in %s: %d healthy instance(s)", service, dc, len(eps))
+            log.info("%s in %s: %d healthy instance(s)", service, dc, len(eps))
             self.builder.set_catalog(catalog)
 
-        await blocking_watch(f"health/connect/{service}", fetch, on_data, self.health)
+        await blocking_watch(name, fetch, on_data, self.health)
+
+    def _watch_service(self, service: str, dc: str, kind: str = "connect") -> None:
+        if (service, dc) not in self._watched_services:
+            self._watched_services.add((service, dc))
+            self._spawn(
+                asyncio.get_running_loop(), self._watch_upstream(service, dc, kind), f"watch-{kind}-{service}-{dc}"
+            )
+
+    async def _watch_catalog_services(self) -> None:
+        """A mesh gateway routes to any service of its datacenter: watch the service list, then each service's
+        connect-capable instances (Consul's own mesh gateways watch the same, consul.md §6)."""
+        own = {self.config.service.name, self.config.mesh_gateway.service, "consul"}
+
+        async def fetch(index: int) -> tuple[int, Any]:
+            return await self.api.blocking_get("/v1/catalog/services", index)
+
+        def on_data(services: Any) -> None:
+            for name in sorted(services or {}):
+                # The list names sidecars ("<service>-sidecar-proxy", consul.md §3.2), not always their services
+                # (an app need not be registered itself): health/connect/<service> finds the sidecars.
+                base = name.removesuffix("-sidecar-proxy")
+                if base not in own:
+                    self._watch_service(base, self.config.datacenter)
+
+        await blocking_watch("catalog/services", fetch, on_data, self.health)
+
+    async def _watch_datacenters(self) -> None:
+        """The other datacenters, each with a watch on its mesh gateways (WAN addresses). The list has no index to
+        block on: it is read again every DATACENTERS_POLL seconds."""
+
+        async def fetch(index: int) -> tuple[int, Any]:
+            if index:
+                await asyncio.sleep(DATACENTERS_POLL)
+            _, body = await self.api.request("GET", "/v1/catalog/datacenters")
+            return index + 1, body
+
+        def on_data(dcs: Any) -> None:
+            for dc in dcs or []:
+                if isinstance(dc, str) and dc != self.config.datacenter:
+                    self._watch_service(self.config.mesh_gateway.service, dc, "service")
+
+        await blocking_watch("catalog/datacenters", fetch, on_data, self.health)
 
     async def _watch_intentions(self) -> None:
         # Every service-intentions entry: the builder keeps those naming this service or '*' as destination.
@@ -308,12 +377,9 @@ class ConsulControlPlane:
             self._chain[kind] = tuple(parsed)
             combined = tuple(e for k in CHAIN_KINDS for e in self._chain.get(k, ()))
             # Routes and splits can send requests to other services: watch their endpoints too.
-            loop = asyncio.get_running_loop()
             for service, dc in referenced_services(combined):
                 key = (service, dc or self.config.datacenter)
-                if key not in self._watched_services:
-                    self._watched_services.add(key)
-                    self._spawn(loop, self._watch_upstream(*key), f"watch-upstream-{key[0]}-{key[1]}")
+                self._watch_service(*key)
             log.info("consul %s entries: %d", kind, len(parsed))
             self.builder.set_chain_entries(combined)
 
@@ -364,9 +430,47 @@ class ConsulControlPlane:
 
     # ------------------------------------------------------------------ registration
 
+    def _ttl_check(self) -> dict[str, Any]:
+        return {
+            "CheckID": self.check_id,
+            "Name": f"meshgw {self.config.mode} ready",
+            "TTL": f"{int(TTL)}s",
+            "Notes": "meshgw sets this from its /ready state every few seconds",
+            "Status": "critical",
+        }
+
+    def gateway_registration(self) -> dict[str, Any]:
+        """Kind mesh-gateway (with lan/wan tagged addresses) or ingress-gateway (consul.md §3.3)."""
+        cfg = self.config
+        body: dict[str, Any] = {
+            "Kind": cfg.mode,
+            "ID": cfg.service.id,
+            "Name": cfg.service.name,
+            "Meta": {"meshgw": cfg.mode},
+            "Checks": [self._ttl_check()],
+        }
+        if cfg.gateway is not None:
+            g = cfg.gateway
+            lan = g.lan_address or g.bind
+            wan = g.wan_address or lan
+            body["Port"] = lan.port
+            tagged = {}
+            if lan.host not in UNSPECIFIED:
+                body["Address"] = lan.host
+                tagged["lan"] = {"Address": lan.host, "Port": lan.port}
+            if wan.host not in UNSPECIFIED:
+                tagged["wan"] = {"Address": wan.host, "Port": wan.port}
+            if tagged:
+                body["TaggedAddresses"] = tagged
+        else:
+            body["Port"] = cfg.upstreams[0].bind.port if cfg.upstreams else 0
+        return body
+
     def sidecar_registration(self) -> dict[str, Any]:
         cfg = self.config
         svc = cfg.service
+        if cfg.is_gateway:
+            return self.gateway_registration()
         body: dict[str, Any] = {
             "Kind": "connect-proxy",
             "ID": self.sidecar_id,
@@ -390,15 +494,7 @@ class ConsulControlPlane:
                 ],
             },
             "Meta": {"meshgw": "sidecar"},
-            "Checks": [
-                {
-                    "CheckID": self.check_id,
-                    "Name": "meshgw sidecar ready",
-                    "TTL": f"{int(TTL)}s",
-                    "Notes": "meshgw sets this from its /ready state every few seconds",
-                    "Status": "critical",
-                }
-            ],
+            "Checks": [self._ttl_check()],
         }
         if self.cfg.register_service:
             # As Consul's own sidecar_service does (consul.md §3.2): the proxy is only as healthy as its app.

@@ -589,6 +589,13 @@ def parse_config(data: Any, path: Path, env: Mapping[str, str] | None = None) ->
         except EntryError as e:
             r.problems.extend(f"{path}: {p}" for p in e.problems)
 
+    if consul is not None and consul.register and cp_type == "consul":
+        if mode == "sidecar" and inbound is None and upstreams:
+            # Consul refuses a connect-proxy without a port ("Port or SocketPath must be set", consul.md §3.1).
+            r.problem("control_plane.consul.register", "a sidecar without inbound has no port to register "
+                      "(expected inbound.bind, or register: false)")
+        if gateway_mode and consul.register_service:
+            r.problem("control_plane.consul.register_service", f"a {mode} fronts no app service to register")
     if mode == "sidecar" and inbound is None and not upstreams:
         r.problem("inbound", "a sidecar needs an inbound listener or at least one upstream (expected inbound.bind)")
 

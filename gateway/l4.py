@@ -353,9 +353,19 @@ class TLSSide(Side):
 
     def eof_received(self) -> bool | None:
         # A TCP FIN (with or without close_notify before it): nothing more will come from the peer.
+        if not self.handshake.done():
+            # Closed before the handshake finished (a gateway with no route, a refusing server without an
+            # alert): fail it now rather than at the handshake timeout.
+            self._handshake_failed(ConnectionResetError("connection closed during the TLS handshake"))
+            return False
         if not self.eof:
             self._got_eof()
         return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.handshake.done():
+            self._handshake_failed(exc or ConnectionResetError("connection lost during the TLS handshake"))
+        super().connection_lost(exc)
 
     def close(self) -> None:
         if self.transport is not None and not self.lost:

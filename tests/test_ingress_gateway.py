@@ -9,9 +9,8 @@ import http.client
 from pathlib import Path
 
 import pytest
-
-from tests.http_app import http_app
-from tests.mesh import Mesh, echo_app, echo_roundtrip, free_port, wait_for
+from http_app import http_app
+from mesh import Mesh, echo_app, echo_roundtrip, free_port, wait_for
 
 
 @pytest.mark.slow

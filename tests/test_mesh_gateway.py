@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 import yaml
+from mesh import Mesh, Sidecar, echo_app, echo_roundtrip, free_port, wait_for
 
 from gateway.sni import MAX_HELLO, MeshTarget, NotTLS, client_hello_sni, parse_mesh_sni
-from tests.mesh import Mesh, Sidecar, echo_app, echo_roundtrip, free_port, wait_for
 
 TD = "test.consul"
 

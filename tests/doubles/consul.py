@@ -111,6 +111,10 @@ class ConsulDouble:
 
     # ------------------------------------------------------------------ test hooks (call on the double's loop)
 
+    def join_wan(self, datacenter: str, url: str) -> None:
+        """Federate with another datacenter's double: ?dc=<datacenter> requests go there."""
+        self.http.wan[datacenter] = url
+
     def set_check_status(self, check_or_service_id: str, status: str, output: str = "") -> None:
         """Set one check (by check ID) or all checks of a service (by service ID); wakes health watchers."""
         self.state.set_check_status(check_or_service_id, status, output)
@@ -218,6 +222,11 @@ class ConsulDoubleThread:
 
     def rotate_ca(self) -> None:
         self._call(self._d.rotate_ca)
+
+    def join_wan(self, other: ConsulDoubleThread) -> None:
+        """Federate both ways, as `consul join -wan` does for servers."""
+        self._call(self._d.join_wan, other.datacenter, other.url)
+        other._call(other._d.join_wan, self.datacenter, self.url)
 
     def set_leaf_ttl(self, ttl: dt.timedelta) -> None:
         self._call(self._d.set_leaf_ttl, ttl)

@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from doubles.consul_decode import canon, decode_check_registration, decode_registration
@@ -73,6 +74,9 @@ class ConsulHTTP:
         self.acl_token = acl_token
         self.requests: list[tuple[str, str, dict[str, str], str | None]] = []
         self.routes: list[tuple[re.Pattern[str], dict[str, Handler]]] = []
+        # WAN federation: datacenter -> base URL of its server. A request with ?dc=<that dc> is forwarded there,
+        # as Consul servers forward RPCs to the other datacenter's servers.
+        self.wan: dict[str, str] = {}
         self._agent_routes()
         from doubles.consul_http_server import add_server_routes
 
@@ -100,6 +104,9 @@ class ConsulHTTP:
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         path, token = request.path, self.token_of(request)
         self.requests.append((request.method, path, {k: request.query.getone(k) for k in request.query}, token))
+        dc = request.query.get("dc")
+        if dc and dc in self.wan and dc != self.state.datacenter and not path.startswith("/v1/agent/"):
+            return await self.forward(request, self.wan[dc])
         try:
             for pattern, methods in self.routes:
                 m = pattern.match(path)
@@ -117,6 +124,23 @@ class ConsulHTTP:
             return error(404, "404 page not found\n")
         except ApiError as e:
             return error(e.status, e.text, e.headers)
+
+    async def forward(self, request: web.Request, base: str) -> web.StreamResponse:
+        """Answer with the other datacenter's answer (blocking queries block there)."""
+        headers = {k: v for k, v in request.headers.items() if k.lower() in ("x-consul-token", "authorization")}
+        timeout = aiohttp.ClientTimeout(total=700)
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as session,
+                session.request(
+                    request.method, base + request.path_qs, data=await request.read(), headers=headers
+                ) as resp,
+            ):
+                body = await resp.read()
+                keep = {k: v for k, v in resp.headers.items() if k.startswith("X-Consul-") or k == "Content-Type"}
+                return web.Response(status=resp.status, body=body, headers=keep)
+        except (aiohttp.ClientError, OSError):
+            return error(500, "No path to datacenter")
 
     def check_acl(self, path: str, token: str | None) -> None:
         if self.acl_token is None or token == self.acl_token:

@@ -109,7 +109,7 @@ def add_server_routes(h: ConsulHTTP) -> None:
         return json_response([catalog_service_json(i) for i in sids], s.tables["services"].index)
 
     async def catalog_datacenters(request: web.Request, _: tuple[str, ...]) -> web.Response:
-        return json_response([s.datacenter])
+        return json_response(sorted({s.datacenter, *h.wan}))
 
     async def catalog_nodes(request: web.Request, _: tuple[str, ...]) -> web.Response:
         await h.block(request, "services")

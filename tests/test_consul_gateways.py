@@ -1,0 +1,139 @@
+"""Gateways with Consul as the control plane: two federated datacenters (a Consul double each, forwarding
+``?dc=`` requests to the other as WAN-federated servers do), mesh gateways registered with their lan/wan
+addresses, and a sidecar in dc1 reaching a service in dc2 through them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import consul
+import pytest
+import requests
+import yaml
+from doubles.consul import ConsulDoubleThread
+from mesh import Sidecar, echo_app, echo_roundtrip, free_port, wait_for
+
+from connect.ca import BuiltinCA
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _no_consul_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("CONSUL_HTTP_TOKEN", "CONSUL_HTTP_ADDR", "CONSUL_HTTP_TOKEN_FILE"):
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture
+def federation() -> Iterator[tuple[ConsulDoubleThread, ConsulDoubleThread]]:
+    with ConsulDoubleThread(datacenter="dc1") as dc1, ConsulDoubleThread(datacenter="dc2") as dc2:
+        dc1.join_wan(dc2)
+        yield dc1, dc2
+
+
+def test_federated_doubles_answer_for_each_other_through_py_consul(
+    federation: tuple[ConsulDoubleThread, ConsulDoubleThread],
+) -> None:
+    dc1, dc2 = federation
+    c2 = consul.Consul(host=dc2.host, port=dc2.port)
+    c2.agent.service.register("api", service_id="api-1", port=8080, address="10.0.2.5")
+    c1 = consul.Consul(host=dc1.host, port=dc1.port)
+    assert c1.catalog.datacenters() == ["dc1", "dc2"]
+    index, nodes = c1.health.service("api", dc="dc2")
+    assert [n["Service"]["ID"] for n in nodes] == ["api-1"] and int(index) > 0
+    assert c1.health.service("api")[1] == []  # not in dc1
+    # A blocking query on the other datacenter blocks there and wakes on its change.
+    assert c1.health.service("api", dc="dc2", index=index, wait="100ms")[0] == index
+    with pytest.raises(consul.base.ConsulException, match="No path to datacenter"):
+        c1.health.service("api", dc="dc9")
+
+
+class Federation:
+    def __init__(self, root: Path, dcs: dict[str, ConsulDoubleThread]):
+        self.root = root
+        self.dcs = dcs
+        BuiltinCA.init(root / "ca", "test.consul")
+        self.procs: list[Sidecar] = []
+
+    def run(self, name: str, dc: str, **cfg: Any) -> Sidecar:
+        admin = free_port()
+        base: dict[str, Any] = {
+            "datacenter": dc,
+            "control_plane": {"type": "consul", "consul": {"address": self.dcs[dc].address, "wait": "10s"}},
+            "certificates": {"type": "builtin", "builtin": {"dir": "ca", "leaf_ttl": "1h"}},
+            "admin": {"bind": f"127.0.0.1:{admin}"},
+            "drain_timeout": "5s",
+        }
+        base.update(cfg)
+        path = self.root / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(base, sort_keys=False))
+        sc = Sidecar(None, name, path, admin, self.root / f"{name}.log")  # type: ignore[arg-type]
+        self.procs.append(sc)
+        return sc.start()
+
+    def gateway(self, dc: str) -> tuple[Sidecar, int]:
+        port = free_port()
+        gw = self.run(
+            f"mgw-{dc}",
+            dc,
+            mode="mesh-gateway",
+            service={"name": "mesh-gateway", "id": f"mesh-gateway-{dc}"},
+            gateway={"bind": f"127.0.0.1:{port}", "wan_address": f"127.0.0.1:{port}"},
+        )
+        return gw, port
+
+    def close(self) -> None:
+        for sc in self.procs:
+            sc.stop()
+
+
+def test_sidecar_reaches_another_datacenter_through_mesh_gateways(
+    tmp_path: Path, federation: tuple[ConsulDoubleThread, ConsulDoubleThread]
+) -> None:
+    dc1, dc2 = federation
+    fed = Federation(tmp_path, {"dc1": dc1, "dc2": dc2})
+    try:
+        # `consul intention create web api`, sent to dc2 (intentions live with the destination).
+        r = requests.put(
+            f"{dc2.url}/v1/connect/intentions/exact",
+            params={"source": "web", "destination": "api"},
+            json={"SourceType": "consul", "Action": "allow"},
+            timeout=10,
+        )
+        assert r.status_code == 200, r.text
+        with echo_app(b"api@dc2:") as app:
+            fed.run(
+                "api",
+                "dc2",
+                service={"name": "api", "port": app.port},
+                inbound={"bind": f"127.0.0.1:{free_port()}"},
+            )
+            gw1, gw1_port = fed.gateway("dc1")
+            gw2, _ = fed.gateway("dc2")
+            up = free_port()
+            fed.run(
+                "web",
+                "dc1",
+                service={"name": "web", "port": free_port()},
+                inbound={"bind": f"127.0.0.1:{free_port()}"},
+                upstreams=[{"service": "api", "bind": f"127.0.0.1:{up}", "datacenter": "dc2"}],
+                mesh_gateway={"mode": "local"},
+            )
+
+            # The gateways registered as Consul expects a mesh gateway (consul.md §3.3).
+            c1 = consul.Consul(host=dc1.host, port=dc1.port)
+            _, nodes = c1.health.service("mesh-gateway", dc="dc1")
+            (svc,) = [n["Service"] for n in nodes]
+            assert svc["Kind"] == "mesh-gateway" and svc["ID"] == "mesh-gateway-dc1" and svc["Port"] == gw1_port
+            assert svc["TaggedAddresses"]["wan"] == {"Address": "127.0.0.1", "Port": gw1_port}
+
+            wait_for(lambda: echo_roundtrip(up, b"hi", timeout=3) == b"api@dc2:hi", 20, "web -> gw1 -> gw2 -> api")
+            assert gw1.metric("meshgw_gateway_connections_routed_total", route="remote") >= 1
+            assert gw2.metric("meshgw_gateway_connections_routed_total", route="local") >= 1
+            # dc2's gateway learnt api's sidecar from its own catalog, dc1's learnt dc2's gateway over the WAN.
+            routes2 = yaml.safe_load(gw2.admin("/config")[1])
+            assert routes2 is not None
+    finally:
+        fed.close()
