@@ -20,7 +20,7 @@ from gateway.config import Config, ConfigError, load_config
 from gateway.listeners import InboundListener, Listener, UpstreamListener
 from gateway.preflight import check_files
 from gateway.render import TemplateRunner
-from gateway.snapshot import SnapshotBuilder
+from gateway.snapshot import SnapshotBuilder, upstream_key
 
 log = logging.getLogger("meshgw")
 
@@ -37,7 +37,8 @@ def _listener_specs(cfg: Config) -> dict[tuple[Any, ...], Any]:
     if cfg.gateway is not None:
         specs[("mesh-gateway", cfg.gateway, cfg.datacenter)] = None
     for u in cfg.upstreams:
-        specs[("upstream", u, cfg.datacenter)] = u
+        # The snapshot key is part of it: an upstream that gains a twin (same service and datacenter) gets a new key.
+        specs[("upstream", u, cfg.datacenter, upstream_key(u, cfg))] = u
     return specs
 
 

@@ -485,7 +485,7 @@ class UpstreamListener(Listener):
     def __init__(self, config: Config, upstream: UpstreamConfig, holder: SnapshotHolder):
         self.name = f"upstream:{upstream.service}"
         super().__init__(upstream.bind, holder)
-        self.key = upstream_key(upstream, config.datacenter)
+        self.key = upstream_key(upstream, config)
         self.upstream = upstream
         self.source = config.service.name
         self.http = upstream.protocol == "http"

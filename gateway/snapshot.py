@@ -123,8 +123,13 @@ class GatewayRoutes:
         }
 
 
-def upstream_key(u: UpstreamConfig, local_dc: str) -> str:
-    return f"{u.service}.{u.datacenter or local_dc}"
+def upstream_key(u: UpstreamConfig, cfg: Config) -> str:
+    """``<service>.<dc>``, and the bind address after it when another upstream has the same target (two listeners
+    for one service with different settings, e.g. one through mesh gateways and one direct)."""
+    dc = u.datacenter or cfg.datacenter
+    base = f"{u.service}.{dc}"
+    twins = sum(1 for x in cfg.upstreams if x.service == u.service and (x.datacenter or cfg.datacenter) == dc)
+    return base if twins <= 1 else f"{base}@{u.bind}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,7 +268,7 @@ class SnapshotBuilder:
         ups: dict[str, UpstreamView] = {}
         for u in cfg.upstreams:
             dc = u.datacenter or cfg.datacenter
-            key = upstream_key(u, cfg.datacenter)
+            key = upstream_key(u, cfg)
             via = self._via_gateway(u)
             if via is not None and dc != cfg.datacenter:
                 eps = via(dc)

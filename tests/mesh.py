@@ -126,11 +126,14 @@ class Sidecar:
         self.admin_port = admin_port
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
+        # For a sidecar in another network namespace: the command that enters it, and where its admin port is.
+        self.prefix: list[str] = []
+        self.admin_host = "127.0.0.1"
 
     def start(self, wait_ready: bool = True) -> Sidecar:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "run", "-c", str(self.cfg_path)],
+            [*self.prefix, sys.executable, "-m", "gateway.cli", "run", "-c", str(self.cfg_path)],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=dict(os.environ, PYTHONUNBUFFERED="1"),
@@ -141,7 +144,7 @@ class Sidecar:
 
     def admin(self, path: str) -> tuple[int, str]:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}", timeout=5) as r:
+            with urllib.request.urlopen(f"http://{self.admin_host}:{self.admin_port}{path}", timeout=5) as r:
                 return r.status, r.read().decode()
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode()
