@@ -17,7 +17,7 @@ from connect.local import LocalControlPlane
 from gateway import metrics
 from gateway.admin import Admin
 from gateway.config import Config, ConfigError, load_config
-from gateway.listeners import InboundListener, Listener, UpstreamListener
+from gateway.listeners import InboundListener, IngressHTTPListener, Listener, UpstreamListener
 from gateway.preflight import check_files
 from gateway.render import TemplateRunner
 from gateway.snapshot import SnapshotBuilder, upstream_key
@@ -36,9 +36,15 @@ def _listener_specs(cfg: Config) -> dict[tuple[Any, ...], Any]:
         specs[("inbound", cfg.inbound, cfg.service.address, cfg.service.port)] = None
     if cfg.gateway is not None:
         specs[("mesh-gateway", cfg.gateway, cfg.datacenter)] = None
+    ingress_http: dict[Any, list[Any]] = {}
     for u in cfg.upstreams:
+        if cfg.mode == "ingress-gateway" and u.protocol == "http":
+            ingress_http.setdefault(u.bind, []).append(u)  # one listener, its services told apart by Host
+            continue
         # The snapshot key is part of it: an upstream that gains a twin (same service and datacenter) gets a new key.
         specs[("upstream", u, cfg.datacenter, upstream_key(u, cfg))] = u
+    for ups in ingress_http.values():
+        specs[("ingress-http", tuple(ups), cfg.datacenter, tuple(upstream_key(u, cfg) for u in ups))] = ups
     return specs
 
 
@@ -113,6 +119,8 @@ class Sidecar:
             from gateway.mesh_gateway import MeshGatewayListener
 
             return MeshGatewayListener(cfg, self.holder)
+        if key[0] == "ingress-http":
+            return IngressHTTPListener(cfg, key[1], self.holder)
         return UpstreamListener(cfg, key[1], self.holder)
 
     def _config_json(self) -> dict[str, Any]:
@@ -148,8 +156,11 @@ class Sidecar:
             if key[0] in ("inbound", "mesh-gateway"):
                 where = "inbound.bind" if key[0] == "inbound" else "gateway.bind"
             else:
-                kind = "listeners" if cfg.mode == "ingress-gateway" else "upstreams"
-                where = f"{kind}[{cfg.upstreams.index(key[1])}].bind"
+                first = key[1][0] if key[0] == "ingress-http" else key[1]
+                if cfg.mode == "ingress-gateway":  # an http listener with several services made several upstreams
+                    where = f"listeners[{list(dict.fromkeys(u.bind for u in cfg.upstreams)).index(first.bind)}].bind"
+                else:
+                    where = f"upstreams[{cfg.upstreams.index(first)}].bind"
             raise StartupError(f"{cfg.path}: {where}: cannot listen on {listener.bind}: {e.strerror or e}") from None
         self.listeners[key] = listener
 

@@ -73,6 +73,8 @@ class UpstreamConfig:
     idle_timeout: float = 3600.0
     # How to reach a target in another datacenter (consul.md §6): None follows the top-level mesh_gateway.mode.
     mesh_gateway: str | None = None
+    # Ingress HTTP listeners with several services: the Host patterns that pick this one (consul.md §8.6).
+    hosts: tuple[str, ...] = ()
     load_balancer: LoadBalancerConfig = field(default_factory=lambda: LoadBalancerConfig())
     retries: RetryConfig = field(default_factory=lambda: RetryConfig())
     limits: LimitsConfig = field(default_factory=lambda: LimitsConfig())
@@ -637,32 +639,53 @@ def _parse_ingress_listeners(r: _Reader, raw: Any, binds: dict[Address, str]) ->
         lst = r.mapping(
             item, key, ("bind", "protocol", "services", "connect_timeout", "request_timeout", *_HTTP_UPSTREAM_KEYS)
         )
+        protocol = r.get(lst, key, "protocol", choice(*PROTOCOLS), "tcp") or "tcp"
+        bind = r.get(lst, key, "bind", parse_address, required=True) or Address("0.0.0.0", 0)
+        connect_timeout = r.get(lst, key, "connect_timeout", parse_duration, 5.0) or 5.0
+        request_timeout = r.get(lst, key, "request_timeout", parse_duration, 15.0) or 15.0
+        http_settings = _parse_http_upstream(r, lst, key)
         services = lst.get("services")
-        names: list[str] = []
+        chosen: list[tuple[str, tuple[str, ...]]] = []
         if not isinstance(services, list) or not services:
-            r.problem(f"{key}.services", "expected a list with the one service this listener reaches")
-        else:
-            for m, svc in enumerate(services):
-                name = svc.get("name") if isinstance(svc, Mapping) else svc
-                try:
-                    names.append(parse_service_name(name))
-                except ValueError as e:
-                    r.problem(f"{key}.services[{m}]", str(e))
-            if len(services) > 1:
-                # Consul allows several on an http listener, told apart by Host; meshgw does not route by Host yet.
-                r.problem(f"{key}.services", f"lists {len(services)} services (expected one per listener)")
-        up = UpstreamConfig(
-            service=names[0] if names else "invalid",
-            bind=r.get(lst, key, "bind", parse_address, required=True) or Address("0.0.0.0", 0),
-            protocol=r.get(lst, key, "protocol", choice(*PROTOCOLS), "tcp") or "tcp",
-            connect_timeout=r.get(lst, key, "connect_timeout", parse_duration, 5.0) or 5.0,
-            request_timeout=r.get(lst, key, "request_timeout", parse_duration, 15.0) or 15.0,
-            **_parse_http_upstream(r, lst, key),
-        )
-        if up.bind.port and up.bind in binds:
-            r.problem(f"{key}.bind", f"{up.bind} is already used by {binds[up.bind]} (expected a unique address)")
-        binds[up.bind] = key
-        out.append(up)
+            r.problem(f"{key}.services", "expected a list of services (one for tcp; for http, told apart by Host)")
+            services = []
+        elif protocol == "tcp" and len(services) > 1:
+            r.problem(f"{key}.services", f"lists {len(services)} services (a tcp listener reaches exactly one)")
+        for m, svc in enumerate(services):
+            skey = f"{key}.services[{m}]"
+            if isinstance(svc, Mapping):
+                unknown = sorted(set(svc) - {"name", "hosts"})
+                if unknown:
+                    r.problem(f"{skey}.{unknown[0]}", "unknown key (expected name, hosts)")
+                name, hosts = svc.get("name"), svc.get("hosts")
+            else:
+                name, hosts = svc, None
+            try:
+                name = parse_service_name(name)
+            except ValueError as e:
+                r.problem(f"{skey}.name" if isinstance(svc, Mapping) else skey, str(e))
+                continue
+            if hosts is not None and (not isinstance(hosts, list) or not all(isinstance(h, str) for h in hosts)):
+                r.problem(f"{skey}.hosts", "expected a list of host names (exact, *.suffix or prefix.*)")
+                hosts = None
+            if hosts is None and len(services) > 1:
+                hosts = [f"{name}.ingress.*"]  # Consul's default Host for a service on a shared listener
+            chosen.append((name, tuple(h.lower() for h in hosts or ())))
+        for name, hosts in chosen or [("invalid", ())]:
+            out.append(
+                UpstreamConfig(
+                    service=name,
+                    bind=bind,
+                    protocol=protocol,
+                    connect_timeout=connect_timeout,
+                    request_timeout=request_timeout,
+                    hosts=hosts,
+                    **http_settings,
+                )
+            )
+        if bind.port and bind in binds:
+            r.problem(f"{key}.bind", f"{bind} is already used by {binds[bind]} (expected a unique address)")
+        binds[bind] = key
     return out
 
 

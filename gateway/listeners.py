@@ -20,7 +20,7 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from gateway import metrics
@@ -482,8 +482,8 @@ class InboundListener(Listener):
 
 
 class UpstreamListener(Listener):
-    def __init__(self, config: Config, upstream: UpstreamConfig, holder: SnapshotHolder):
-        self.name = f"upstream:{upstream.service}"
+    def __init__(self, config: Config, upstream: UpstreamConfig, holder: SnapshotHolder, name: str = ""):
+        self.name = name or f"upstream:{upstream.service}"
         super().__init__(upstream.bind, holder)
         self.key = upstream_key(upstream, config)
         self.upstream = upstream
@@ -502,6 +502,8 @@ class UpstreamListener(Listener):
         self._tls_window = (1.0, 0.0)
         self._chain: Any = None
         self._observe = False
+        # Ingress HTTP listeners: (Host matcher, chain) per service, set per snapshot; None: one service, any Host.
+        self._vhosts: list[tuple[Callable[[bytes], bool], Any]] | None = None
 
     def _protocol(self) -> asyncio.Protocol:
         if self.http:
@@ -609,7 +611,14 @@ class UpstreamListener(Listener):
             ex.flags = "UH"
             ex.server.local_response(ex, 503, "no healthy upstream (not_ready)")
             return None
-        chain = self._chain
+        if self._vhosts is None:
+            chain = self._chain
+        else:
+            chain = self._chain_for_host(ex.headers)
+            if chain is None:
+                ex.flags = "NR"
+                ex.server.local_response(ex, 404, "no service for this host")
+                return None
         route = chain.route_for(ex.method, ex.url, ex.headers)
         split = route.pick()
         cluster = split.cluster
@@ -645,6 +654,17 @@ class UpstreamListener(Listener):
         timeout = route.request_timeout or cluster.request_timeout or self.request_timeout
         ex.arm_timeout(timeout)
         return call.attempt()
+
+    def _chain_for_host(self, headers: list[tuple[bytes, bytes]]) -> Any:
+        host = b""
+        for n, v in headers:
+            if len(n) == 4 and n.lower() == b"host":
+                host = _host_only(v.strip().lower())
+                break
+        for matches, chain in self._vhosts or ():
+            if matches(host):
+                return chain
+        return None
 
     # -- called by Call
 
@@ -729,3 +749,45 @@ class UpstreamListener(Listener):
         super()._close_pools()
         for rt in self.clusters.values():
             rt.close()
+
+
+def _host_only(value: bytes) -> bytes:
+    """A Host header without its port (``[v6]:port`` included)."""
+    if value.startswith(b"["):
+        return value.split(b"]", 1)[0] + b"]"
+    host, sep, port = value.rpartition(b":")
+    return host if sep and port.isdigit() else value
+
+
+def host_matcher(pattern: str) -> Callable[[bytes], bool]:
+    """Envoy's virtual-host domain forms, which Consul's ingress Hosts use: exact, ``*.suffix``, ``prefix.*``, ``*``."""
+    p = pattern.lower().encode()
+    if p == b"*":
+        return lambda host: True
+    if p.startswith(b"*."):
+        suffix = p[1:]
+        return lambda host: host.endswith(suffix) and len(host) > len(suffix)
+    if p.endswith(b".*"):
+        prefix = p[:-1]
+        return lambda host: host.startswith(prefix) and len(host) > len(prefix)
+    return lambda host: host == p
+
+
+class IngressHTTPListener(UpstreamListener):
+    """An ingress gateway's HTTP listener: each request goes to the service whose Host patterns match (Consul's
+    ingress-gateway Hosts, consul.md §8.6); with one service and no hosts, every request goes to it."""
+
+    def __init__(self, config: Config, upstreams: tuple[UpstreamConfig, ...], holder: SnapshotHolder):
+        super().__init__(config, upstreams[0], holder, name=f"ingress:{upstreams[0].bind.port}")
+        self.routes_by_host = [
+            (upstream_key(u, config), [host_matcher(h) for h in u.hosts] or [host_matcher("*")]) for u in upstreams
+        ]
+
+    def _view(self, snap: Snapshot) -> None:
+        super()._view(snap)
+        vhosts: list[tuple[Callable[[bytes], bool], Any]] = []
+        for key, matchers in self.routes_by_host:
+            chain = snap.upstreams[key].chain
+            vhosts.extend((m, chain) for m in matchers)
+        self._vhosts = vhosts
+        self._observe = True  # several services behind one listener: per-cluster metrics tell them apart

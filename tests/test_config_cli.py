@@ -112,7 +112,7 @@ BAD = [
     (
         "mode: ingress-gateway\nservice: {name: ig}\nlisteners: [{bind: '0.0.0.0:8080', services: [a, b]}]\n",
         "listeners[0].services",
-        "expected one per listener",
+        "a tcp listener reaches exactly one",
     ),
     (
         "mode: ingress-gateway\nservice: {name: ig}\n"
