@@ -239,9 +239,10 @@ class ConsulControlPlane:
             self._watched_services.add((gw, dc))
             self._spawn(loop, self._watch_upstream(gw, dc, "service"), f"watch-gateways-{dc}")
         self._spawn(loop, self._watch_intentions(), "watch-intentions")
-        if any(u.protocol == "http" for u in cfg.upstreams) or cfg.mode == "mesh-gateway":
-            # HTTP upstreams: the discovery chain's config entries (consul.md §8.1, §8.3-§8.5); a mesh gateway
-            # needs the resolvers' subsets for subset SNI names.
+        if cfg.upstreams or cfg.mode == "mesh-gateway":
+            # The discovery chain's config entries (consul.md §8.1, §8.3-§8.5): resolvers for every upstream
+            # (redirect, subsets, failover), routers and splitters for HTTP ones; a mesh gateway needs the
+            # resolvers' subsets for subset SNI names.
             self._watched_services |= set(dcs)
             for kind in CHAIN_KINDS:
                 self._spawn(loop, self._watch_chain_kind(kind), f"watch-{kind}")

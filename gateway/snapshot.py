@@ -266,34 +266,38 @@ class SnapshotBuilder:
         self._version += 1
         td = self._tls.trust_domain if self._tls else "unknown.consul"
         ups: dict[str, UpstreamView] = {}
+        entries = cfg_entries(cfg) + self._chain_entries
+        resolvers = tuple(e for e in entries if e.kind == "service-resolver")
         for u in cfg.upstreams:
-            dc = u.datacenter or cfg.datacenter
             key = upstream_key(u, cfg)
             via = self._via_gateway(u)
-            if via is not None and dc != cfg.datacenter:
-                eps = via(dc)
-            else:
-                eps = tuple(e for e in self._catalog.get(u.service, ()) if e.health in HEALTHY and e.datacenter == dc)
-            ups[key] = UpstreamView(
-                key=key,
-                service=u.service,
-                datacenter=dc,
-                sni=upstream_sni(u.service, dc, td),
-                expected_uri=service_uri(td, dc, u.service),
-                endpoints=eps,
-                chain=compile_chain(
-                    u,
-                    cfg.datacenter,
-                    td,
-                    self._catalog,
-                    cfg_entries(cfg) + self._chain_entries,
-                    self._balancers,
-                    cfg.service.name,
-                    via,
-                )
-                if u.protocol == "http"
-                else None,
+            # TCP: the discovery chain is its resolvers only (Consul allows routers and splitters for HTTP only):
+            # redirect, default subset and failover decide the one target.
+            chain = compile_chain(
+                u,
+                cfg.datacenter,
+                td,
+                self._catalog,
+                entries if u.protocol == "http" else resolvers,
+                self._balancers,
+                cfg.service.name,
+                via,
             )
+            if u.protocol == "http":
+                # Requests follow the chain's clusters; the view says what the upstream's own service has.
+                dc = u.datacenter or cfg.datacenter
+                if via is not None and dc != cfg.datacenter:
+                    eps = via(dc)
+                else:
+                    own = self._catalog.get(u.service, ())
+                    eps = tuple(e for e in own if e.health in HEALTHY and e.datacenter == dc)
+                sni, uri = upstream_sni(u.service, dc, td), service_uri(td, dc, u.service)
+                view = UpstreamView(key, u.service, dc, sni, uri, eps, chain)
+            else:
+                target = chain.routes[-1].splits[0].cluster
+                eps = target.endpoints
+                view = UpstreamView(key, target.service, target.datacenter, target.sni, target.expected_uri, eps)
+            ups[key] = view
             metrics.UPSTREAM_ENDPOINTS.labels(key).set(len(eps))
         self._balancers.sweep()
         self._access_log = AccessLog.update(self._access_log, cfg.access_log)

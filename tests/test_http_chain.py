@@ -124,3 +124,58 @@ def test_balancers_are_reused_while_endpoints_stay() -> None:
     cache.sweep()
     three = compile_chain(_up(), "dc1", "td", {"api": cat["api"] * 2}, (), cache).clusters[0].balancer
     assert one is two and three is not two
+
+
+def _target(entries: tuple[object, ...], cat: dict[str, tuple[Endpoint, ...]], route: int = -1) -> tuple[str, str]:
+    up = UpstreamConfig(service="api", bind=parse_address("127.0.0.1:1"), protocol="http")
+    cluster = compile_chain(up, "dc1", "td", cat, entries, BalancerCache(), "web").routes[route].splits[0].cluster
+    return cluster.name, cluster.sni
+
+
+def test_resolver_failover_to_other_datacenters_and_services_in_order() -> None:
+    entries = parse_entries(
+        [
+            {
+                "Kind": "service-resolver",
+                "Name": "api",
+                "Subsets": {"v2": {"Filter": "Service.Meta.version == v2"}},
+                "Failover": {
+                    "*": {"Datacenters": ["dc2", "dc3"]},
+                    "v2": {"Targets": [{"Service": "api-backup"}, {"Datacenter": "dc3"}]},
+                },
+            }
+        ],
+        "t",
+    )
+    ok, down = "passing", "critical"
+    cat = {
+        "api": (Endpoint("10.1.0.1", 1, "dc1", ok), Endpoint("10.2.0.1", 1, "dc2", ok), Endpoint("10.3.0.1", 1, "dc3")),
+        "api-backup": (Endpoint("10.1.0.9", 1, "dc1"),),
+    }
+    assert _target(entries, cat) == ("api", "api.default.dc1.internal.td")
+    # dc1 has no healthy instance: the first failover datacenter with one serves, with its own SNI.
+    cat["api"] = (Endpoint("10.1.0.1", 1, "dc1", down), *cat["api"][1:])
+    assert _target(entries, cat) == ("api.dc2", "api.default.dc2.internal.td")
+    cat["api"] = (cat["api"][0], Endpoint("10.2.0.1", 1, "dc2", down), cat["api"][2])
+    assert _target(entries, cat) == ("api.dc3", "api.default.dc3.internal.td")
+    cat["api"] = tuple(Endpoint(e.address, 1, e.datacenter, down) for e in cat["api"])
+    assert _target(entries, cat) == ("api", "api.default.dc1.internal.td")  # nothing anywhere: the primary
+    # A subset's own failover wins over "*": another service first.
+    v2 = parse_entries([{"Kind": "service-router", "Name": "api", "Routes": [
+        {"Match": {"HTTP": {"PathPrefix": "/"}}, "Destination": {"ServiceSubset": "v2"}}]}], "t")  # fmt: skip
+    assert _target(entries + v2, cat, route=0)[0] == "api-backup"
+
+
+def test_bad_failover_entries_are_one_line_each() -> None:
+    with pytest.raises(EntryError) as e:
+        parse_entry(
+            {
+                "Kind": "service-resolver",
+                "Name": "api",
+                "Failover": {"v9": {"Datacenters": ["dc2"]}, "*": {"Peer": "other"}},
+            },
+            "f.yaml",
+        )
+    text = "\n".join(e.value.problems)
+    assert "Failover.v9: 'v9' is not * or one of the Subsets" in text
+    assert "Failover.*.Peer: cluster peering is not supported" in text

@@ -204,3 +204,49 @@ def test_mesh_gateway_refuses_what_it_cannot_route(tmp_path: Path) -> None:
         assert gw.metric("meshgw_gateway_connections_routed_total") == 0
     finally:
         mesh.close()
+
+
+@pytest.mark.slow
+def test_tcp_upstream_fails_over_to_another_datacenter_through_gateways(tmp_path: Path) -> None:
+    """service-resolver Failover (consul.md §8.5) on a TCP upstream: dc1's api goes critical, connections go to
+    dc2's api through both mesh gateways; when dc1 recovers they come back."""
+    mesh = Mesh(tmp_path, TD)
+    try:
+        with echo_app(b"dc1:") as east, echo_app(b"dc2:") as west:
+            apps = [
+                mesh.sidecar("api-dc1", east.port, start=False, service={"name": "api"}),
+                mesh.sidecar("api-dc2", west.port, start=False, dc="dc2", service={"name": "api"}),
+            ]
+            # Both instances under the service's name, each in its datacenter.
+            mesh.catalog["api"] = mesh.catalog.pop("api-dc1") + mesh.catalog.pop("api-dc2")
+            mesh.write_catalog()
+            gw1, _ = _gateway(mesh, "dc1")
+            gw2, _ = _gateway(mesh, "dc2")
+            up = free_port()
+            web = mesh.sidecar(
+                "web",
+                inbound=False,
+                start=False,
+                upstreams={"api": up},
+                mesh_gateway={"mode": "local"},
+                config_entries=[
+                    {"Kind": "service-resolver", "Name": "api", "Failover": {"*": {"Datacenters": ["dc2"]}}}
+                ],
+            )
+            mesh.allow("web", "api")
+            for sc in (*apps, gw1, gw2, web):
+                sc.start()
+            assert echo_roundtrip(up, b"a") == b"dc1:a"
+
+            mesh.catalog["api"][0]["health"] = "critical"
+            mesh.write_catalog()
+            wait_for(lambda: echo_roundtrip(up, b"b") == b"dc2:b", 5, "failover to dc2")
+            assert gw2.metric("meshgw_gateway_connections_routed_total", route="local") >= 1
+            status, body = web.admin("/config")
+            assert status == 200 and "api.default.dc2.internal" in body
+
+            mesh.catalog["api"][0]["health"] = "passing"
+            mesh.write_catalog()
+            wait_for(lambda: echo_roundtrip(up, b"c") == b"dc1:c", 5, "back to dc1")
+    finally:
+        mesh.close()

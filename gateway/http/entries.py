@@ -140,11 +140,20 @@ class Redirect:
 
 
 @dataclass(frozen=True)
+class FailoverTarget:
+    service: str = ""  # "" : the resolver's own service
+    service_subset: str = ""
+    datacenter: str = ""  # "" : the datacenter of the target that failed
+
+
+@dataclass(frozen=True)
 class ServiceResolver:
     name: str
     default_subset: str = ""
     subsets: tuple[tuple[str, Subset], ...] = ()
     redirect: Redirect | None = None
+    # subset name or "*" -> targets tried in order when the primary target has no healthy instance.
+    failover: tuple[tuple[str, tuple[FailoverTarget, ...]], ...] = ()
     connect_timeout: float = 0.0
     request_timeout: float = 0.0
     load_balancer: LoadBalancerConfig | None = None
@@ -155,6 +164,11 @@ class ServiceResolver:
             if n == name:
                 return s
         return None
+
+    def failover_for(self, subset: str) -> tuple[FailoverTarget, ...]:
+        """The subset's own failover, else the "*" one (consul.md §8.5)."""
+        table = dict(self.failover)
+        return table.get(subset) or table.get("*") or ()
 
 
 @dataclass(frozen=True)
@@ -552,6 +566,42 @@ def _resolver(r: _R, d: Mapping[str, Any], name: str) -> ServiceResolver:
             service_subset=r.get(rm, "Redirect", "ServiceSubset", _str, "") or "",
             datacenter=r.get(rm, "Redirect", "Datacenter", _str, "") or "",
         )
+    failover = []
+    raw_failover = d.get("Failover") or {}
+    if not isinstance(raw_failover, Mapping):
+        r.problem("Failover", "expected a mapping of subset name (or *) to {Service, Datacenters, Targets}")
+        raw_failover = {}
+    for fname, raw in raw_failover.items():
+        key = f"Failover.{fname}"
+        if fname != "*" and fname not in dict(subsets):
+            r.problem(key, f"{fname!r} is not * or one of the Subsets")
+        fm = r.obj(
+            raw,
+            key,
+            ("Service", "ServiceSubset", "Namespace", "Datacenters", "Targets"),
+            # Policy orders by locality: meshgw has no localities, the listed order is kept. Peers: said below.
+            ignore=("Policy", "SamenessGroup", "Peer"),
+        )
+        for unsupported in ("SamenessGroup", "Peer"):
+            if isinstance(raw, Mapping) and raw.get(unsupported):
+                r.problem(f"{key}.{unsupported}", "cluster peering is not supported by meshgw (expected Datacenters)")
+        svc = r.get(fm, key, "Service", _str, "") or ""
+        sub = r.get(fm, key, "ServiceSubset", _str, "") or ""
+        targets = [FailoverTarget(svc, sub, str(dc)) for dc in r.get(fm, key, "Datacenters", _list, []) or []]
+        for i, t in enumerate(r.get(fm, key, "Targets", _list, []) or []):
+            tm = r.obj(t, f"{key}.Targets[{i}]", ("Service", "ServiceSubset", "Namespace", "Datacenter"))
+            targets.append(
+                FailoverTarget(
+                    r.get(tm, f"{key}.Targets[{i}]", "Service", _str, "") or "",
+                    r.get(tm, f"{key}.Targets[{i}]", "ServiceSubset", _str, "") or "",
+                    r.get(tm, f"{key}.Targets[{i}]", "Datacenter", _str, "") or "",
+                )
+            )
+        if not targets and (svc or sub):
+            targets.append(FailoverTarget(svc, sub, ""))
+        if not targets:
+            r.problem(key, "names no target (expected Service, ServiceSubset, Datacenters or Targets)")
+        failover.append((str(fname), tuple(targets)))
     default_subset = r.get(d, "", "DefaultSubset", _str, "") or ""
     if default_subset and default_subset not in dict(subsets):
         r.problem("DefaultSubset", f"{default_subset!r} is not one of the Subsets")
@@ -563,6 +613,7 @@ def _resolver(r: _R, d: Mapping[str, Any], name: str) -> ServiceResolver:
         connect_timeout=r.get(d, "", "ConnectTimeout", go_duration, 0.0),
         request_timeout=r.get(d, "", "RequestTimeout", go_duration, 0.0),
         load_balancer=_load_balancer(r, d.get("LoadBalancer"), "LoadBalancer"),
+        failover=tuple(failover),
     )
 
 
@@ -855,6 +906,8 @@ def referenced_services(entries: tuple[Entry, ...]) -> set[tuple[str, str]]:
             out.update((r.destination.service, "") for r in e.routes if r.destination.service)
         elif isinstance(e, ServiceSplitter):
             out.update((sp.service, "") for sp in e.splits if sp.service)
-        elif isinstance(e, ServiceResolver) and e.redirect is not None:
-            out.add((e.redirect.service or e.name, e.redirect.datacenter))
+        elif isinstance(e, ServiceResolver):
+            if e.redirect is not None:
+                out.add((e.redirect.service or e.name, e.redirect.datacenter))
+            out.update((t.service or e.name, t.datacenter) for _, targets in e.failover for t in targets)
     return out

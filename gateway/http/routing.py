@@ -383,6 +383,21 @@ def compile_chain(
         hit = clusters.get(name)
         if hit is not None:
             return hit
+        primary = _target(service, subset, dc, res, name)
+        if not primary.endpoints and res is not None and depth < _MAX_DEPTH:
+            # Failover (consul.md §8.5): with no healthy instance here, the first listed target that has one serves,
+            # with its own SNI and identity, as Envoy's failover cluster does for Consul; back when this one recovers.
+            for t in res.failover_for(subset):
+                svc = t.service or service
+                sub = t.service_subset if (t.service or t.service_subset) else subset
+                alt = target(svc, sub, t.datacenter or dc, depth + 1)
+                if alt.endpoints:
+                    clusters[name] = alt
+                    return alt
+        clusters[name] = primary
+        return primary
+
+    def _target(service: str, subset: str, dc: str, res: ServiceResolver | None, name: str) -> Cluster:
         if via_gateway is not None and dc != local_dc:
             # Through mesh gateways: they pick the target's instances (and its subset, by SNI) in its datacenter.
             eps = via_gateway(dc)
@@ -410,7 +425,6 @@ def compile_chain(
             limits=settings.limits,
             outlier=settings.outlier,
         )
-        clusters[name] = cluster
         return cluster
 
     def node(
