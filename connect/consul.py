@@ -23,7 +23,7 @@ from connect.ca import Leaf, colon_hex
 from connect.intentions import IntentionError, parse_entries
 from connect.watch import WatchError, WatchHealth, backoff_delay, blocking_watch
 from gateway import metrics
-from gateway.config import Config, ConfigError, ConsulConfig
+from gateway.config import Config, ConfigError, ConsulConfig, ingress_listeners_from_entry
 from gateway.http.entries import EntryError, parse_entry, referenced_services
 from gateway.snapshot import Endpoint, SnapshotBuilder
 
@@ -179,7 +179,12 @@ def roots_pem_from_consul(body: Mapping[str, Any]) -> bytes:
 
 class ConsulControlPlane:
     def __init__(
-        self, config: Config, builder: SnapshotBuilder, provide_certs: bool, ready: Callable[[], tuple[bool, str]]
+        self,
+        config: Config,
+        builder: SnapshotBuilder,
+        provide_certs: bool,
+        ready: Callable[[], tuple[bool, str]],
+        on_listeners: Callable[[tuple[Any, ...]], None] | None = None,
     ):
         assert config.control_plane.consul is not None
         self.config = config
@@ -187,6 +192,8 @@ class ConsulControlPlane:
         self.builder = builder
         self.provide_certs = provide_certs
         self.ready = ready
+        # An ingress gateway without listeners in its YAML takes them from its Consul config entry.
+        self.on_listeners = on_listeners
         self.api = ConsulAPI(self.cfg)
         self.health = WatchHealth(on_change=self._on_health)
         self.tasks: list[asyncio.Task[None]] = []
@@ -229,7 +236,7 @@ class ConsulControlPlane:
         if self.provide_certs:
             self._names.add("connect/ca/leaf")
         for service, dc in sorted(dcs):
-            self._spawn(loop, self._watch_upstream(service, dc), f"watch-upstream-{service}-{dc}")
+            self._watch_service(service, dc)
         # Targets in other datacenters reached through mesh gateways (consul.md §6): local mode dials this
         # datacenter's gateways on their LAN address, remote mode the target datacenter's on their WAN address.
         gw = cfg.mesh_gateway.service
@@ -239,7 +246,10 @@ class ConsulControlPlane:
             self._watched_services.add((gw, dc))
             self._spawn(loop, self._watch_upstream(gw, dc, "service"), f"watch-gateways-{dc}")
         self._spawn(loop, self._watch_intentions(), "watch-intentions")
-        if cfg.upstreams or cfg.mode == "mesh-gateway":
+        if cfg.mode == "ingress-gateway" and self.on_listeners is not None:
+            self._names.add("config/ingress-gateway")
+            self._spawn(loop, self._watch_ingress_entry(), "watch-ingress-gateway")
+        if cfg.upstreams or cfg.mode != "sidecar":
             # The discovery chain's config entries (consul.md §8.1, §8.3-§8.5): resolvers for every upstream
             # (redirect, subsets, failover), routers and splitters for HTTP ones; a mesh gateway needs the
             # resolvers' subsets for subset SNI names.
@@ -310,6 +320,31 @@ class ConsulControlPlane:
             self._spawn(
                 asyncio.get_running_loop(), self._watch_upstream(service, dc, kind), f"watch-{kind}-{service}-{dc}"
             )
+
+    async def _watch_ingress_entry(self) -> None:
+        """``consul config write`` of this gateway's ingress-gateway entry (or Nomad's gateway block, which writes
+        it) sets the listeners. A bad entry is said in one line and the listeners serving stay."""
+        name = self.config.service.name
+        where = f"consul config ingress-gateway/{name}"
+
+        async def fetch(index: int) -> tuple[int, Any]:
+            return await self.api.blocking_get(f"/v1/config/ingress-gateway/{name}", index, allow_404=True)
+
+        def on_data(entry: Any) -> None:
+            try:
+                ups = ingress_listeners_from_entry(entry or {}, self.config.service.address, where)
+            except ConfigError as e:
+                metrics.CONTROL_PLANE_ERRORS.labels("config-entries").inc()
+                for line in e.problems:
+                    log.error("%s (listeners unchanged)", line)
+                return
+            for u in ups:
+                self._watch_service(u.service, self.config.datacenter)
+            log.info("%s: %d listener(s)", where, len({u.bind for u in ups}))
+            assert self.on_listeners is not None
+            self.on_listeners(ups)
+
+        await blocking_watch("config/ingress-gateway", fetch, on_data, self.health)
 
     async def _watch_catalog_services(self) -> None:
         """A mesh gateway routes to any service of its datacenter: watch the service list, then each service's
@@ -464,7 +499,8 @@ class ConsulControlPlane:
             if tagged:
                 body["TaggedAddresses"] = tagged
         else:
-            body["Port"] = cfg.upstreams[0].bind.port if cfg.upstreams else 0
+            # Consul wants a port for a gateway (consul.md §3.3): service.port, else the first listener's.
+            body["Port"] = cfg.service.port or (cfg.upstreams[0].bind.port if cfg.upstreams else 0)
         return body
 
     def sidecar_registration(self) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
 import signal
@@ -16,7 +17,7 @@ from connect.builtin_certs import BuiltinCertProvider
 from connect.local import LocalControlPlane
 from gateway import metrics
 from gateway.admin import Admin
-from gateway.config import Config, ConfigError, load_config
+from gateway.config import Config, ConfigError, UpstreamConfig, load_config
 from gateway.listeners import InboundListener, IngressHTTPListener, Listener, UpstreamListener
 from gateway.preflight import check_files
 from gateway.render import TemplateRunner
@@ -27,6 +28,11 @@ log = logging.getLogger("meshgw")
 
 class StartupError(Exception):
     """Start-up failed for a reason the operator can fix (one line)."""
+
+
+def listeners_from_consul(cfg: Config) -> bool:
+    """An ingress gateway whose file lists no listeners takes them from its Consul ingress-gateway entry."""
+    return cfg.mode == "ingress-gateway" and cfg.control_plane.type == "consul" and not cfg.upstreams
 
 
 def _listener_specs(cfg: Config) -> dict[tuple[Any, ...], Any]:
@@ -62,12 +68,16 @@ class Sidecar:
         self.builder = SnapshotBuilder(config)
         self.holder = self.builder.holder
         self.templates: TemplateRunner | None = None
+        # Decided by the file, before Consul's listeners fill the running config's upstreams.
+        self._listeners_from_consul = listeners_from_consul(config)
         self.control_plane = self._make_control_plane(config)
         self.certs = self._make_certs(config)
         self.listeners: dict[tuple[Any, ...], Listener] = {}
         self.admin = Admin(config.admin.bind, self.holder, self._config_json, self._not_ready)
         self.draining = False
         self._background: set[asyncio.Task[Any]] = set()
+        self._listeners_lock = asyncio.Lock()
+        self._consul_upstreams: tuple[UpstreamConfig, ...] | None = None
 
     # ------------------------------------------------------------------ construction
 
@@ -77,11 +87,30 @@ class Sidecar:
             from connect.consul import ConsulControlPlane
 
             return ConsulControlPlane(
-                cfg, self.builder, provide_certs=cfg.certificates.type == "consul", ready=self._ready
+                cfg,
+                self.builder,
+                provide_certs=cfg.certificates.type == "consul",
+                ready=self._ready,
+                on_listeners=self._on_consul_listeners if self._listeners_from_consul else None,
             )
         return LocalControlPlane(
             cfg.control_plane.local, cfg.datacenter, self.builder.set_catalog, self.builder.set_intentions
         )
+
+    def _on_consul_listeners(self, upstreams: tuple[UpstreamConfig, ...]) -> None:
+        self._bg(self._set_consul_listeners(upstreams))
+
+    async def _set_consul_listeners(self, upstreams: tuple[UpstreamConfig, ...]) -> None:
+        """An ingress gateway's listeners from its Consul entry: a new config for the snapshot and the listeners,
+        kept across SIGHUP reloads (the file has none)."""
+        async with self._listeners_lock:
+            if upstreams == self.config.upstreams:
+                return
+            self._consul_upstreams = upstreams
+            new = dataclasses.replace(self.config, upstreams=upstreams)
+            self.config = new
+            self.builder.reconfigure(new)
+            await self._sync_listeners(new, strict=False)
 
     def _not_ready(self) -> str | None:
         if self.draining:
@@ -195,10 +224,15 @@ class Sidecar:
             for line in e.problems:
                 log.error("reload rejected: %s", line)
             return False
+        was_from_consul = self._listeners_from_consul
+        self._listeners_from_consul = listeners_from_consul(new)
+        if self._listeners_from_consul and self._consul_upstreams is not None:
+            new = dataclasses.replace(new, upstreams=self._consul_upstreams)  # the file has none: Consul's stay
         old = self.config
         try:
             await self._apply(old, new)
         except (ConfigError, StartupError) as e:
+            self._listeners_from_consul = was_from_consul
             metrics.CONFIG_RELOADS.labels("rejected").inc()
             log.error("reload rejected: %s", e)
             return False
@@ -243,6 +277,16 @@ class Sidecar:
         self.config = new
         self.builder.reconfigure(new)
 
+        async with self._listeners_lock:
+            await self._sync_listeners(new)
+        if new.admin != old.admin:
+            await self.admin.stop()
+            self.admin = Admin(new.admin.bind, self.holder, self._config_json, self._not_ready)
+            await self.admin.start()
+
+    async def _sync_listeners(self, new: Config, strict: bool = True) -> None:
+        """Stop the listeners ``new`` no longer has (they drain), start the ones it adds. ``strict``: a port that
+        cannot be bound fails the change (a reload is rejected); otherwise it is logged and the others serve."""
         want = _listener_specs(new)
         for key in [k for k in self.listeners if k not in want]:
             listener = self.listeners.pop(key)
@@ -250,11 +294,12 @@ class Sidecar:
             self._bg(listener.drain(new.drain_timeout))
         for key in want:
             if key not in self.listeners:
-                await self._start_listener(key, new)
-        if new.admin != old.admin:
-            await self.admin.stop()
-            self.admin = Admin(new.admin.bind, self.holder, self._config_json, self._not_ready)
-            await self.admin.start()
+                try:
+                    await self._start_listener(key, new)
+                except StartupError as e:
+                    if strict:
+                        raise
+                    log.error("%s", e)
 
     async def _new_templates(self, cfg: Config) -> TemplateRunner | None:
         if not cfg.templates:

@@ -455,12 +455,14 @@ def parse_config(data: Any, path: Path, env: Mapping[str, str] | None = None) ->
         r.problem("service", "is required (the service this sidecar fronts: name, address, port)")
     # A gateway fronts no local app: its service is only the name it registers and gets a certificate for.
     needs_port = "service" in top and not gateway_mode
+    default_address = "0.0.0.0" if mode == "ingress-gateway" else "127.0.0.1"
     sname = r.get(s, "service", "name", parse_service_name, required="service" in top) or "invalid"
     service = ServiceConfig(
         name=sname,
         # The app's service ID (Consul defaults ID to Name); the sidecar registers as "<id>-sidecar-proxy".
         id=r.get(s, "service", "id", text, None) or sname,
-        address=r.get(s, "service", "address", parse_host, "127.0.0.1") or "127.0.0.1",
+        # An ingress gateway's listeners from Consul's entry bind here: all interfaces unless said otherwise.
+        address=r.get(s, "service", "address", parse_host, default_address) or default_address,
         port=r.get(s, "service", "port", parse_port, 0 if gateway_mode else None, required=needs_port) or 0,
         protocol=r.get(s, "service", "protocol", choice(*PROTOCOLS), "tcp") or "tcp",
     )
@@ -530,7 +532,9 @@ def parse_config(data: Any, path: Path, env: Mapping[str, str] | None = None) ->
         )
     elif top.get("gateway") is not None:
         r.problem("gateway", f"only a mesh gateway has one (this is mode {mode}; expected mode: mesh-gateway)")
-    if mode == "ingress-gateway":
+    raw_cp = top.get("control_plane")
+    consul_cp = isinstance(raw_cp, Mapping) and raw_cp.get("type") == "consul"
+    if mode == "ingress-gateway" and (top.get("listeners") is not None or not consul_cp):
         upstreams.extend(_parse_ingress_listeners(r, top.get("listeners"), binds))
     elif top.get("listeners") is not None:
         r.problem("listeners", f"only an ingress gateway has listeners (this is mode {mode}; expected upstreams)")
@@ -596,6 +600,9 @@ def parse_config(data: Any, path: Path, env: Mapping[str, str] | None = None) ->
             # Consul refuses a connect-proxy without a port ("Port or SocketPath must be set", consul.md §3.1).
             r.problem("control_plane.consul.register", "a sidecar without inbound has no port to register "
                       "(expected inbound.bind, or register: false)")
+        if mode == "ingress-gateway" and not upstreams and not service.port:
+            r.problem("service.port", "an ingress gateway taking its listeners from Consul registers with this port "
+                      "(expected service.port, or register: false)")
         if gateway_mode and consul.register_service:
             r.problem("control_plane.consul.register_service", f"a {mode} fronts no app service to register")
     if mode == "sidecar" and inbound is None and not upstreams:
@@ -622,6 +629,37 @@ def parse_config(data: Any, path: Path, env: Mapping[str, str] | None = None) ->
         gateway=gateway,
         mesh_gateway=mesh_gateway,
     )
+
+
+def ingress_listeners_from_entry(entry: Mapping[str, Any], address: str, where: str) -> tuple[UpstreamConfig, ...]:
+    """The listeners of Consul's ``ingress-gateway`` config entry (consul.md §8.6), bound on ``address``. Raises
+    ConfigError (one line per problem, naming ``where``) for what meshgw cannot serve."""
+    r = _Reader(Path(where))
+    raw = []
+    for n, lst in enumerate(entry.get("Listeners") or []):
+        if not isinstance(lst, Mapping):
+            r.problem(f"Listeners[{n}]", "expected a mapping {Port, Protocol, Services}")
+            continue
+        services = []
+        for m, svc in enumerate(lst.get("Services") or []):
+            name = svc.get("Name") if isinstance(svc, Mapping) else None
+            if name == "*":
+                r.problem(f"Listeners[{n}].Services[{m}].Name", "the wildcard service is not supported by meshgw")
+                continue
+            hosts = svc.get("Hosts") if isinstance(svc, Mapping) else None
+            services.append({"name": name, **({"hosts": list(hosts)} if hosts else {})})
+        port = lst.get("Port")
+        raw.append(
+            {
+                "bind": f"[{address}]:{port}" if ":" in address else f"{address}:{port}",
+                "protocol": str(lst.get("Protocol") or "tcp").lower(),
+                "services": services,
+            }
+        )
+    ups = _parse_ingress_listeners(r, raw, {}) if raw else []
+    if r.problems:
+        raise ConfigError(r.problems)
+    return tuple(ups)
 
 
 def _parse_ingress_listeners(r: _Reader, raw: Any, binds: dict[Address, str]) -> list[UpstreamConfig]:

@@ -4,6 +4,7 @@ addresses, and a sidecar in dc1 reaching a service in dc2 through them."""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -137,3 +138,72 @@ def test_sidecar_reaches_another_datacenter_through_mesh_gateways(
             assert routes2 is not None
     finally:
         fed.close()
+
+
+def _config_write(consul_url: str, entry: dict[str, Any]) -> None:
+    """What `consul config write entry.json` sends."""
+    r = requests.put(f"{consul_url}/v1/config", json=entry, timeout=10)
+    assert r.status_code == 200 and r.json() is True, r.text
+
+
+def test_ingress_gateway_takes_its_listeners_from_consul(
+    tmp_path: Path, federation: tuple[ConsulDoubleThread, ConsulDoubleThread]
+) -> None:
+    dc1, _ = federation
+    fed = Federation(tmp_path, {"dc1": dc1})
+    try:
+        requests.put(
+            f"{dc1.url}/v1/connect/intentions/exact",
+            params={"source": "ingress-gateway", "destination": "web"},
+            json={"SourceType": "consul", "Action": "allow"},
+            timeout=10,
+        ).raise_for_status()
+        with echo_app(b"web:") as app:
+            inbound = {"bind": f"127.0.0.1:{free_port()}"}
+            fed.run("web", "dc1", service={"name": "web", "port": app.port}, inbound=inbound)
+            # No listeners in the file: they come from the ingress-gateway entry (none written yet).
+            gw = fed.run(
+                "ingress",
+                "dc1",
+                mode="ingress-gateway",
+                service={"name": "ingress-gateway", "address": "127.0.0.1", "port": free_port()},
+            )
+            _, nodes = consul.Consul(host=dc1.host, port=dc1.port).health.service("ingress-gateway")
+            assert [n["Service"]["Kind"] for n in nodes] == ["ingress-gateway"]
+
+            first, second = free_port(), free_port()
+            entry = {
+                "Kind": "ingress-gateway",
+                "Name": "ingress-gateway",
+                "Listeners": [{"Port": first, "Protocol": "tcp", "Services": [{"Name": "web"}]}],
+            }
+            _config_write(dc1.url, entry)
+            wait_for(lambda: _answer(first) == b"web:hi", 10, "listener from the entry")
+
+            # The operator moves the listener: the old port closes, the new one serves.
+            entry["Listeners"][0]["Port"] = second
+            _config_write(dc1.url, entry)
+            wait_for(lambda: _answer(second) == b"web:hi", 10, "moved listener")
+            wait_for(lambda: _answer(first) is None, 10, "old listener closed")
+
+            # An entry meshgw cannot serve (a wildcard service) is said in one line; the listener stays.
+            bad = {**entry, "Listeners": [{"Port": first, "Protocol": "http", "Services": [{"Name": "*"}]}]}
+            _config_write(dc1.url, bad)
+            wait_for(lambda: "wildcard service is not supported" in gw.log_text(), 10, "bad entry reported")
+            assert _answer(second) == b"web:hi"
+            assert "Traceback" not in gw.log_text()
+
+            # A SIGHUP reload of the file (which has no listeners) keeps Consul's.
+            _config_write(dc1.url, entry)
+            gw.signal(signal.SIGHUP)
+            wait_for(lambda: "reloaded" in gw.log_text(), 10, "reload")
+            assert _answer(second) == b"web:hi"
+    finally:
+        fed.close()
+
+
+def _answer(port: int) -> bytes | None:
+    try:
+        return echo_roundtrip(port, b"hi", timeout=3)
+    except OSError:
+        return None
