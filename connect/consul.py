@@ -202,6 +202,7 @@ class ConsulControlPlane:
         self._chain: dict[str, tuple[Any, ...]] = {}  # kind -> parsed entries (the last good ones)
         self._watched_services: set[tuple[str, str]] = set()
         self._leaf: Leaf | None = None
+        self._linked_leaves: dict[str, Leaf] = {}  # terminating gateway, with certificates.type consul
         self.registered = False
         self._names: set[str] = set()
         self._recovered_at = 0.0
@@ -263,6 +264,13 @@ class ConsulControlPlane:
         self._spawn(loop, self._watch_roots(), "watch-roots")
         if self.provide_certs:
             self._spawn(loop, self._watch_leaf(), "watch-leaf")
+        for ls in cfg.linked_services:
+            # A terminating gateway presents each linked service's leaf and dials its instances (unless an
+            # address is given): Consul lists them under /v1/health/service, not /connect (consul.md §8.7).
+            if self.provide_certs:
+                self._spawn(loop, self._watch_leaf(ls.name), f"watch-leaf-{ls.name}")
+            if ls.address is None:
+                self._watch_service(ls.name, cfg.datacenter, "service")
         if self.cfg.register:
             self._spawn(loop, self._registration(), "registration")
 
@@ -438,8 +446,10 @@ class ConsulControlPlane:
 
         await blocking_watch("connect/ca/roots", fetch, on_data, self.health)
 
-    async def _watch_leaf(self) -> None:
-        path = f"/v1/agent/connect/ca/leaf/{self.config.service.name}"
+    async def _watch_leaf(self, service: str | None = None) -> None:
+        """This proxy's leaf, or (terminating gateway) the leaf of a linked ``service``."""
+        name = service or self.config.service.name
+        path = f"/v1/agent/connect/ca/leaf/{name}"
 
         async def fetch(index: int) -> tuple[int, Any]:
             return await self.api.blocking_get(path, index)
@@ -449,20 +459,26 @@ class ConsulControlPlane:
                 leaf = leaf_from_consul(body or {})
             except (KeyError, ValueError) as e:
                 metrics.CERT_FAILURES.labels("consul").inc()
-                log.error("consul leaf certificate unusable (%s): keeping the current one", e)
+                log.error("consul leaf certificate for %s unusable (%s): keeping the current one", name, e)
                 return
-            self._leaf = leaf
+            if service is None:
+                self._leaf = leaf
+            else:
+                self._linked_leaves[service] = leaf
             metrics.CERT_ROTATIONS.inc()
             log.info("leaf certificate from consul: %s serial %s", leaf.spiffe_id, leaf.serial)
             self._publish_tls()
 
-        await blocking_watch("connect/ca/leaf", fetch, on_data, self.health)
+        await blocking_watch("connect/ca/leaf" + (f"/{service}" if service else ""), fetch, on_data, self.health)
 
     def _publish_tls(self) -> None:
         if self.provide_certs and self._leaf is not None and self._roots is not None:
             self.builder.set_tls(self._roots[0], self._leaf, self._roots[1])
         elif not self.provide_certs and self._roots is not None:
             self.builder.set_extra_roots(self._roots[1])
+        if self._roots is not None:
+            for svc, leaf in self._linked_leaves.items():
+                self.builder.set_linked_tls(svc, self._roots[0], leaf, self._roots[1])
 
     # ------------------------------------------------------------------ registration
 

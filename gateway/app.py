@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import gc
 import logging
 import signal
@@ -41,7 +42,7 @@ def _listener_specs(cfg: Config) -> dict[tuple[Any, ...], Any]:
     if cfg.inbound is not None:
         specs[("inbound", cfg.inbound, cfg.service.address, cfg.service.port)] = None
     if cfg.gateway is not None:
-        specs[("mesh-gateway", cfg.gateway, cfg.datacenter)] = None
+        specs[(cfg.mode, cfg.gateway, cfg.datacenter)] = None
     ingress_http: dict[Any, list[Any]] = {}
     for u in cfg.upstreams:
         if cfg.mode == "ingress-gateway" and u.protocol == "http":
@@ -52,6 +53,21 @@ def _listener_specs(cfg: Config) -> dict[tuple[Any, ...], Any]:
     for ups in ingress_http.values():
         specs[("ingress-http", tuple(ups), cfg.datacenter, tuple(upstream_key(u, cfg) for u in ups))] = ups
     return specs
+
+
+class Providers:
+    """Several certificate providers started and stopped as one."""
+
+    def __init__(self, providers: list[Any]):
+        self.providers = providers
+
+    async def start(self) -> None:
+        for p in self.providers:
+            await p.start()
+
+    async def stop(self) -> None:
+        for p in self.providers:
+            await p.stop()
 
 
 class NoCertProvider:
@@ -123,7 +139,18 @@ class Sidecar:
         return (False, reason) if reason else self.holder.current.ready()
 
     def _make_certs(self, cfg: Config) -> Any:
-        """The leaf-certificate provider: async start()/stop(), hands (trust domain, leaf, roots) to the builder."""
+        """The leaf-certificate provider: async start()/stop(), hands (trust domain, leaf, roots) to the builder. A
+        terminating gateway also gets one leaf per linked service (Consul's watches them in its control plane)."""
+        own = self._make_provider(cfg, cfg.service.name, self.builder.set_tls)
+        if not cfg.linked_services or cfg.certificates.type == "consul":
+            return own
+        linked = [
+            self._make_provider(cfg, ls.name, functools.partial(self.builder.set_linked_tls, ls.name))
+            for ls in cfg.linked_services
+        ]
+        return Providers([own, *linked])
+
+    def _make_provider(self, cfg: Config, service: str, on_tls: Any) -> Any:
         if cfg.certificates.type == "vault":
             from connect.vault import VaultCertProvider
 
@@ -131,15 +158,15 @@ class Sidecar:
             # With Consul as control plane its roots are trusted too, so a move between CAs keeps working.
             return VaultCertProvider(
                 cfg.certificates.vault,
-                cfg.service.name,
+                service,
                 cfg.datacenter,
-                self.builder.set_tls,
+                on_tls,
                 extra_roots_pem=lambda: self.builder.extra_roots,
             )
         if cfg.certificates.type == "consul":
             return NoCertProvider()  # the Consul control plane watches the leaf itself
         assert cfg.certificates.builtin is not None
-        return BuiltinCertProvider(cfg.certificates.builtin, cfg.service.name, cfg.datacenter, self.builder.set_tls)
+        return BuiltinCertProvider(cfg.certificates.builtin, service, cfg.datacenter, on_tls)
 
     def _make_listener(self, key: tuple[Any, ...], cfg: Config) -> Listener:
         if key[0] == "inbound":
@@ -148,6 +175,10 @@ class Sidecar:
             from gateway.mesh_gateway import MeshGatewayListener
 
             return MeshGatewayListener(cfg, self.holder)
+        if key[0] == "terminating-gateway":
+            from gateway.terminating_gateway import TerminatingGatewayListener
+
+            return TerminatingGatewayListener(cfg, self.holder)
         if key[0] == "ingress-http":
             return IngressHTTPListener(cfg, key[1], self.holder)
         return UpstreamListener(cfg, key[1], self.holder)
@@ -182,7 +213,7 @@ class Sidecar:
         try:
             await listener.start()
         except OSError as e:
-            if key[0] in ("inbound", "mesh-gateway"):
+            if key[0] in ("inbound", "mesh-gateway", "terminating-gateway"):
                 where = "inbound.bind" if key[0] == "inbound" else "gateway.bind"
             else:
                 first = key[1][0] if key[0] == "ingress-http" else key[1]
@@ -245,6 +276,7 @@ class Sidecar:
             new.certificates != old.certificates
             or new.service.name != old.service.name
             or new.datacenter != old.datacenter
+            or [ls.name for ls in new.linked_services] != [ls.name for ls in old.linked_services]
         ):
             certs = self._make_certs(new)
             await certs.start()

@@ -21,7 +21,7 @@ T = TypeVar("T")
 
 SERVICE_NAME_RE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9_-]{0,62}[a-zA-Z0-9])?$")
 PROTOCOLS = ("tcp", "http")
-MODES = ("sidecar", "mesh-gateway", "ingress-gateway")
+MODES = ("sidecar", "mesh-gateway", "ingress-gateway", "terminating-gateway")
 # consul.md §6: "" defers to the next layer; meshgw's last layer is "none" (dial the target directly).
 MESH_GATEWAY_MODES = ("none", "local", "remote")
 HEALTH_STATES = ("passing", "warning", "critical")
@@ -99,6 +99,20 @@ class GatewayConfig:
     wan_address: Address | None = None
     # How long a caller may take to send its whole TLS ClientHello.
     handshake_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class LinkedServiceConfig:
+    """A service outside the mesh that a terminating gateway stands in for (Consul's LinkedService, consul.md §8.7):
+    the gateway presents this service's leaf to callers and forwards to ``address`` (else the catalog's instances),
+    in plaintext or, with ``ca_file``, over TLS that it originates."""
+
+    name: str
+    address: Address | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    sni: str | None = None
 
 
 @dataclass(frozen=True)
@@ -248,6 +262,7 @@ class Config:
     # Consul's shapes: gateway/http/entries.py); with Consul they come from its config entries instead.
     config_entries: tuple[Any, ...] = ()
     gateway: GatewayConfig | None = None
+    linked_services: tuple[LinkedServiceConfig, ...] = ()  # mode terminating-gateway
     mesh_gateway: MeshGatewayModeConfig = field(default_factory=MeshGatewayModeConfig)
 
     @property
@@ -437,6 +452,7 @@ def parse_config(data: Any, path: Path, env: Mapping[str, str] | None = None) ->
             "gateway",
             "mesh_gateway",
             "listeners",
+            "services",
         ),
     )
     if data is None or (isinstance(data, Mapping) and not data):
@@ -522,7 +538,7 @@ def parse_config(data: Any, path: Path, env: Mapping[str, str] | None = None) ->
         service=r.get(mg, "mesh_gateway", "service", parse_service_name, "mesh-gateway") or "mesh-gateway",
     )
     gateway = None
-    if mode == "mesh-gateway":
+    if mode in ("mesh-gateway", "terminating-gateway"):
         g = r.mapping(top.get("gateway"), "gateway", ("bind", "lan_address", "wan_address", "handshake_timeout"))
         gateway = GatewayConfig(
             bind=r.get(g, "gateway", "bind", parse_address, required=True) or Address("0.0.0.0", 0),
@@ -531,9 +547,14 @@ def parse_config(data: Any, path: Path, env: Mapping[str, str] | None = None) ->
             handshake_timeout=r.get(g, "gateway", "handshake_timeout", parse_duration, 10.0) or 10.0,
         )
     elif top.get("gateway") is not None:
-        r.problem("gateway", f"only a mesh gateway has one (this is mode {mode}; expected mode: mesh-gateway)")
+        r.problem("gateway", f"only a mesh or terminating gateway has one (this is mode {mode})")
     raw_cp = top.get("control_plane")
     consul_cp = isinstance(raw_cp, Mapping) and raw_cp.get("type") == "consul"
+    linked: tuple[LinkedServiceConfig, ...] = ()
+    if mode == "terminating-gateway":
+        linked = _parse_linked_services(r, top.get("services"), base)
+    elif top.get("services") is not None:
+        r.problem("services", f"only a terminating gateway links services (this is mode {mode})")
     if mode == "ingress-gateway" and (top.get("listeners") is not None or not consul_cp):
         upstreams.extend(_parse_ingress_listeners(r, top.get("listeners"), binds))
     elif top.get("listeners") is not None:
@@ -542,7 +563,7 @@ def parse_config(data: Any, path: Path, env: Mapping[str, str] | None = None) ->
         if inbound is not None:
             r.problem("inbound", f"a {mode} has no inbound listener of its own (no local app behind it)")
         if raw_ups:
-            what = "gateway.bind" if mode == "mesh-gateway" else "listeners"
+            what = "listeners" if mode == "ingress-gateway" else "gateway.bind"
             r.problem("upstreams", f"a {mode} has no upstreams (expected {what})")
 
     cp = r.mapping(top.get("control_plane"), "control_plane", ("type", "local", "consul", "default_intention_policy"))
@@ -627,8 +648,43 @@ def parse_config(data: Any, path: Path, env: Mapping[str, str] | None = None) ->
         access_log=access_log,
         config_entries=config_entries,
         gateway=gateway,
+        linked_services=linked,
         mesh_gateway=mesh_gateway,
     )
+
+
+def _parse_linked_services(r: _Reader, raw: Any, base: Path) -> tuple[LinkedServiceConfig, ...]:
+    if not isinstance(raw, list) or not raw:
+        r.problem("services", "a terminating gateway needs a list of linked services ({name, address, ca_file...})")
+        return ()
+    out = []
+    seen: set[str] = set()
+    for n, item in enumerate(raw):
+        key = f"services[{n}]"
+        m = r.mapping(item, key, ("name", "address", "ca_file", "cert_file", "key_file", "sni"))
+        name = r.get(m, key, "name", parse_service_name, required=True) or "invalid"
+        if name in seen:
+            r.problem(f"{key}.name", f"{name} is linked twice")
+        seen.add(name)
+
+        def path(k: str, key: str = key, m: Mapping[str, Any] = m) -> Path | None:
+            v = r.get(m, key, k, text, None)
+            return _resolve(base, v) if v else None
+
+        svc = LinkedServiceConfig(
+            name=name,
+            address=r.get(m, key, "address", parse_address, None),
+            ca_file=path("ca_file"),
+            cert_file=path("cert_file"),
+            key_file=path("key_file"),
+            sni=r.get(m, key, "sni", parse_host, None),
+        )
+        if (svc.cert_file is None) != (svc.key_file is None):
+            r.problem(f"{key}.cert_file", "cert_file and key_file go together (a client certificate for the service)")
+        if svc.cert_file is not None and svc.ca_file is None:
+            r.problem(f"{key}.ca_file", "is required with cert_file (TLS to the service is verified)")
+        out.append(svc)
+    return tuple(out)
 
 
 def ingress_listeners_from_entry(entry: Mapping[str, Any], address: str, where: str) -> tuple[UpstreamConfig, ...]:

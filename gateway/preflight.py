@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ssl
+
 from connect.ca import BuiltinCA, CAError
 from connect.local import SourceError, read_catalog, read_intentions
 from gateway.config import Config, ConfigError
+from gateway.tls import origination_context
 
 
 def check_files(cfg: Config) -> None:
@@ -32,5 +35,11 @@ def check_files(cfg: Config) -> None:
                 )
         except CAError as e:
             problems.append(f"{cfg.path}: certificates.builtin.dir: {e}")
+    for n, ls in enumerate(cfg.linked_services):
+        if ls.ca_file is not None:
+            try:
+                origination_context(str(ls.ca_file), str(ls.cert_file or "") or None, str(ls.key_file or "") or None)
+            except (OSError, ssl.SSLError) as e:
+                problems.append(f"{cfg.path}: services[{n}]: cannot load the TLS files for {ls.name}: {e}")
     if problems:
         raise ConfigError(problems)

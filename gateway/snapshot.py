@@ -22,7 +22,7 @@ from gateway import metrics
 from gateway.accesslog import AccessLog
 from gateway.config import Config, UpstreamConfig
 from gateway.http.routing import BalancerCache, cfg_entries, compile_chain, subset_endpoints
-from gateway.tls import client_context, server_context
+from gateway.tls import client_context, origination_context, server_context, sni_dispatch_context
 
 log = logging.getLogger("meshgw.snapshot")
 
@@ -123,6 +123,36 @@ class GatewayRoutes:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class LinkedView:
+    """One service a terminating gateway stands in for: its leaf (as a server context), who may call it, where it
+    is, and how to reach it (plaintext, or TLS with ``origination``)."""
+
+    service: str
+    sni: str
+    server_ctx: ssl.SSLContext | None
+    intentions: IntentionTable
+    endpoints: tuple[Endpoint, ...]
+    origination: ssl.SSLContext | None = None
+    origination_sni: str | None = None
+    tls_required: bool = False  # ca_file was set: without a usable context, refuse (never plaintext instead)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "sni": self.sni,
+            "leaf": self.server_ctx is not None,
+            "endpoints": [e.to_json() for e in self.endpoints],
+            "tls_origination": self.origination is not None,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class TerminatingRoutes:
+    linked: Mapping[str, LinkedView]
+    dispatch_ctx: ssl.SSLContext  # picks the linked service's server context by SNI
+    by_ctx: Mapping[int, LinkedView]  # id(server context) -> the service it belongs to
+
+
 def upstream_key(u: UpstreamConfig, cfg: Config) -> str:
     """``<service>.<dc>``, and the bind address after it when another upstream has the same target (two listeners
     for one service with different settings, e.g. one through mesh gateways and one direct)."""
@@ -144,6 +174,7 @@ class Snapshot:
     intention_entries: tuple[ServiceIntentions, ...] = field(default=())
     access_log: Any = None  # gateway.accesslog.AccessLog when access logs are on
     gateway: GatewayRoutes | None = None  # mode mesh-gateway
+    terminating: TerminatingRoutes | None = None  # mode terminating-gateway
 
     def ready(self) -> tuple[bool, str]:
         if self.tls is None:
@@ -171,6 +202,11 @@ class Snapshot:
             },
             "intentions": self.intentions.rules(),
             **({"gateway": self.gateway.to_json()} if self.gateway is not None else {}),
+            **(
+                {"linked_services": {k: v.to_json() for k, v in self.terminating.linked.items()}}
+                if self.terminating is not None
+                else {}
+            ),
         }
 
 
@@ -213,11 +249,31 @@ class SnapshotBuilder:
         self._chain_entries: tuple[Any, ...] = ()
         self._balancers = BalancerCache()
         self._access_log: AccessLog | None = None
+        # Terminating gateway: each linked service's leaf, and the TLS contexts to services that want TLS.
+        self._linked_tls: dict[str, tuple[str, Leaf, bytes]] = {}
+        self._origination: dict[str, ssl.SSLContext] = {}
+        self._load_origination(config)
         self.holder = SnapshotHolder(self._build())
 
     def reconfigure(self, config: Config) -> None:
         self.config = config
+        self._load_origination(config)
         self.publish()
+
+    def _load_origination(self, config: Config) -> None:
+        """Read once per config, not per snapshot: ``preflight`` has checked the files load."""
+        out = {}
+        for ls in config.linked_services:
+            if ls.ca_file is not None:
+                try:
+                    out[ls.name] = origination_context(
+                        str(ls.ca_file),
+                        str(ls.cert_file) if ls.cert_file else None,
+                        str(ls.key_file) if ls.key_file else None,
+                    )
+                except (OSError, ssl.SSLError) as e:
+                    log.error("%s: services: %s: TLS files unusable: %s", config.path, ls.name, e)
+        self._origination = out
 
     def set_catalog(self, catalog: Mapping[str, tuple[Endpoint, ...]]) -> None:
         self._catalog = catalog
@@ -316,10 +372,49 @@ class SnapshotBuilder:
             intention_entries=self._entries,
             access_log=self._access_log,
             gateway=self._gateway_routes() if cfg.mode == "mesh-gateway" else None,
+            terminating=self._terminating_routes(td) if cfg.mode == "terminating-gateway" else None,
         )
         metrics.SNAPSHOT_VERSION.set(snap.version)
         metrics.SNAPSHOT_AGE.set(snap.built_at)
         return snap
+
+    def set_linked_tls(self, service: str, trust_domain: str, leaf: Leaf, roots_pem: bytes) -> None:
+        """A terminating gateway's leaf for one of its linked services."""
+        self._linked_tls[service] = (trust_domain, leaf, roots_pem)
+        self.publish()
+
+    def _terminating_routes(self, td: str) -> TerminatingRoutes:
+        cfg = self.config
+        linked: dict[str, LinkedView] = {}
+        for ls in cfg.linked_services:
+            got = self._linked_tls.get(ls.name)
+            server_ctx = None
+            if got is not None and got[1].not_before <= time.time() < got[1].not_after:
+                server_ctx = server_context(_merge_pem(got[2], self._extra_roots), got[1].cert_pem, got[1].key_pem)
+            if ls.address is not None:
+                eps: tuple[Endpoint, ...] = (Endpoint(ls.address.host, ls.address.port, cfg.datacenter),)
+            else:
+                own = self._catalog.get(ls.name, ())
+                eps = tuple(e for e in own if e.health in HEALTHY and e.datacenter == cfg.datacenter)
+            origination = self._origination.get(ls.name)
+            linked[ls.name] = LinkedView(
+                service=ls.name,
+                sni=upstream_sni(ls.name, cfg.datacenter, td),
+                server_ctx=server_ctx,
+                intentions=IntentionTable.build(
+                    self._entries, ls.name, default_allow=cfg.control_plane.default_intention_policy == "allow"
+                ),
+                endpoints=eps,
+                origination=origination,
+                origination_sni=ls.sni or (ls.address.host if ls.address is not None else None),
+                tls_required=ls.ca_file is not None,
+            )
+        by_name = {v.sni: v.server_ctx for v in linked.values() if v.server_ctx is not None}
+        return TerminatingRoutes(
+            linked=MappingProxyType(linked),
+            dispatch_ctx=sni_dispatch_context(by_name, self._tls.roots_pem if self._tls is not None else b""),
+            by_ctx=MappingProxyType({id(v.server_ctx): v for v in linked.values() if v.server_ctx is not None}),
+        )
 
     def _gateways(self, dc: str) -> tuple[Endpoint, ...]:
         name = self.config.mesh_gateway.service

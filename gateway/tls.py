@@ -58,6 +58,40 @@ def client_context(roots_pem: bytes, cert_pem: bytes, key_pem: bytes) -> ssl.SSL
     return _common(ctx, roots_pem, cert_pem, key_pem)
 
 
+def origination_context(ca_file: str, cert_file: str | None, key_file: str | None) -> ssl.SSLContext:
+    """A terminating gateway's TLS to a service outside the mesh: verified against ``ca_file`` with host-name
+    checking, and a client certificate when the service asks for one. Raises OSError or ssl.SSLError."""
+    ctx = ssl.create_default_context(cafile=ca_file)
+    ctx.minimum_version = MIN_VERSION
+    if cert_file and key_file:
+        ctx.load_cert_chain(cert_file, key_file)
+    return ctx
+
+
+def sni_dispatch_context(by_name: dict[str, ssl.SSLContext], roots_pem: bytes) -> ssl.SSLContext:
+    """A server context that takes on, per connection, the context of the name the caller asked for (SNI): a
+    terminating gateway presents the leaf of the service the caller wants. No name, or an unknown one: the
+    handshake fails with unrecognized_name."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = MIN_VERSION
+    # OpenSSL's SSL_set_SSL_CTX takes the new context's certificate, not its verify mode and flags: the
+    # client-certificate requirement has to be on the context the connection starts with.
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    if roots_pem:
+        ctx.load_verify_locations(cadata=roots_pem.decode())
+
+    def pick(obj: Any, name: str | None, _ctx: ssl.SSLContext) -> int | None:
+        chosen = by_name.get((name or "").lower())
+        if chosen is None:
+            return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+        obj.context = chosen
+        return None
+
+    ctx.sni_callback = pick
+    return ctx
+
+
 @dataclass(frozen=True)
 class PeerIdentity:
     uri: str | None

@@ -101,7 +101,7 @@ BAD = [
         "inbound",
         "no inbound listener",
     ),
-    (S + "gateway: {bind: 0.0.0.0:8443}\n", "gateway", "mode: mesh-gateway"),
+    (S + "gateway: {bind: 0.0.0.0:8443}\n", "gateway", "only a mesh or terminating gateway"),
     (S + "mesh_gateway: {mode: sideways}\n", "mesh_gateway.mode", "none, local, remote"),
     (
         "service: {name: web, port: 80}\nupstreams: [{service: a, bind: '127.0.0.1:5', mesh_gateway: up}]\n",
@@ -121,6 +121,20 @@ BAD = [
         "tcp, http",
     ),
     (S + "listeners: [{bind: '0.0.0.0:8080', services: [a]}]\n", "listeners", "only an ingress gateway"),
+    ("mode: terminating-gateway\nservice: {name: t}\ngateway: {bind: 0.0.0.0:8444}\n", "services", "linked services"),
+    (
+        "mode: terminating-gateway\nservice: {name: t}\ngateway: {bind: 0.0.0.0:8444}\n"
+        "services: [{name: db, address: '10.0.0.9:5432', cert_file: c.pem}]\n",
+        "services[0].cert_file",
+        "go together",
+    ),
+    (
+        "mode: terminating-gateway\nservice: {name: t}\ngateway: {bind: 0.0.0.0:8444}\n"
+        "services: [{name: db, ca_file: /nonexistent/ca.pem}]\ncertificates: {builtin: {dir: ca}}\n",
+        "services[0]",
+        "cannot load the TLS files for db",
+    ),
+    (S + "services: [{name: db}]\n", "services", "only a terminating gateway"),
     ("service: [web]\n", "service", "mapping"),
     ("service: {name: web\n", "line", "invalid YAML"),
     ("", "file is empty", "service"),

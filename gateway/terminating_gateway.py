@@ -1,0 +1,142 @@
+"""``mode: terminating-gateway``: mesh callers reach services outside the mesh through it.
+
+Accept → mTLS handshake in which the gateway presents the leaf of the service the caller named by SNI
+(``<svc>.default.<dc>.internal.<td>``, consul.md §5.2, §8.7) → the caller's SPIFFE ID, checked against
+the trust domain and that service's intentions → connect to the service (plaintext, or TLS the gateway
+originates with the service's CA, client certificate and SNI) → relay. As with Consul's terminating
+gateways, the callers' sidecars see the linked service's own identity, and intentions name the service,
+not the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+
+from gateway import metrics
+from gateway.config import Config
+from gateway.l4 import Relay, Side, TLSSide
+from gateway.listeners import CONNECT_ERRORS, HANDSHAKE_TIMEOUT, MAX_CONNECT_ATTEMPTS, Listener, _nodelay
+from gateway.snapshot import LinkedView, Snapshot, SnapshotHolder
+from gateway.tls import handshake_failure_reason, peer_identity
+
+log = logging.getLogger("meshgw.gateway")
+
+
+class TerminatingGatewayListener(Listener):
+    name = "terminating-gateway"
+
+    def __init__(self, config: Config, holder: SnapshotHolder):
+        assert config.gateway is not None
+        super().__init__(config.gateway.bind, holder)
+        self.connect_timeout = 5.0
+        self._rr = 0
+        self.m_denied = {r: metrics.CONNECTIONS_DENIED.labels(self.name, r) for r in metrics.DENY_REASONS}
+        self.m_err = {r: metrics.UPSTREAM_CONNECT_ERRORS.labels(self.name, r) for r in metrics.UPSTREAM_ERRORS}
+
+    def _protocol(self) -> asyncio.Protocol:
+        snap = self.holder.current
+        relay = Relay(on_close=self._closed)
+        routes = snap.terminating
+        if routes is None or snap.tls is None or not snap.tls.valid():
+            relay.down.on_made = lambda transport: self._refuse(transport, "not_ready", "no valid leaf or roots")
+            return relay.down
+        side = TLSSide(relay, routes.dispatch_ctx, server_side=True, handshake_timeout=HANDSHAKE_TIMEOUT)
+        relay.down = side
+        side.on_made = lambda transport: self._spawn(self._serve(relay, side, snap))
+        return side
+
+    def _refuse(self, transport: asyncio.BaseTransport, reason: str, detail: str) -> None:
+        transport.abort()  # type: ignore[attr-defined]
+        self._deny(reason, detail)
+
+    def _deny(self, reason: str, detail: str) -> None:
+        self.m_denied[reason].inc()
+        log.info("terminating gateway: denied %s: %s", reason, detail)
+
+    async def _serve(self, relay: Relay, side: TLSSide, snap: Snapshot) -> None:
+        routes, tls = snap.terminating, snap.tls
+        assert routes is not None and tls is not None
+        try:
+            await side.handshake
+        except (ssl.SSLError, *CONNECT_ERRORS) as e:
+            side.abort()
+            # An SNI naming no linked service fails in the handshake (unrecognized_name): a TLS error.
+            self._deny(handshake_failure_reason(e), f"TLS handshake failed: {getattr(e, 'reason', None) or e}")
+            return
+        view = routes.by_ctx.get(id(side.sslobj.context))
+        peer = peer_identity(side.peercert())
+        if view is None:  # cannot happen once the handshake passed the SNI callback; refuse all the same
+            side.abort()
+            return self._deny("tls_error", "no linked service for this connection")
+        if peer.service is None:
+            side.abort()
+            return self._deny("no_spiffe_id", f"peer certificate has no service SPIFFE ID ({peer.uri})")
+        if peer.service.trust_domain != tls.trust_domain:
+            side.abort()
+            return self._deny("foreign_trust_domain", f"{peer.uri} is not in trust domain {tls.trust_domain}")
+        decision = view.intentions.authorize_l4(peer.service.service, peer.service.namespace)
+        if not decision.allowed:
+            side.abort()
+            return self._deny("intention", f"{peer.uri} -> {view.service}: {decision.reason}")
+        if side.lost:
+            return
+        _nodelay(side.transport)  # type: ignore[arg-type]
+        self._track(relay)
+        await self._connect(relay, view)
+
+    async def _connect(self, relay: Relay, view: LinkedView) -> None:
+        if view.tls_required and view.origination is None:
+            self.m_err["tls_failed"].inc()
+            log.warning("terminating gateway: %s: its TLS files are unusable: refusing (never plaintext)", view.service)
+            return relay.abort()
+        eps = view.endpoints
+        if not eps:
+            self.m_err["no_healthy_endpoints"].inc()
+            log.warning("terminating gateway: no healthy instance of %s", view.service)
+            return relay.abort()
+        loop = asyncio.get_running_loop()
+        start = self._rr
+        self._rr += 1
+        last = ""
+        for i in range(min(MAX_CONNECT_ATTEMPTS, len(eps))):
+            if relay.down.lost:
+                return relay.close()
+            ep = eps[(start + i) % len(eps)]
+            side: Side
+            if view.origination is not None:
+                side = TLSSide(
+                    relay,
+                    view.origination,
+                    server_side=False,
+                    server_hostname=view.origination_sni or ep.address,
+                    handshake_timeout=HANDSHAKE_TIMEOUT,
+                )
+            else:
+                side = Side(relay)
+            try:
+                await asyncio.wait_for(_open(loop, side, ep.address, ep.port), self.connect_timeout)
+                if isinstance(side, TLSSide):
+                    await side.handshake
+            except ssl.SSLError as e:
+                self.m_err["tls_failed"].inc()
+                side.abort()
+                last = f"TLS with {view.service} at {ep.address}:{ep.port} failed: {getattr(e, 'reason', None) or e}"
+                continue
+            except CONNECT_ERRORS as e:
+                self.m_err["connect_failed"].inc()
+                side.abort()
+                last = f"cannot connect to {view.service} at {ep.address}:{ep.port}: {e or type(e).__name__}"
+                continue
+            relay.up = side
+            _nodelay(side.transport)  # type: ignore[arg-type]
+            self.m_accepted.inc()
+            relay.start()
+            return
+        log.warning("terminating gateway: giving up: %s", last)
+        relay.abort()
+
+
+async def _open(loop: asyncio.AbstractEventLoop, side: Side, host: str, port: int) -> None:
+    await loop.create_connection(lambda: side, host, port)
