@@ -104,6 +104,47 @@ async def dial_endpoint(
     return side
 
 
+async def connect_any(
+    eps: tuple[Endpoint, ...],
+    start: int,
+    make_side: Callable[[Endpoint], Side],
+    timeout: float,
+    gone: Callable[[], bool],
+    errors: Mapping[str, Any],
+) -> tuple[Side | None, str]:
+    """The gateways' dial: up to MAX_CONNECT_ATTEMPTS endpoints round robin from ``start``, a fresh side per
+    attempt (a TLS side also finishes its handshake). Failures are counted in ``errors`` by reason. Returns the
+    connected side, or None and the last failure (also None when ``gone()``: the caller left meanwhile)."""
+    loop = asyncio.get_running_loop()
+    last = "no endpoint"
+    for i in range(min(MAX_CONNECT_ATTEMPTS, len(eps))):
+        if gone():
+            return None, "the caller left"
+        ep = eps[(start + i) % len(eps)]
+        side = make_side(ep)
+
+        async def open_side(side: Side = side, ep: Endpoint = ep) -> None:
+            await loop.create_connection(lambda: side, ep.address, ep.port)
+            if isinstance(side, TLSSide):
+                await side.handshake
+
+        try:
+            await asyncio.wait_for(open_side(), timeout)
+        except ssl.SSLError as e:
+            errors["tls_failed"].inc()
+            side.abort()
+            last = f"TLS with {ep.address}:{ep.port} failed: {getattr(e, 'reason', None) or e}"
+            continue
+        except CONNECT_ERRORS as e:
+            errors["connect_failed"].inc()
+            side.abort()
+            last = f"cannot connect to {ep.address}:{ep.port}: {e or type(e).__name__}"
+            continue
+        _nodelay(side.transport)  # type: ignore[arg-type]
+        return side, ""
+    return None, last
+
+
 def _nodelay(transport: asyncio.BaseTransport) -> None:
     sock = transport.get_extra_info("socket")
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):

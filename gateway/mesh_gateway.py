@@ -16,7 +16,7 @@ import logging
 from gateway import metrics
 from gateway.config import Config
 from gateway.l4 import Relay, Side
-from gateway.listeners import CONNECT_ERRORS, MAX_CONNECT_ATTEMPTS, Listener, _nodelay
+from gateway.listeners import Listener, _nodelay, connect_any
 from gateway.snapshot import Endpoint, SnapshotHolder
 from gateway.sni import MAX_HELLO, NotTLS, client_hello_sni, parse_mesh_sni
 
@@ -128,30 +128,15 @@ class MeshGatewayListener(Listener):
         self._spawn(self._connect(relay, eps, kind, sni))
 
     async def _connect(self, relay: Relay, eps: tuple[Endpoint, ...], kind: str, sni: str) -> None:
-        loop = asyncio.get_running_loop()
         start = self._rr
         self._rr += 1
-        last = ""
-        for i in range(min(MAX_CONNECT_ATTEMPTS, len(eps))):
-            if relay.down.lost:
-                return relay.close()
-            ep = eps[(start + i) % len(eps)]
-            side = Side(relay)
-            try:
-                await asyncio.wait_for(_connect_side(loop, side, ep), self.connect_timeout)
-            except CONNECT_ERRORS as e:
-                self.m_err["connect_failed"].inc()
-                last = f"cannot connect to {ep.address}:{ep.port} for {sni}: {e or type(e).__name__}"
-                continue
-            relay.up = side
-            _nodelay(side.transport)  # type: ignore[arg-type]
-            self.m_accepted.inc()
-            self.m_routed[kind].inc()
-            relay.start()
-            return
-        log.warning("mesh gateway: giving up: %s", last)
-        relay.abort()
-
-
-async def _connect_side(loop: asyncio.AbstractEventLoop, side: Side, ep: Endpoint) -> None:
-    await loop.create_connection(lambda: side, ep.address, ep.port)
+        side, why = await connect_any(
+            eps, start, lambda ep: Side(relay), self.connect_timeout, lambda: relay.down.lost, self.m_err
+        )
+        if side is None:
+            log.warning("mesh gateway: giving up on %s: %s", sni, why)
+            return relay.abort()
+        relay.up = side
+        self.m_accepted.inc()
+        self.m_routed[kind].inc()
+        relay.start()

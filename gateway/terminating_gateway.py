@@ -17,8 +17,8 @@ import ssl
 from gateway import metrics
 from gateway.config import Config
 from gateway.l4 import Relay, Side, TLSSide
-from gateway.listeners import CONNECT_ERRORS, HANDSHAKE_TIMEOUT, MAX_CONNECT_ATTEMPTS, Listener, _nodelay
-from gateway.snapshot import LinkedView, Snapshot, SnapshotHolder
+from gateway.listeners import CONNECT_ERRORS, HANDSHAKE_TIMEOUT, Listener, _nodelay, connect_any
+from gateway.snapshot import Endpoint, LinkedView, Snapshot, SnapshotHolder
 from gateway.tls import handshake_failure_reason, peer_identity
 
 log = logging.getLogger("meshgw.gateway")
@@ -96,47 +96,26 @@ class TerminatingGatewayListener(Listener):
             self.m_err["no_healthy_endpoints"].inc()
             log.warning("terminating gateway: no healthy instance of %s", view.service)
             return relay.abort()
-        loop = asyncio.get_running_loop()
         start = self._rr
         self._rr += 1
-        last = ""
-        for i in range(min(MAX_CONNECT_ATTEMPTS, len(eps))):
-            if relay.down.lost:
-                return relay.close()
-            ep = eps[(start + i) % len(eps)]
-            side: Side
-            if view.origination is not None:
-                side = TLSSide(
-                    relay,
-                    view.origination,
-                    server_side=False,
-                    server_hostname=view.origination_sni or ep.address,
-                    handshake_timeout=HANDSHAKE_TIMEOUT,
-                )
-            else:
-                side = Side(relay)
-            try:
-                await asyncio.wait_for(_open(loop, side, ep.address, ep.port), self.connect_timeout)
-                if isinstance(side, TLSSide):
-                    await side.handshake
-            except ssl.SSLError as e:
-                self.m_err["tls_failed"].inc()
-                side.abort()
-                last = f"TLS with {view.service} at {ep.address}:{ep.port} failed: {getattr(e, 'reason', None) or e}"
-                continue
-            except CONNECT_ERRORS as e:
-                self.m_err["connect_failed"].inc()
-                side.abort()
-                last = f"cannot connect to {view.service} at {ep.address}:{ep.port}: {e or type(e).__name__}"
-                continue
-            relay.up = side
-            _nodelay(side.transport)  # type: ignore[arg-type]
-            self.m_accepted.inc()
-            relay.start()
-            return
-        log.warning("terminating gateway: giving up: %s", last)
-        relay.abort()
 
+        def make_side(ep: Endpoint) -> Side:
+            if view.origination is None:
+                return Side(relay)
+            return TLSSide(
+                relay,
+                view.origination,
+                server_side=False,
+                server_hostname=view.origination_sni or ep.address,
+                handshake_timeout=HANDSHAKE_TIMEOUT,
+            )
 
-async def _open(loop: asyncio.AbstractEventLoop, side: Side, host: str, port: int) -> None:
-    await loop.create_connection(lambda: side, host, port)
+        side, why = await connect_any(
+            eps, start, make_side, self.connect_timeout, lambda: relay.down.lost, self.m_err
+        )
+        if side is None:
+            log.warning("terminating gateway: giving up on %s: %s", view.service, why)
+            return relay.abort()
+        relay.up = side
+        self.m_accepted.inc()
+        relay.start()

@@ -118,6 +118,14 @@ def echo_roundtrip(port: int, payload: bytes = b"hello", timeout: float = 5.0) -
         return got
 
 
+def refused(port: int, payload: bytes = b"x", timeout: float = 5.0) -> bool:
+    """The proxy closed or reset the connection without an answer. A hang is not a refusal: it raises."""
+    try:
+        return echo_roundtrip(port, payload, timeout=timeout) == b""
+    except (ConnectionResetError, ConnectionRefusedError, BrokenPipeError):
+        return True
+
+
 class Sidecar:
     def __init__(self, mesh: Mesh, name: str, cfg_path: Path, admin_port: int, log_path: Path):
         self.mesh = mesh

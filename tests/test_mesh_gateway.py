@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
-from mesh import Mesh, Sidecar, echo_app, echo_roundtrip, free_port, wait_for
+from mesh import Mesh, Sidecar, echo_app, echo_roundtrip, free_port, refused, wait_for
 
 from gateway.sni import MAX_HELLO, MeshTarget, NotTLS, client_hello_sni, parse_mesh_sni
 
@@ -147,7 +147,7 @@ def test_cross_datacenter_through_mesh_gateways(tmp_path: Path) -> None:
 
             # The callee's sidecar saw web's identity through both gateways: a deny intention applies.
             mesh.allow("web", "api", action="deny")
-            wait_for(lambda: _refused(local_port), 5, "deny through the gateways")
+            wait_for(lambda: refused(local_port), 5, "deny through the gateways")
             assert api.metric("meshgw_connections_denied_total", reason="intention") >= 1
 
             # The gateway never terminated TLS: its config snapshot shows routes, and it holds no session keys.
@@ -167,12 +167,6 @@ def _transfer(port: int, blob: bytes) -> bytes:
             chunks.append(chunk)
         return b"".join(chunks)
 
-
-def _refused(port: int) -> bool:
-    try:
-        return echo_roundtrip(port, b"x", timeout=3) == b""
-    except OSError:
-        return True
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from mesh import Mesh, Sidecar, echo_roundtrip, free_port, wait_for
+from mesh import Mesh, Sidecar, echo_roundtrip, free_port, refused, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -150,7 +150,7 @@ def test_web_reaches_api_in_an_isolated_datacenter_only_through_gateways(
         assert gw1.metric("meshgw_gateway_connections_routed_total", route="remote") == 1
         assert gw2.metric("meshgw_gateway_connections_routed_total", route="local") == 1
         # Dialled directly, api's sidecar (127.0.0.1 in dc2) is not reachable from dc1: refused, counted.
-        assert _refused(direct)
+        assert refused(direct)
         wait_for(
             lambda: web.metric("meshgw_upstream_connect_errors_total", reason="connect_failed") >= 1, 5, "direct fails"
         )
@@ -160,10 +160,3 @@ def test_web_reaches_api_in_an_isolated_datacenter_only_through_gateways(
         app.kill()
         app.wait()
 
-
-def _refused(port: int) -> bool:
-    """Closed or reset without an answer (an aborted relay may reset the client's socket)."""
-    try:
-        return echo_roundtrip(port, b"x", timeout=5) == b""
-    except ConnectionResetError:
-        return True

@@ -19,7 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from mesh import Mesh, echo_app, echo_roundtrip, free_port, wait_for
+from mesh import Mesh, echo_app, echo_roundtrip, free_port, refused, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -95,12 +95,6 @@ def tls_echo(cert: Path, key: Path, prefix: bytes) -> Iterator[tuple[int, list[s
         srv.close()
 
 
-def _refused(port: int) -> bool:
-    try:
-        return echo_roundtrip(port, b"x", timeout=5) == b""
-    except ConnectionResetError:
-        return True
-
 
 def test_mesh_callers_reach_external_services_through_a_terminating_gateway(tmp_path: Path) -> None:
     mesh = Mesh(tmp_path)
@@ -141,7 +135,7 @@ def test_mesh_callers_reach_external_services_through_a_terminating_gateway(tmp_
 
             # billing's intentions decide, at the gateway: intruder is denied (default deny).
             denied = tgw.metric("meshgw_connections_denied_total", reason="intention")
-            assert _refused(up_other)
+            assert refused(up_other)
             wait_for(
                 lambda: tgw.metric("meshgw_connections_denied_total", reason="intention") == denied + 1, 5, "counted"
             )
