@@ -23,7 +23,13 @@ from connect.ca import Leaf, colon_hex
 from connect.intentions import IntentionError, parse_entries
 from connect.watch import WatchError, WatchHealth, backoff_delay, blocking_watch
 from gateway import metrics
-from gateway.config import Config, ConfigError, ConsulConfig, ingress_listeners_from_entry
+from gateway.config import (
+    Config,
+    ConfigError,
+    ConsulConfig,
+    ingress_listeners_from_entry,
+    linked_services_from_entry,
+)
 from gateway.http.entries import EntryError, parse_entry, referenced_services
 from gateway.snapshot import Endpoint, SnapshotBuilder
 
@@ -185,6 +191,7 @@ class ConsulControlPlane:
         provide_certs: bool,
         ready: Callable[[], tuple[bool, str]],
         on_listeners: Callable[[tuple[Any, ...]], None] | None = None,
+        on_linked: Callable[[tuple[Any, ...]], None] | None = None,
     ):
         assert config.control_plane.consul is not None
         self.config = config
@@ -194,6 +201,9 @@ class ConsulControlPlane:
         self.ready = ready
         # An ingress gateway without listeners in its YAML takes them from its Consul config entry.
         self.on_listeners = on_listeners
+        # A terminating gateway without services in its YAML takes them from its Consul config entry.
+        self.on_linked = on_linked
+        self._leaf_watched: set[str] = set()
         self.api = ConsulAPI(self.cfg)
         self.health = WatchHealth(on_change=self._on_health)
         self.tasks: list[asyncio.Task[None]] = []
@@ -264,13 +274,10 @@ class ConsulControlPlane:
         self._spawn(loop, self._watch_roots(), "watch-roots")
         if self.provide_certs:
             self._spawn(loop, self._watch_leaf(), "watch-leaf")
-        for ls in cfg.linked_services:
-            # A terminating gateway presents each linked service's leaf and dials its instances (unless an
-            # address is given): Consul lists them under /v1/health/service, not /connect (consul.md §8.7).
-            if self.provide_certs:
-                self._spawn(loop, self._watch_leaf(ls.name), f"watch-leaf-{ls.name}")
-            if ls.address is None:
-                self._watch_service(ls.name, cfg.datacenter, "service")
+        self._watch_linked(cfg.linked_services)
+        if cfg.mode == "terminating-gateway" and self.on_linked is not None:
+            self._names.add("config/terminating-gateway")
+            self._spawn(loop, self._watch_terminating_entry(), "watch-terminating-gateway")
         if self.cfg.register:
             self._spawn(loop, self._registration(), "registration")
 
@@ -353,6 +360,40 @@ class ConsulControlPlane:
             self.on_listeners(ups)
 
         await blocking_watch("config/ingress-gateway", fetch, on_data, self.health)
+
+    def _watch_linked(self, linked: tuple[Any, ...]) -> None:
+        """A terminating gateway presents each linked service's leaf and dials its instances (unless an address is
+        given): Consul lists them under /v1/health/service, not /connect (consul.md §8.7)."""
+        loop = asyncio.get_running_loop()
+        for ls in linked:
+            if self.provide_certs and ls.name not in self._leaf_watched:
+                self._leaf_watched.add(ls.name)
+                self._spawn(loop, self._watch_leaf(ls.name), f"watch-leaf-{ls.name}")
+            if ls.address is None:
+                self._watch_service(ls.name, self.config.datacenter, "service")
+
+    async def _watch_terminating_entry(self) -> None:
+        """``consul config write`` of this gateway's terminating-gateway entry links services to it."""
+        name = self.config.service.name
+        where = f"consul config terminating-gateway/{name}"
+
+        async def fetch(index: int) -> tuple[int, Any]:
+            return await self.api.blocking_get(f"/v1/config/terminating-gateway/{name}", index, allow_404=True)
+
+        def on_data(entry: Any) -> None:
+            try:
+                linked = linked_services_from_entry(entry or {}, where)
+            except ConfigError as e:
+                metrics.CONTROL_PLANE_ERRORS.labels("config-entries").inc()
+                for line in e.problems:
+                    log.error("%s (linked services unchanged)", line)
+                return
+            self._watch_linked(linked)
+            log.info("%s: %d linked service(s)", where, len(linked))
+            assert self.on_linked is not None
+            self.on_linked(linked)
+
+        await blocking_watch("config/terminating-gateway", fetch, on_data, self.health)
 
     async def _watch_catalog_services(self) -> None:
         """A mesh gateway routes to any service of its datacenter: watch the service list, then each service's

@@ -18,7 +18,7 @@ from connect.builtin_certs import BuiltinCertProvider
 from connect.local import LocalControlPlane
 from gateway import metrics
 from gateway.admin import Admin
-from gateway.config import Config, ConfigError, UpstreamConfig, load_config
+from gateway.config import Config, ConfigError, LinkedServiceConfig, UpstreamConfig, load_config
 from gateway.listeners import InboundListener, IngressHTTPListener, Listener, UpstreamListener
 from gateway.preflight import check_files
 from gateway.render import TemplateRunner
@@ -32,8 +32,13 @@ class StartupError(Exception):
 
 
 def listeners_from_consul(cfg: Config) -> bool:
-    """An ingress gateway whose file lists no listeners takes them from its Consul ingress-gateway entry."""
-    return cfg.mode == "ingress-gateway" and cfg.control_plane.type == "consul" and not cfg.upstreams
+    """An ingress gateway whose file lists no listeners takes them from its Consul ingress-gateway entry, a
+    terminating gateway whose file links no services from its terminating-gateway entry."""
+    if cfg.control_plane.type != "consul":
+        return False
+    if cfg.mode == "ingress-gateway":
+        return not cfg.upstreams
+    return cfg.mode == "terminating-gateway" and not cfg.linked_services
 
 
 def _listener_specs(cfg: Config) -> dict[tuple[Any, ...], Any]:
@@ -94,6 +99,7 @@ class Sidecar:
         self._background: set[asyncio.Task[Any]] = set()
         self._listeners_lock = asyncio.Lock()
         self._consul_upstreams: tuple[UpstreamConfig, ...] | None = None
+        self._consul_linked: tuple[LinkedServiceConfig, ...] | None = None
 
     # ------------------------------------------------------------------ construction
 
@@ -107,7 +113,12 @@ class Sidecar:
                 self.builder,
                 provide_certs=cfg.certificates.type == "consul",
                 ready=self._ready,
-                on_listeners=self._on_consul_listeners if self._listeners_from_consul else None,
+                on_listeners=self._on_consul_listeners
+                if self._listeners_from_consul and cfg.mode == "ingress-gateway"
+                else None,
+                on_linked=self._on_consul_linked
+                if self._listeners_from_consul and cfg.mode == "terminating-gateway"
+                else None,
             )
         return LocalControlPlane(
             cfg.control_plane.local, cfg.datacenter, self.builder.set_catalog, self.builder.set_intentions
@@ -127,6 +138,24 @@ class Sidecar:
             self.config = new
             self.builder.reconfigure(new)
             await self._sync_listeners(new, strict=False)
+
+    def _on_consul_linked(self, linked: tuple[LinkedServiceConfig, ...]) -> None:
+        self._bg(self._set_consul_linked(linked))
+
+    async def _set_consul_linked(self, linked: tuple[LinkedServiceConfig, ...]) -> None:
+        """A terminating gateway's linked services from its Consul entry: leaves for them, a new snapshot."""
+        async with self._listeners_lock:
+            if linked == self.config.linked_services:
+                return
+            self._consul_linked = linked
+            new = dataclasses.replace(self.config, linked_services=linked)
+            if new.certificates.type != "consul":  # with Consul's CA the control plane watches their leaves
+                certs = self._make_certs(new)
+                await certs.start()
+                await self.certs.stop()
+                self.certs = certs
+            self.config = new
+            self.builder.reconfigure(new)
 
     def _not_ready(self) -> str | None:
         if self.draining:
@@ -257,8 +286,10 @@ class Sidecar:
             return False
         was_from_consul = self._listeners_from_consul
         self._listeners_from_consul = listeners_from_consul(new)
-        if self._listeners_from_consul and self._consul_upstreams is not None:
+        if self._listeners_from_consul and new.mode == "ingress-gateway" and self._consul_upstreams is not None:
             new = dataclasses.replace(new, upstreams=self._consul_upstreams)  # the file has none: Consul's stay
+        if self._listeners_from_consul and new.mode == "terminating-gateway" and self._consul_linked is not None:
+            new = dataclasses.replace(new, linked_services=self._consul_linked)
         old = self.config
         try:
             await self._apply(old, new)

@@ -551,7 +551,7 @@ def parse_config(data: Any, path: Path, env: Mapping[str, str] | None = None) ->
     raw_cp = top.get("control_plane")
     consul_cp = isinstance(raw_cp, Mapping) and raw_cp.get("type") == "consul"
     linked: tuple[LinkedServiceConfig, ...] = ()
-    if mode == "terminating-gateway":
+    if mode == "terminating-gateway" and (top.get("services") is not None or not consul_cp):
         linked = _parse_linked_services(r, top.get("services"), base)
     elif top.get("services") is not None:
         r.problem("services", f"only a terminating gateway links services (this is mode {mode})")
@@ -685,6 +685,29 @@ def _parse_linked_services(r: _Reader, raw: Any, base: Path) -> tuple[LinkedServ
             r.problem(f"{key}.ca_file", "is required with cert_file (TLS to the service is verified)")
         out.append(svc)
     return tuple(out)
+
+
+def linked_services_from_entry(entry: Mapping[str, Any], where: str) -> tuple[LinkedServiceConfig, ...]:
+    """The Services of Consul's ``terminating-gateway`` config entry (consul.md §8.7): Name, CAFile, CertFile,
+    KeyFile, SNI. Raises ConfigError (one line per problem, naming ``where``)."""
+    r = _Reader(Path(where))
+    raw = []
+    for n, svc in enumerate(entry.get("Services") or []):
+        if not isinstance(svc, Mapping):
+            r.problem(f"Services[{n}]", "expected a mapping {Name, CAFile, CertFile, KeyFile, SNI}")
+            continue
+        if svc.get("Name") == "*":
+            r.problem(f"Services[{n}].Name", "the wildcard service is not supported by meshgw")
+            continue
+        item = {"name": svc.get("Name")}
+        for ours, theirs in (("ca_file", "CAFile"), ("cert_file", "CertFile"), ("key_file", "KeyFile"), ("sni", "SNI")):
+            if svc.get(theirs):
+                item[ours] = svc[theirs]
+        raw.append(item)
+    linked = _parse_linked_services(r, raw, Path("/")) if raw else ()
+    if r.problems:
+        raise ConfigError(r.problems)
+    return linked
 
 
 def ingress_listeners_from_entry(entry: Mapping[str, Any], address: str, where: str) -> tuple[UpstreamConfig, ...]:

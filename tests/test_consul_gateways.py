@@ -14,7 +14,7 @@ import pytest
 import requests
 import yaml
 from doubles.consul import ConsulDoubleThread
-from mesh import Sidecar, echo_app, echo_roundtrip, free_port, wait_for
+from mesh import Sidecar, echo_app, echo_roundtrip, free_port, refused, wait_for
 
 from connect.ca import BuiltinCA
 
@@ -207,3 +207,57 @@ def _answer(port: int) -> bytes | None:
         return echo_roundtrip(port, b"hi", timeout=3)
     except OSError:
         return None
+
+
+def test_terminating_gateway_takes_its_services_from_consul(
+    tmp_path: Path, federation: tuple[ConsulDoubleThread, ConsulDoubleThread]
+) -> None:
+    """`consul config write` of a terminating-gateway entry links billing (an external service registered in
+    Consul) to the gateway; the gateway gets billing's leaf, finds its instance, and applies Consul's intentions.
+    web's sidecar uses a local catalog here (the double does not list a terminating gateway under its linked
+    services' connect endpoints)."""
+    dc1, _ = federation
+    fed = Federation(tmp_path, {"dc1": dc1})
+    try:
+        with echo_app(b"billing:") as billing:
+            consul.Consul(host=dc1.host, port=dc1.port).agent.service.register(
+                "billing", service_id="billing-1", address="127.0.0.1", port=billing.port
+            )
+            requests.put(
+                f"{dc1.url}/v1/connect/intentions/exact",
+                params={"source": "web", "destination": "billing"},
+                json={"SourceType": "consul", "Action": "allow"},
+                timeout=10,
+            ).raise_for_status()
+            tgw_port = free_port()
+            tgw = fed.run(
+                "tgw",
+                "dc1",
+                mode="terminating-gateway",
+                service={"name": "terminating-gateway"},
+                gateway={"bind": f"127.0.0.1:{tgw_port}"},
+            )
+            (tmp_path / "catalog.yaml").write_text(
+                yaml.safe_dump({"services": {"billing": [{"address": "127.0.0.1", "port": tgw_port}]}})
+            )
+            (tmp_path / "intentions.yaml").write_text("[]\n")
+            up = free_port()
+            fed.run(
+                "web",
+                "dc1",
+                service={"name": "web", "port": free_port()},
+                upstreams=[{"service": "billing", "bind": f"127.0.0.1:{up}"}],
+                control_plane={"type": "local", "local": {"catalog": "catalog.yaml", "intentions": "intentions.yaml"}},
+            )
+            assert refused(up)  # not linked yet: the gateway has no certificate for billing
+
+            _config_write(dc1.url, {"Kind": "terminating-gateway", "Name": "terminating-gateway",
+                                    "Services": [{"Name": "billing"}]})  # fmt: skip
+            wait_for(lambda: _answer(up) == b"billing:hi", 10, "linked through the entry")
+
+            _config_write(dc1.url, {"Kind": "terminating-gateway", "Name": "terminating-gateway",
+                                    "Services": [{"Name": "*"}]})  # fmt: skip
+            wait_for(lambda: "wildcard service is not supported" in tgw.log_text(), 10, "bad entry reported")
+            assert _answer(up) == b"billing:hi"
+    finally:
+        fed.close()
