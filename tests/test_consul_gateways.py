@@ -261,3 +261,53 @@ def test_terminating_gateway_takes_its_services_from_consul(
             assert _answer(up) == b"billing:hi"
     finally:
         fed.close()
+
+
+def test_terminating_gateway_with_consul_certificates(
+    tmp_path: Path, federation: tuple[ConsulDoubleThread, ConsulDoubleThread]
+) -> None:
+    """Everything from Consul: the gateway's leaf for billing from /v1/agent/connect/ca/leaf/billing, web's
+    sidecar finding billing (a Connect-native registration at the gateway's address) and checking that leaf."""
+    dc1, _ = federation
+    fed = Federation(tmp_path, {"dc1": dc1})
+    certs = {"type": "consul"}
+    try:
+        with echo_app(b"billing:") as billing:
+            requests.put(
+                f"{dc1.url}/v1/connect/intentions/exact",
+                params={"source": "web", "destination": "billing"},
+                json={"SourceType": "consul", "Action": "allow"},
+                timeout=10,
+            ).raise_for_status()
+            tgw_port = free_port()
+            tgw = fed.run(
+                "tgw",
+                "dc1",
+                mode="terminating-gateway",
+                service={"name": "terminating-gateway"},
+                gateway={"bind": f"127.0.0.1:{tgw_port}"},
+                services=[{"name": "billing", "address": f"127.0.0.1:{billing.port}"}],
+                certificates=certs,
+            )
+            # What `consul services register` sends for a Connect-native billing at the gateway's address.
+            r = requests.put(
+                f"{dc1.url}/v1/agent/service/register",
+                json={"ID": "billing-at-tgw", "Name": "billing", "Address": "127.0.0.1", "Port": tgw_port,
+                      "Connect": {"Native": True}},
+                timeout=10,
+            )  # fmt: skip
+            assert r.status_code == 200, r.text
+            up = free_port()
+            fed.run(
+                "web",
+                "dc1",
+                service={"name": "web", "port": free_port()},
+                inbound={"bind": f"127.0.0.1:{free_port()}"},
+                upstreams=[{"service": "billing", "bind": f"127.0.0.1:{up}"}],
+                certificates=certs,
+            )
+            wait_for(lambda: _answer(up) == b"billing:hi", 15, "web -> terminating gateway -> billing")
+            assert "leaf certificate from consul: spiffe://" in tgw.log_text()
+            assert "/svc/billing serial" in tgw.log_text()
+    finally:
+        fed.close()
