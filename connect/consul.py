@@ -31,12 +31,12 @@ from gateway.config import (
     linked_services_from_entry,
 )
 from gateway.http.entries import EntryError, parse_entry, referenced_services
-from gateway.snapshot import Endpoint, SnapshotBuilder
+from gateway.snapshot import Endpoint, SnapshotBuilder, gateway_mode
 
 log = logging.getLogger("meshgw.consul")
 
 TTL = 15.0  # the sidecar's TTL check; refreshed every TTL/3
-CHAIN_KINDS = ("service-router", "service-splitter", "service-resolver", "service-defaults")
+CHAIN_KINDS = ("service-router", "service-splitter", "service-resolver", "service-defaults", "proxy-defaults")
 # After the agent comes back, it may answer from an empty local state until services register
 # again (ours does so at once): an empty upstream set inside this window keeps the last good one.
 RECOVERY_GRACE = 10.0
@@ -286,7 +286,8 @@ class ConsulControlPlane:
         dc = u.datacenter or self.config.datacenter
         if dc == self.config.datacenter:
             return None
-        mode = u.mesh_gateway or self.config.mesh_gateway.mode
+        entries = tuple(e for k in CHAIN_KINDS for e in self._chain.get(k, ()))
+        mode = gateway_mode(u, self.config, self.config.config_entries + entries)
         return {"local": self.config.datacenter, "remote": dc}.get(mode)
 
     def _spawn(self, loop: asyncio.AbstractEventLoop, coro: Any, name: str) -> None:
@@ -465,6 +466,11 @@ class ConsulControlPlane:
             for service, dc in referenced_services(combined):
                 key = (service, dc or self.config.datacenter)
                 self._watch_service(*key)
+            # service-defaults / proxy-defaults may set a mesh gateway mode: watch the gateways it dials.
+            for u in self.config.upstreams:
+                gdc = self._gateway_dc(u)
+                if gdc is not None:
+                    self._watch_service(self.config.mesh_gateway.service, gdc, "service")
             log.info("consul %s entries: %d", kind, len(parsed))
             self.builder.set_chain_entries(combined)
 

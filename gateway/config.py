@@ -85,7 +85,7 @@ class UpstreamConfig:
 class MeshGatewayModeConfig:
     """Cross-datacenter dialling for sidecars and ingress gateways (Consul's proxy-defaults MeshGateway.Mode)."""
 
-    mode: str = "none"
+    mode: str = ""  # "": not set here; Consul's service-defaults / proxy-defaults decide, else none
     service: str = "mesh-gateway"  # the mesh gateways' service name in the catalog, in every datacenter
 
 
@@ -534,7 +534,7 @@ def parse_config(data: Any, path: Path, env: Mapping[str, str] | None = None) ->
 
     mg = r.mapping(top.get("mesh_gateway"), "mesh_gateway", ("mode", "service"))
     mesh_gateway = MeshGatewayModeConfig(
-        mode=r.get(mg, "mesh_gateway", "mode", choice(*MESH_GATEWAY_MODES), "none") or "none",
+        mode=r.get(mg, "mesh_gateway", "mode", choice(*MESH_GATEWAY_MODES), "") or "",
         service=r.get(mg, "mesh_gateway", "service", parse_service_name, "mesh-gateway") or "mesh-gateway",
     )
     gateway = None

@@ -153,6 +153,18 @@ class TerminatingRoutes:
     by_ctx: Mapping[int, LinkedView]  # id(server context) -> the service it belongs to
 
 
+def gateway_mode(u: UpstreamConfig, cfg: Config, entries: tuple[Any, ...]) -> str:
+    """The mesh gateway mode of an upstream, Consul's layers first to last (consul.md §6): the upstream's own, the
+    proxy's (meshgw.yaml's mesh_gateway.mode), the local service's service-defaults, proxy-defaults/global."""
+    if u.mesh_gateway or cfg.mesh_gateway.mode:
+        return u.mesh_gateway or cfg.mesh_gateway.mode
+    for kind, name in (("service-defaults", cfg.service.name), ("proxy-defaults", "global")):
+        for e in entries:
+            if e.kind == kind and e.name == name and getattr(e, "mesh_gateway_mode", ""):
+                return str(e.mesh_gateway_mode)
+    return "none"
+
+
 def upstream_key(u: UpstreamConfig, cfg: Config) -> str:
     """``<service>.<dc>``, and the bind address after it when another upstream has the same target (two listeners
     for one service with different settings, e.g. one through mesh gateways and one direct)."""
@@ -424,7 +436,7 @@ class SnapshotBuilder:
         """consul.md §6: with mode local a target in another datacenter is dialled through this datacenter's mesh
         gateways, with mode remote through the target datacenter's; the SNI and the identity checked stay the
         target's (the gateways pass TLS through)."""
-        mode = u.mesh_gateway or self.config.mesh_gateway.mode
+        mode = gateway_mode(u, self.config, cfg_entries(self.config) + self._chain_entries)
         if mode == "local":
             local = self._gateways(self.config.datacenter)
             return lambda dc: local

@@ -90,10 +90,14 @@ class Federation:
             sc.stop()
 
 
+@pytest.mark.parametrize("mode_from", ["meshgw.yaml", "proxy-defaults"])
 def test_sidecar_reaches_another_datacenter_through_mesh_gateways(
-    tmp_path: Path, federation: tuple[ConsulDoubleThread, ConsulDoubleThread]
+    tmp_path: Path, federation: tuple[ConsulDoubleThread, ConsulDoubleThread], mode_from: str
 ) -> None:
+    """The mode comes from web's YAML, or from `consul config write` of proxy-defaults (the last layer)."""
     dc1, dc2 = federation
+    if mode_from == "proxy-defaults":
+        _config_write(dc1.url, {"Kind": "proxy-defaults", "Name": "global", "MeshGateway": {"Mode": "local"}})
     fed = Federation(tmp_path, {"dc1": dc1, "dc2": dc2})
     try:
         # `consul intention create web api`, sent to dc2 (intentions live with the destination).
@@ -120,7 +124,7 @@ def test_sidecar_reaches_another_datacenter_through_mesh_gateways(
                 service={"name": "web", "port": free_port()},
                 inbound={"bind": f"127.0.0.1:{free_port()}"},
                 upstreams=[{"service": "api", "bind": f"127.0.0.1:{up}", "datacenter": "dc2"}],
-                mesh_gateway={"mode": "local"},
+                **({"mesh_gateway": {"mode": "local"}} if mode_from == "meshgw.yaml" else {}),
             )
 
             # The gateways registered as Consul expects a mesh gateway (consul.md §3.3).

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from gateway.config import UpstreamConfig, parse_address
+from gateway.config import Config, MeshGatewayModeConfig, ServiceConfig, UpstreamConfig, parse_address
 from gateway.http.entries import EntryError, HeaderMods, compile_filter, go_duration, parse_entries, parse_entry
 from gateway.http.routing import BalancerCache, compile_chain, render_rules
-from gateway.snapshot import Endpoint
+from gateway.snapshot import Endpoint, gateway_mode
 
 
 @pytest.mark.parametrize(
@@ -179,3 +181,28 @@ def test_bad_failover_entries_are_one_line_each() -> None:
     text = "\n".join(e.value.problems)
     assert "Failover.v9: 'v9' is not * or one of the Subsets" in text
     assert "Failover.*.Peer: cluster peering is not supported" in text
+
+
+def test_mesh_gateway_mode_layers() -> None:
+    """consul.md §6: upstream, then the proxy (meshgw.yaml), then the service's service-defaults, then
+    proxy-defaults/global, else none; Consul's error text for a bad mode."""
+    cfg = Config.__new__(Config)
+    object.__setattr__(cfg, "service", ServiceConfig("web", "web", "127.0.0.1", 1))
+    object.__setattr__(cfg, "mesh_gateway", MeshGatewayModeConfig())
+    up = UpstreamConfig(service="api", bind=parse_address("127.0.0.1:1"), datacenter="dc2")
+    entries = parse_entries(
+        [
+            {"Kind": "proxy-defaults", "Name": "global", "MeshGateway": {"Mode": "remote"}, "Config": {"x": 1}},
+            {"Kind": "service-defaults", "Name": "web", "MeshGateway": {"Mode": "local"}},
+            {"Kind": "service-defaults", "Name": "other", "MeshGateway": {"Mode": "none"}},
+        ],
+        "t",
+    )
+    assert gateway_mode(up, cfg, ()) == "none"
+    assert gateway_mode(up, cfg, entries[:1]) == "remote"
+    assert gateway_mode(up, cfg, entries) == "local"
+    object.__setattr__(cfg, "mesh_gateway", MeshGatewayModeConfig(mode="none"))
+    assert gateway_mode(up, cfg, entries) == "none"
+    assert gateway_mode(dataclasses.replace(up, mesh_gateway="remote"), cfg, entries) == "remote"
+    with pytest.raises(EntryError, match=r'MeshGateway\.Mode: Invalid Mesh Gateway Mode: "sideways"'):
+        parse_entry({"Kind": "proxy-defaults", "Name": "global", "MeshGateway": {"Mode": "sideways"}}, "t")

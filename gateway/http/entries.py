@@ -29,7 +29,7 @@ from gateway.config import (
     PassiveHealthCheckConfig,
 )
 
-KINDS = ("service-router", "service-splitter", "service-resolver", "service-defaults")
+KINDS = ("service-router", "service-splitter", "service-resolver", "service-defaults", "proxy-defaults")
 
 
 class EntryError(Exception):
@@ -187,10 +187,20 @@ class ServiceDefaults:
     protocol: str = ""
     upstream_defaults: UpstreamSettings | None = None
     upstream_overrides: tuple[UpstreamSettings, ...] = ()
+    mesh_gateway_mode: str = ""  # MeshGateway.Mode for this service's proxies' upstreams ("" : not set)
     kind: str = "service-defaults"
 
 
-Entry = ServiceRouter | ServiceSplitter | ServiceResolver | ServiceDefaults
+@dataclass(frozen=True)
+class ProxyDefaults:
+    """``proxy-defaults`` (name ``global``, consul.md §8.2): meshgw reads its MeshGateway.Mode, the last layer."""
+
+    name: str = "global"
+    mesh_gateway_mode: str = ""
+    kind: str = "proxy-defaults"
+
+
+Entry = ServiceRouter | ServiceSplitter | ServiceResolver | ServiceDefaults | ProxyDefaults
 
 
 # ---------------------------------------------------------------------- parsing helpers
@@ -678,7 +688,22 @@ def _defaults(r: _R, d: Mapping[str, Any], name: str) -> ServiceDefaults:
         _upstream_settings(r, o, f"UpstreamConfig.Overrides[{i}]", True)
         for i, o in enumerate(r.get(uc, "UpstreamConfig", "Overrides", _list, []) or [])
     )
-    return ServiceDefaults(name, protocol.lower(), defaults, overrides)
+    return ServiceDefaults(name, protocol.lower(), defaults, overrides, _mesh_gateway_mode(r, d))
+
+
+def _mesh_gateway_mode(r: _R, d: Mapping[str, Any]) -> str:
+    m = r.obj(d.get("MeshGateway"), "MeshGateway", ("Mode",))
+    mode = str(m.get("Mode") or "")
+    if mode not in ("", "none", "local", "remote"):
+        r.problem("MeshGateway.Mode", f'Invalid Mesh Gateway Mode: "{mode}"')  # Consul's own words (consul.md §6)
+        return ""
+    return mode
+
+
+def _proxy_defaults(r: _R, d: Mapping[str, Any], name: str) -> ProxyDefaults:
+    if name != "global":
+        r.problem("Name", "proxy-defaults must be named global")
+    return ProxyDefaults(name, _mesh_gateway_mode(r, d))
 
 
 _PARSERS: dict[str, tuple[Callable[[_R, Mapping[str, Any], str], Any], tuple[str, ...]]] = {
@@ -694,6 +719,21 @@ _PARSERS: dict[str, tuple[Callable[[_R, Mapping[str, Any], str], Any], tuple[str
             "ConnectTimeout",
             "RequestTimeout",
             "LoadBalancer",
+            "PrioritizeByLocality",
+        ),
+    ),
+    "proxy-defaults": (
+        _proxy_defaults,
+        (
+            "Config",
+            "Mode",
+            "TransparentProxy",
+            "MutualTLSMode",
+            "MeshGateway",
+            "Expose",
+            "AccessLogs",
+            "EnvoyExtensions",
+            "FailoverPolicy",
             "PrioritizeByLocality",
         ),
     ),
