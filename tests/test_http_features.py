@@ -698,6 +698,8 @@ def test_routes_and_splits_from_consul_config_entries(tmp_path: Path) -> None:
                 } == {"api", "api-v2"}
 
             wait_for(both, 20, "the splitter's two services answering")
+            # admin's instances are watched once the router names it: they may come a moment after api-v2's.
+            wait_for(lambda: c.request("GET", "/admin/x")[0] == 200, 10, "the router's target answering")
             status, body, headers = c.request("GET", "/admin/x")
             assert status == 200 and json.loads(body)["app"] == "admin" and headers["x-via"] == "router"
             # A change in Consul applies live: without the splitter everything goes to api.
