@@ -263,6 +263,8 @@ class SnapshotBuilder:
         self._access_log: AccessLog | None = None
         # Terminating gateway: each linked service's leaf, and the TLS contexts to services that want TLS.
         self._linked_tls: dict[str, tuple[str, Leaf, bytes]] = {}
+        self._linked_state: dict[str, TLSState] = {}  # built when a leaf arrives, not on every snapshot
+        self._dispatch: tuple[Any, ssl.SSLContext] | None = None  # (what it was built from, the context)
         self._origination: dict[str, ssl.SSLContext] = {}
         self._load_origination(config)
         self.holder = SnapshotHolder(self._build())
@@ -311,8 +313,12 @@ class SnapshotBuilder:
         if roots_pem == self._extra_roots:
             return
         self._extra_roots = roots_pem
+        for service, inputs in self._linked_tls.items():
+            self._linked_state[service] = TLSState.build(inputs[0], inputs[1], _merge_pem(inputs[2], roots_pem))
         if self._tls_inputs is not None:
             self.set_tls(*self._tls_inputs)
+        elif self._linked_tls:
+            self.publish()
 
     @property
     def extra_roots(self) -> bytes:
@@ -393,16 +399,15 @@ class SnapshotBuilder:
     def set_linked_tls(self, service: str, trust_domain: str, leaf: Leaf, roots_pem: bytes) -> None:
         """A terminating gateway's leaf for one of its linked services."""
         self._linked_tls[service] = (trust_domain, leaf, roots_pem)
+        self._linked_state[service] = TLSState.build(trust_domain, leaf, _merge_pem(roots_pem, self._extra_roots))
         self.publish()
 
     def _terminating_routes(self, td: str) -> TerminatingRoutes:
         cfg = self.config
         linked: dict[str, LinkedView] = {}
         for ls in cfg.linked_services:
-            got = self._linked_tls.get(ls.name)
-            server_ctx = None
-            if got is not None and got[1].not_before <= time.time() < got[1].not_after:
-                server_ctx = server_context(_merge_pem(got[2], self._extra_roots), got[1].cert_pem, got[1].key_pem)
+            state = self._linked_state.get(ls.name)
+            server_ctx = state.server_ctx if state is not None and state.valid() else None
             if ls.address is not None:
                 eps: tuple[Endpoint, ...] = (Endpoint(ls.address.host, ls.address.port, cfg.datacenter),)
             else:
@@ -422,9 +427,14 @@ class SnapshotBuilder:
                 tls_required=ls.ca_file is not None,
             )
         by_name = {v.sni: v.server_ctx for v in linked.values() if v.server_ctx is not None}
+        roots = self._tls.roots_pem if self._tls is not None else b""
+        # Rebuilt only when a name, a leaf or the roots change, not on every catalog or intention change.
+        key = (tuple(sorted((name, id(ctx)) for name, ctx in by_name.items())), roots)
+        if self._dispatch is None or self._dispatch[0] != key:
+            self._dispatch = (key, sni_dispatch_context(by_name, roots))
         return TerminatingRoutes(
             linked=MappingProxyType(linked),
-            dispatch_ctx=sni_dispatch_context(by_name, self._tls.roots_pem if self._tls is not None else b""),
+            dispatch_ctx=self._dispatch[1],
             by_ctx=MappingProxyType({id(v.server_ctx): v for v in linked.values() if v.server_ctx is not None}),
         )
 
