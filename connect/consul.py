@@ -190,8 +190,7 @@ class ConsulControlPlane:
         builder: SnapshotBuilder,
         provide_certs: bool,
         ready: Callable[[], tuple[bool, str]],
-        on_listeners: Callable[[tuple[Any, ...]], None] | None = None,
-        on_linked: Callable[[tuple[Any, ...]], None] | None = None,
+        on_entry: Callable[[tuple[Any, ...]], None] | None = None,
     ):
         assert config.control_plane.consul is not None
         self.config = config
@@ -199,10 +198,9 @@ class ConsulControlPlane:
         self.builder = builder
         self.provide_certs = provide_certs
         self.ready = ready
-        # An ingress gateway without listeners in its YAML takes them from its Consul config entry.
-        self.on_listeners = on_listeners
-        # A terminating gateway without services in its YAML takes them from its Consul config entry.
-        self.on_linked = on_linked
+        # A gateway whose YAML leaves its listeners (ingress) or linked services (terminating) to Consul: what its
+        # config entry says goes here.
+        self.on_entry = on_entry
         self._leaf_watched: set[str] = set()
         self.api = ConsulAPI(self.cfg)
         self.health = WatchHealth(on_change=self._on_health)
@@ -257,9 +255,9 @@ class ConsulControlPlane:
             self._watched_services.add((gw, dc))
             self._spawn(loop, self._watch_upstream(gw, dc, "service"), f"watch-gateways-{dc}")
         self._spawn(loop, self._watch_intentions(), "watch-intentions")
-        if cfg.mode == "ingress-gateway" and self.on_listeners is not None:
-            self._names.add("config/ingress-gateway")
-            self._spawn(loop, self._watch_ingress_entry(), "watch-ingress-gateway")
+        if cfg.mode in ("ingress-gateway", "terminating-gateway") and self.on_entry is not None:
+            self._names.add(f"config/{cfg.mode}")
+            self._spawn(loop, self._watch_gateway_entry(), f"watch-{cfg.mode}")
         if cfg.upstreams or cfg.mode != "sidecar":
             # The discovery chain's config entries (consul.md §8.1, §8.3-§8.5): resolvers for every upstream
             # (redirect, subsets, failover), routers and splitters for HTTP ones; a mesh gateway needs the
@@ -275,9 +273,6 @@ class ConsulControlPlane:
         if self.provide_certs:
             self._spawn(loop, self._watch_leaf(), "watch-leaf")
         self._watch_linked(cfg.linked_services)
-        if cfg.mode == "terminating-gateway" and self.on_linked is not None:
-            self._names.add("config/terminating-gateway")
-            self._spawn(loop, self._watch_terminating_entry(), "watch-terminating-gateway")
         if self.cfg.register:
             self._spawn(loop, self._registration(), "registration")
 
@@ -337,30 +332,40 @@ class ConsulControlPlane:
                 asyncio.get_running_loop(), self._watch_upstream(service, dc, kind), f"watch-{kind}-{service}-{dc}"
             )
 
-    async def _watch_ingress_entry(self) -> None:
+    async def _watch_gateway_entry(self) -> None:
         """``consul config write`` of this gateway's ingress-gateway entry (or Nomad's gateway block, which writes
-        it) sets the listeners. A bad entry is said in one line and the listeners serving stay."""
-        name = self.config.service.name
-        where = f"consul config ingress-gateway/{name}"
+        it) sets its listeners; of its terminating-gateway entry, its linked services. A bad entry is said in one
+        line and what is serving stays."""
+        kind, name = self.config.mode, self.config.service.name
+        where = f"consul config {kind}/{name}"
 
         async def fetch(index: int) -> tuple[int, Any]:
-            return await self.api.blocking_get(f"/v1/config/ingress-gateway/{name}", index, allow_404=True)
+            return await self.api.blocking_get(f"/v1/config/{kind}/{name}", index, allow_404=True)
 
         def on_data(entry: Any) -> None:
             try:
-                ups = ingress_listeners_from_entry(entry or {}, self.config.service.address, where)
+                if kind == "ingress-gateway":
+                    value: tuple[Any, ...] = ingress_listeners_from_entry(
+                        entry or {}, self.config.service.address, where
+                    )
+                else:
+                    value = linked_services_from_entry(entry or {}, where)
             except ConfigError as e:
                 metrics.CONTROL_PLANE_ERRORS.labels("config-entries").inc()
                 for line in e.problems:
-                    log.error("%s (listeners unchanged)", line)
+                    log.error("%s (unchanged)", line)
                 return
-            for u in ups:
-                self._watch_service(u.service, self.config.datacenter)
-            log.info("%s: %d listener(s)", where, len({u.bind for u in ups}))
-            assert self.on_listeners is not None
-            self.on_listeners(ups)
+            if kind == "ingress-gateway":
+                for u in value:
+                    self._watch_service(u.service, self.config.datacenter)
+                log.info("%s: %d listener(s)", where, len({u.bind for u in value}))
+            else:
+                self._watch_linked(value)
+                log.info("%s: %d linked service(s)", where, len(value))
+            assert self.on_entry is not None
+            self.on_entry(value)
 
-        await blocking_watch("config/ingress-gateway", fetch, on_data, self.health)
+        await blocking_watch(f"config/{kind}", fetch, on_data, self.health)
 
     def _watch_linked(self, linked: tuple[Any, ...]) -> None:
         """A terminating gateway presents each linked service's leaf and dials its instances (unless an address is
@@ -372,29 +377,6 @@ class ConsulControlPlane:
                 self._spawn(loop, self._watch_leaf(ls.name), f"watch-leaf-{ls.name}")
             if ls.address is None:
                 self._watch_service(ls.name, self.config.datacenter, "service")
-
-    async def _watch_terminating_entry(self) -> None:
-        """``consul config write`` of this gateway's terminating-gateway entry links services to it."""
-        name = self.config.service.name
-        where = f"consul config terminating-gateway/{name}"
-
-        async def fetch(index: int) -> tuple[int, Any]:
-            return await self.api.blocking_get(f"/v1/config/terminating-gateway/{name}", index, allow_404=True)
-
-        def on_data(entry: Any) -> None:
-            try:
-                linked = linked_services_from_entry(entry or {}, where)
-            except ConfigError as e:
-                metrics.CONTROL_PLANE_ERRORS.labels("config-entries").inc()
-                for line in e.problems:
-                    log.error("%s (linked services unchanged)", line)
-                return
-            self._watch_linked(linked)
-            log.info("%s: %d linked service(s)", where, len(linked))
-            assert self.on_linked is not None
-            self.on_linked(linked)
-
-        await blocking_watch("config/terminating-gateway", fetch, on_data, self.health)
 
     async def _watch_catalog_services(self) -> None:
         """A mesh gateway routes to any service of its datacenter: watch the service list, then each service's

@@ -10,7 +10,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from connect.builtin_certs import BuiltinCertProvider
 from connect.local import LocalControlPlane
 from gateway import metrics
 from gateway.admin import Admin
-from gateway.config import Config, ConfigError, LinkedServiceConfig, UpstreamConfig, load_config
+from gateway.config import Config, ConfigError, load_config
 from gateway.listeners import InboundListener, IngressHTTPListener, Listener, UpstreamListener
 from gateway.preflight import check_files
 from gateway.render import TemplateRunner
@@ -31,14 +31,26 @@ class StartupError(Exception):
     """Start-up failed for a reason the operator can fix (one line)."""
 
 
-def listeners_from_consul(cfg: Config) -> bool:
-    """An ingress gateway whose file lists no listeners takes them from its Consul ingress-gateway entry, a
-    terminating gateway whose file links no services from its terminating-gateway entry."""
+def consul_supplied(cfg: Config) -> str | None:
+    """The config field a gateway's Consul entry fills when the file leaves it empty: an ingress gateway's listeners
+    (as upstreams) from its ingress-gateway entry, a terminating gateway's linked services from its
+    terminating-gateway entry. None: the file says it all."""
     if cfg.control_plane.type != "consul":
-        return False
-    if cfg.mode == "ingress-gateway":
-        return not cfg.upstreams
-    return cfg.mode == "terminating-gateway" and not cfg.linked_services
+        return None
+    if cfg.mode == "ingress-gateway" and not cfg.upstreams:
+        return "upstreams"
+    if cfg.mode == "terminating-gateway" and not cfg.linked_services:
+        return "linked_services"
+    return None
+
+
+def _needs_new_certs(old: Config, new: Config) -> bool:
+    return (
+        new.certificates != old.certificates
+        or new.service.name != old.service.name
+        or new.datacenter != old.datacenter
+        or [ls.name for ls in new.linked_services] != [ls.name for ls in old.linked_services]
+    )
 
 
 def _listener_specs(cfg: Config) -> dict[tuple[Any, ...], Any]:
@@ -90,7 +102,7 @@ class Sidecar:
         self.holder = self.builder.holder
         self.templates: TemplateRunner | None = None
         # Decided by the file, before Consul's listeners fill the running config's upstreams.
-        self._listeners_from_consul = listeners_from_consul(config)
+        self._consul_field = consul_supplied(config)
         self.control_plane = self._make_control_plane(config)
         self.certs = self._make_certs(config)
         self.listeners: dict[tuple[Any, ...], Listener] = {}
@@ -98,8 +110,7 @@ class Sidecar:
         self.draining = False
         self._background: set[asyncio.Task[Any]] = set()
         self._listeners_lock = asyncio.Lock()
-        self._consul_upstreams: tuple[UpstreamConfig, ...] | None = None
-        self._consul_linked: tuple[LinkedServiceConfig, ...] | None = None
+        self._from_consul: dict[str, Any] = {}  # the last value Consul supplied, per config field
 
     # ------------------------------------------------------------------ construction
 
@@ -113,49 +124,32 @@ class Sidecar:
                 self.builder,
                 provide_certs=cfg.certificates.type == "consul",
                 ready=self._ready,
-                on_listeners=self._on_consul_listeners
-                if self._listeners_from_consul and cfg.mode == "ingress-gateway"
-                else None,
-                on_linked=self._on_consul_linked
-                if self._listeners_from_consul and cfg.mode == "terminating-gateway"
-                else None,
+                on_entry=self._on_consul_entry(self._consul_field) if self._consul_field else None,
             )
         return LocalControlPlane(
             cfg.control_plane.local, cfg.datacenter, self.builder.set_catalog, self.builder.set_intentions
         )
 
-    def _on_consul_listeners(self, upstreams: tuple[UpstreamConfig, ...]) -> None:
-        self._bg(self._set_consul_listeners(upstreams))
+    def _on_consul_entry(self, field: str) -> Callable[[tuple[Any, ...]], None]:
+        return lambda value: self._bg(self._set_from_consul(field, value))
 
-    async def _set_consul_listeners(self, upstreams: tuple[UpstreamConfig, ...]) -> None:
-        """An ingress gateway's listeners from its Consul entry: a new config for the snapshot and the listeners,
-        kept across SIGHUP reloads (the file has none)."""
+    async def _set_from_consul(self, field: str, value: tuple[Any, ...]) -> None:
+        """A gateway's Consul entry changed ``field`` (consul_supplied): a new config for the snapshot, the leaves
+        and the listeners, kept across SIGHUP reloads (the file has none)."""
         async with self._listeners_lock:
-            if upstreams == self.config.upstreams:
+            old = self.config
+            if getattr(old, field) == value:
                 return
-            self._consul_upstreams = upstreams
-            new = dataclasses.replace(self.config, upstreams=upstreams)
-            self.config = new
-            self.builder.reconfigure(new)
-            await self._sync_listeners(new, strict=False)
-
-    def _on_consul_linked(self, linked: tuple[LinkedServiceConfig, ...]) -> None:
-        self._bg(self._set_consul_linked(linked))
-
-    async def _set_consul_linked(self, linked: tuple[LinkedServiceConfig, ...]) -> None:
-        """A terminating gateway's linked services from its Consul entry: leaves for them, a new snapshot."""
-        async with self._listeners_lock:
-            if linked == self.config.linked_services:
-                return
-            self._consul_linked = linked
-            new = dataclasses.replace(self.config, linked_services=linked)
-            if new.certificates.type != "consul":  # with Consul's CA the control plane watches their leaves
+            self._from_consul[field] = value
+            new = dataclasses.replace(old, **{field: value})
+            if _needs_new_certs(old, new):
                 certs = self._make_certs(new)
                 await certs.start()
                 await self.certs.stop()
                 self.certs = certs
             self.config = new
             self.builder.reconfigure(new)
+            await self._sync_listeners(new, strict=False)
 
     def _not_ready(self) -> str | None:
         if self.draining:
@@ -284,17 +278,15 @@ class Sidecar:
             for line in e.problems:
                 log.error("reload rejected: %s", line)
             return False
-        was_from_consul = self._listeners_from_consul
-        self._listeners_from_consul = listeners_from_consul(new)
-        if self._listeners_from_consul and new.mode == "ingress-gateway" and self._consul_upstreams is not None:
-            new = dataclasses.replace(new, upstreams=self._consul_upstreams)  # the file has none: Consul's stay
-        if self._listeners_from_consul and new.mode == "terminating-gateway" and self._consul_linked is not None:
-            new = dataclasses.replace(new, linked_services=self._consul_linked)
+        was_field = self._consul_field
+        self._consul_field = consul_supplied(new)
+        if self._consul_field in self._from_consul:  # the file has none: Consul's stay
+            new = dataclasses.replace(new, **{self._consul_field: self._from_consul[self._consul_field]})
         old = self.config
         try:
             await self._apply(old, new)
         except (ConfigError, StartupError) as e:
-            self._listeners_from_consul = was_from_consul
+            self._consul_field = was_field
             metrics.CONFIG_RELOADS.labels("rejected").inc()
             log.error("reload rejected: %s", e)
             return False
@@ -303,12 +295,7 @@ class Sidecar:
         return True
 
     async def _apply(self, old: Config, new: Config) -> None:
-        if (
-            new.certificates != old.certificates
-            or new.service.name != old.service.name
-            or new.datacenter != old.datacenter
-            or [ls.name for ls in new.linked_services] != [ls.name for ls in old.linked_services]
-        ):
+        if _needs_new_certs(old, new):
             certs = self._make_certs(new)
             await certs.start()
             await self.certs.stop()

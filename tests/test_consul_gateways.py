@@ -101,13 +101,7 @@ def test_sidecar_reaches_another_datacenter_through_mesh_gateways(
     fed = Federation(tmp_path, {"dc1": dc1, "dc2": dc2})
     try:
         # `consul intention create web api`, sent to dc2 (intentions live with the destination).
-        r = requests.put(
-            f"{dc2.url}/v1/connect/intentions/exact",
-            params={"source": "web", "destination": "api"},
-            json={"SourceType": "consul", "Action": "allow"},
-            timeout=10,
-        )
-        assert r.status_code == 200, r.text
+        _allow(dc2.url, "web", "api")
         with echo_app(b"api@dc2:") as app:
             fed.run(
                 "api",
@@ -144,6 +138,17 @@ def test_sidecar_reaches_another_datacenter_through_mesh_gateways(
         fed.close()
 
 
+def _allow(consul_url: str, source: str, destination: str) -> None:
+    """What `consul intention create SOURCE DESTINATION` sends (intentions live with the destination's dc)."""
+    r = requests.put(
+        f"{consul_url}/v1/connect/intentions/exact",
+        params={"source": source, "destination": destination},
+        json={"SourceType": "consul", "Action": "allow"},
+        timeout=10,
+    )
+    assert r.status_code == 200, r.text
+
+
 def _config_write(consul_url: str, entry: dict[str, Any]) -> None:
     """What `consul config write entry.json` sends."""
     r = requests.put(f"{consul_url}/v1/config", json=entry, timeout=10)
@@ -156,12 +161,7 @@ def test_ingress_gateway_takes_its_listeners_from_consul(
     dc1, _ = federation
     fed = Federation(tmp_path, {"dc1": dc1})
     try:
-        requests.put(
-            f"{dc1.url}/v1/connect/intentions/exact",
-            params={"source": "ingress-gateway", "destination": "web"},
-            json={"SourceType": "consul", "Action": "allow"},
-            timeout=10,
-        ).raise_for_status()
+        _allow(dc1.url, "ingress-gateway", "web")
         with echo_app(b"web:") as app:
             inbound = {"bind": f"127.0.0.1:{free_port()}"}
             fed.run("web", "dc1", service={"name": "web", "port": app.port}, inbound=inbound)
@@ -227,12 +227,7 @@ def test_terminating_gateway_takes_its_services_from_consul(
             consul.Consul(host=dc1.host, port=dc1.port).agent.service.register(
                 "billing", service_id="billing-1", address="127.0.0.1", port=billing.port
             )
-            requests.put(
-                f"{dc1.url}/v1/connect/intentions/exact",
-                params={"source": "web", "destination": "billing"},
-                json={"SourceType": "consul", "Action": "allow"},
-                timeout=10,
-            ).raise_for_status()
+            _allow(dc1.url, "web", "billing")
             tgw_port = free_port()
             tgw = fed.run(
                 "tgw",
@@ -277,12 +272,7 @@ def test_terminating_gateway_with_consul_certificates(
     certs = {"type": "consul"}
     try:
         with echo_app(b"billing:") as billing:
-            requests.put(
-                f"{dc1.url}/v1/connect/intentions/exact",
-                params={"source": "web", "destination": "billing"},
-                json={"SourceType": "consul", "Action": "allow"},
-                timeout=10,
-            ).raise_for_status()
+            _allow(dc1.url, "web", "billing")
             tgw_port = free_port()
             tgw = fed.run(
                 "tgw",
