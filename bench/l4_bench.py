@@ -582,7 +582,16 @@ def start_meshgw(h: Harness, certs: Certs, app_port: int, timeout: float) -> Pai
         front,
         back,
         procs,
-        {"version": f"git {rev}{' +uncommitted' if dirty else ''}", "python": platform.python_version()},
+        {
+            "version": f"git {rev}{' +uncommitted' if dirty else ''}",
+            "python": platform.python_version(),
+            "data_path": subprocess.run(
+                [sys.executable, "-c", "from gateway import native; print(native.describe())"],
+                capture_output=True,
+                text=True,
+                cwd=str(REPO),
+            ).stdout.strip(),
+        },
         {"upstream": pf, "inbound": pb},
     )
 
@@ -1115,6 +1124,9 @@ def print_report(out: dict[str, Any]) -> None:
     ]
     if vers:
         print("versions: " + "; ".join(vers))
+    dp = (results.get("meshgw") or {}).get("info", {}).get("data_path")
+    if dp:
+        print(f"meshgw data path: {dp}")
     noisy = [LABEL[v] for v in out["variants"] if (results.get(v) or {}).get("other_cpu_cores", 0) > NOISY]
     if noisy:
         print(f"WARNING: other load on the machine during {', '.join(noisy)}: numbers are less trustworthy.")

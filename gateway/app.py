@@ -16,7 +16,7 @@ from typing import Any
 
 from connect.builtin_certs import BuiltinCertProvider
 from connect.local import LocalControlPlane
-from gateway import metrics
+from gateway import metrics, native
 from gateway.admin import Admin
 from gateway.config import Config, ConfigError, load_config
 from gateway.listeners import InboundListener, IngressHTTPListener, Listener, UpstreamListener
@@ -224,11 +224,12 @@ class Sidecar:
                 f"{self.config.path}: admin.bind: cannot listen on {self.config.admin.bind}: {e.strerror or e}"
             ) from None
         log.info(
-            "meshgw ready: service %s in %s, admin on %s:%s",
+            "meshgw ready: service %s in %s, admin on %s:%s, %s",
             self.config.service.name,
             self.config.datacenter,
             self.config.admin.bind.host,
             self.admin.port,
+            native.describe(),
         )
 
     async def _start_listener(self, key: tuple[Any, ...], cfg: Config) -> None:

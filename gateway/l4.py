@@ -16,9 +16,15 @@ refusals are counted by reason.
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import ssl
 from collections.abc import Callable
 from typing import Any
+
+from gateway import native
+
+log = logging.getLogger("meshgw.l4")
 
 # Bytes accepted from one side while the other is not connected yet (TLS handshake, app connect);
 # past this the reading side is paused so a fast client cannot make us buffer without limit.
@@ -403,16 +409,28 @@ def _session_cache(context: ssl.SSLContext) -> dict[Any, ssl.SSLSession]:
     return cache
 
 
+class _HandedOver(asyncio.Protocol):
+    """The protocol of a transport whose socket the native data path took over: closing it closes only the
+    event loop's descriptor, not the connection, and nobody needs to hear about it."""
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        return None
+
+
+_HANDED_OVER = _HandedOver()
+
+
 class Relay:
     """One proxied connection: a downstream side (who called us) and an upstream side (who we called)."""
 
-    __slots__ = ("down", "on_close", "started", "up")
+    __slots__ = ("down", "native", "on_close", "started", "up")
 
     def __init__(self, on_close: Callable[[Relay], None]):
         self.down: Side = Side(self)
         self.up: Side = Side(self)
         self.on_close: Callable[[Relay], None] | None = on_close
         self.started = False
+        self.native: Any = None  # the native relay once the data path was handed over (gateway/_relaycore.c)
 
     def start(self) -> None:
         """Both sides are connected: flush what was held and forward from now on."""
@@ -422,10 +440,64 @@ class Relay:
             return
         self.down.connect_to(self.up)
         self.up.connect_to(self.down)
+        if native.available():
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Give both sockets (and the TLS sessions on them) to the native data path, when nothing is in flight
+        inside Python: no queued write, no end of stream seen, handshakes done."""
+        sides = (self.down, self.up)
+        for s in sides:
+            t = s.transport
+            if t is None or s.lost or s.eof or t.is_closing() or t.get_write_buffer_size():
+                return
+            if isinstance(s, TLSSide) and (not s.handshake.done() or s._shutdown_sent):
+                return
+        fds: list[int] = []
+        tls: list[Any] = []
+        ticket_end, on_ticket = -1, None
+        try:
+            for i, s in enumerate(sides):
+                fds.append(os.dup(s.transport.get_extra_info("socket").fileno()))  # type: ignore[union-attr]
+                if isinstance(s, TLSSide):
+                    tls += [s._ssl, s._ssl.context]
+                    if s._want_session:
+                        ticket_end, on_ticket = i, s._save_session
+                else:
+                    tls += [None, None]
+            core = native.core(asyncio.get_running_loop())
+            self.native = core.relay(
+                fds[0], tls[0], tls[1], fds[1], tls[2], tls[3], self._native_closed, on_ticket, ticket_end
+            )
+        except (TypeError, ValueError) as e:
+            for fd in fds:
+                os.close(fd)
+            native.disable(str(e))
+            return
+        except OSError as e:
+            for fd in fds:
+                os.close(fd)
+            log.warning("relay stays in Python: %s", e)
+            return
+        for s in sides:
+            t = s.transport
+            s.lost = True  # its transport is no longer this relay's way to the peer
+            t.set_protocol(_HANDED_OVER)  # type: ignore[union-attr]
+            t.close()  # type: ignore[union-attr]  # nothing is queued: only the loop's descriptor closes
+
+    def _native_closed(self, _native: Any) -> None:
+        self._finish()
 
     def counts(self) -> tuple[int, int]:
         """(bytes from downstream, bytes from upstream) once started, for the listener's metrics."""
-        return (self.down.nbytes, self.up.nbytes) if self.started else (0, 0)
+        if not self.started:
+            return (0, 0)
+        down, up = self.down.nbytes, self.up.nbytes
+        if self.native is not None:
+            nd, nu = self.native.counts()
+            down += nd
+            up += nu
+        return down, up
 
     def side_lost(self, side: Side) -> None:
         if side is not self.down and side is not self.up:
@@ -439,12 +511,18 @@ class Relay:
             self._finish()
 
     def close(self) -> None:
+        if self.native is not None:
+            self.native.close()
+            return
         self.down.close()
         self.up.close()
         if not self.started:
             self._finish()
 
     def abort(self) -> None:
+        if self.native is not None:
+            self.native.abort()
+            return
         self.down.abort()
         self.up.abort()
         self._finish()

@@ -6,5 +6,6 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 "$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "meshgw needs Python 3.11 or newer")'
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
+./scripts/native-deps.sh
 .venv/bin/python -m pip install -q --disable-pip-version-check -e .
 exec .venv/bin/meshgw demo "$@"
