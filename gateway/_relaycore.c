@@ -5,9 +5,10 @@
  * socket write. In Python that work went through the event loop's stream callbacks, a Protocol method, two
  * memory-BIO calls and a bytes object per record; the bench showed that part (interpreter and uvloop, not the
  * syscalls nor the crypto) as what meshgw spent beyond HAProxy per request. Here a relay is two file
- * descriptors and, for a TLS end, the same OpenSSL SSL object Python's ssl module made and handshook (over
- * memory BIOs): the data path keeps using those BIOs, so nothing about the TLS session changes hands but who
- * calls SSL_read and SSL_write.
+ * descriptors and, for a TLS end, the same OpenSSL SSL object Python's ssl module made and handshook over
+ * memory BIOs. On hand-over that SSL object's BIOs are replaced by one of ours that reads from and writes to
+ * the socket itself (bytes still waiting in Python's incoming BIO are read first): memory BIOs cost two
+ * extra copies of every byte per side, which was most of the difference with Envoy in bulk transfers.
  *
  * One Core per event loop owns an epoll set; the loop watches its descriptor (loop.add_reader) and calls
  * Core.poll(), which handles every ready socket in one call. Level-triggered; single-threaded (the GIL is
@@ -60,7 +61,11 @@ typedef struct {
     int idx;
     int fd;
     SSL *ssl; /* NULL: plaintext end */
-    BIO *rbio, *wbio;
+    BIO *bio;  /* ours, on the socket: the SSL's read and write BIO */
+    char *pre; /* ciphertext read before the hand-over (Python's incoming BIO): OpenSSL gets it first */
+    size_t pre_off, pre_len;
+    int sock_eof;  /* the socket read returned 0 */
+    int sock_err;  /* a socket error seen inside OpenSSL's BIO calls (errno) */
     char *out; /* bytes accepted for this socket that it did not take yet */
     size_t out_off, out_len, out_cap;
     uint32_t events; /* what epoll watches now */
@@ -96,9 +101,10 @@ static PyTypeObject RelayType;
 /* One thread runs a poll at a time (the GIL is held), so these are shared scratch space. */
 static char rbuf[READ_CHUNK];
 static char pbuf[READ_CHUNK];
-static char cbuf[READ_CHUNK + 1024];
+static BIO_METHOD *fd_method;
 
 static void relay_abort(Relay *r);
+static void decrypt(Relay *r, int i);
 static void relay_finish(Relay *r);
 static void end_writing(Relay *r, int i);
 static void core_reap(Core *c);
@@ -136,6 +142,9 @@ static void end_close(Relay *r, int i) {
     free(x->out);
     x->out = NULL;
     x->out_off = x->out_len = x->out_cap = 0;
+    free(x->pre);
+    x->pre = NULL;
+    x->pre_off = x->pre_len = 0;
     if (r->e[0].fd < 0 && r->e[1].fd < 0)
         relay_finish(r);
 }
@@ -162,28 +171,29 @@ static int out_append(End *x, const char *data, size_t len) {
     return 0;
 }
 
-/* Bytes for end i's socket: written now if nothing is queued before them, the rest queued. */
-static void send_bytes(Relay *r, int i, const char *data, size_t len) {
+/* Bytes for end i's socket: written now if nothing is queued before them, the rest queued (and the end that
+ * feeds this one paused past HIGH_WATER). -1 (errno kept) on a socket error: the caller aborts. */
+static int send_raw(Relay *r, int i, const char *data, size_t len) {
     End *x = &r->e[i];
-    if (x->fd < 0 || len == 0)
-        return;
+    if (x->fd < 0)
+        return -1;
+    if (len == 0)
+        return 0;
     if (x->out_len == 0) {
         ssize_t n = send(x->fd, data, len, MSG_NOSIGNAL);
         if (n == (ssize_t)len)
-            return;
+            return 0;
         if (n < 0) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-                relay_abort(r);
-                return;
-            }
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+                return -1;
             n = 0;
         }
         data += n;
         len -= (size_t)n;
     }
     if (out_append(x, data, len) < 0) {
-        relay_abort(r);
-        return;
+        errno = ENOMEM;
+        return -1;
     }
     end_watch(r, i);
     End *feeder = &r->e[1 - i];
@@ -191,17 +201,12 @@ static void send_bytes(Relay *r, int i, const char *data, size_t len) {
         feeder->paused = 1;
         end_watch(r, 1 - i);
     }
+    return 0;
 }
 
-/* What OpenSSL wrote into end i's outgoing memory BIO goes to its socket. */
-static void flush_tls(Relay *r, int i) {
-    End *x = &r->e[i];
-    while (!r->finished && x->fd >= 0 && BIO_ctrl_pending(x->wbio) > 0) {
-        int n = BIO_read(x->wbio, cbuf, sizeof cbuf);
-        if (n <= 0)
-            break;
-        send_bytes(r, i, cbuf, (size_t)n);
-    }
+static void send_bytes(Relay *r, int i, const char *data, size_t len) {
+    if (send_raw(r, i, data, len) < 0)
+        relay_abort(r);
 }
 
 /* Plaintext from the other end, for end i's peer. */
@@ -214,13 +219,82 @@ static void deliver(Relay *r, int i, const char *data, size_t len) {
         return;
     }
     ERR_clear_error();
-    int n = SSL_write(x->ssl, data, (int)len);
+    int n = SSL_write(x->ssl, data, (int)len); /* records go out through fd_write, one send() each */
     if (n <= 0) {
         ERR_clear_error();
         relay_abort(r);
-        return;
     }
-    flush_tls(r, i);
+}
+
+/* ------------------------------------------------------------------------------------------ the socket BIO */
+
+/* OpenSSL's writes: sent now, or queued in the end's ``out`` when the socket is full. Never "retry": a queued
+ * record counts as written, so SSL_write never has to be repeated with the same arguments, and back-pressure
+ * is the relay's (the feeding end is paused), as with the memory BIO this replaces. */
+static int fd_write(BIO *b, const char *data, int len) {
+    End *x = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    if (x == NULL || x->fd < 0)
+        return -1;
+    if (send_raw(x->owner, x->idx, data, (size_t)len) < 0) {
+        x->sock_err = errno ? errno : EIO;
+        return -1;
+    }
+    return len;
+}
+
+static int fd_read(BIO *b, char *buf, int len) {
+    End *x = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    if (x == NULL || x->fd < 0)
+        return -1;
+    if (x->pre_len) {
+        size_t n = x->pre_len < (size_t)len ? x->pre_len : (size_t)len;
+        memcpy(buf, x->pre + x->pre_off, n);
+        x->pre_off += n;
+        x->pre_len -= n;
+        if (x->pre_len == 0) {
+            free(x->pre);
+            x->pre = NULL;
+            x->pre_off = 0;
+        }
+        return (int)n;
+    }
+    ssize_t n = read(x->fd, buf, (size_t)len);
+    if (n > 0)
+        return (int)n;
+    if (n == 0) {
+        x->sock_eof = 1;
+        return 0;
+    }
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+        BIO_set_retry_read(b);
+        return -1;
+    }
+    x->sock_err = errno;
+    return -1;
+}
+
+static long fd_ctrl(BIO *b, int cmd, long num, void *ptr) {
+    End *x = BIO_get_data(b);
+    switch (cmd) {
+    case BIO_CTRL_FLUSH:
+        return 1; /* nothing is held here: what send() did not take is in ``out`` */
+    case BIO_CTRL_EOF:
+        return x != NULL && x->sock_eof;
+    default:
+        return 0;
+    }
+}
+
+static int fd_create(BIO *b) {
+    BIO_set_init(b, 1);
+    return 1;
+}
+
+static int fd_destroy(BIO *b) {
+    BIO_set_data(b, NULL); /* the End may be gone already: the SSL object can outlive its relay */
+    return 1;
 }
 
 static void flush_out(Relay *r, int i) {
@@ -267,9 +341,8 @@ static void end_writing(Relay *r, int i) {
     x->wr_eof = 1;
     if (x->ssl != NULL) {
         ERR_clear_error();
-        SSL_shutdown(x->ssl);
+        SSL_shutdown(x->ssl); /* close_notify, through fd_write */
         ERR_clear_error();
-        flush_tls(r, i);
     } else if (x->out_len) {
         x->shut_pending = 1;
     } else {
@@ -326,17 +399,24 @@ static void check_ticket(Relay *r, int i) {
     Py_XDECREF(res);
 }
 
-/* Decrypt what end i's incoming BIO holds; the plaintext goes to the other end in batches of up to
- * READ_CHUNK (several records, one write). */
+/* Bytes decrypted per call before other sockets get a turn (the socket stays readable: epoll comes back). */
+#define DECRYPT_BUDGET (1024 * 1024)
+
+/* Read and decrypt from end i's socket (OpenSSL reads through fd_read, read-ahead on); the plaintext goes to
+ * the other end in batches of up to READ_CHUNK (several records, one write). Stops at WANT_READ, or at the
+ * budget or when paused, but never with records left inside OpenSSL: no socket event would announce those. */
 static void decrypt(Relay *r, int i) {
     End *x = &r->e[i];
-    size_t have = 0;
+    size_t have = 0, total = 0;
     int eof = 0;
     for (;;) {
+        if ((x->paused || total >= DECRYPT_BUDGET) && !SSL_has_pending(x->ssl))
+            break;
         ERR_clear_error();
         int n = SSL_read(x->ssl, pbuf + have, (int)(sizeof pbuf - have));
         if (n > 0) {
             have += (size_t)n;
+            total += (size_t)n;
             x->nbytes += (unsigned long long)n;
             if (have == sizeof pbuf) {
                 deliver(r, 1 - i, pbuf, have);
@@ -350,43 +430,41 @@ static void decrypt(Relay *r, int i) {
         ERR_clear_error();
         if (err == SSL_ERROR_WANT_READ)
             break;
-        if (err == SSL_ERROR_ZERO_RETURN) {
-            eof = 1;
+        if (err == SSL_ERROR_ZERO_RETURN || (x->sock_eof && !x->sock_err)) {
+            eof = 1; /* close_notify, or a TCP FIN without it */
             break;
         }
-        relay_abort(r); /* a bad record, a failed MAC, an alert: nothing more can be trusted on this end */
+        if (have)
+            deliver(r, 1 - i, pbuf, have);
+        relay_abort(r); /* a bad record, a failed MAC, an alert, a reset: nothing more can be trusted here */
         return;
     }
     if (have)
         deliver(r, 1 - i, pbuf, have);
     if (r->finished)
         return;
-    flush_tls(r, i); /* a post-handshake message (key update) may have an answer */
-    if (r->finished)
+    if (x->sock_err) {
+        relay_abort(r); /* a write inside SSL_read (a key update's answer) failed */
         return;
+    }
     check_ticket(r, i);
     if (eof && !r->finished && !x->rd_eof)
         got_eof(r, i);
 }
 
-/* ``force``: read even when paused (the socket reported an error or a hang-up: what is left must be read). */
 static void read_end(Relay *r, int i, int force) {
     End *x = &r->e[i];
     for (int rounds = 0; rounds < 4; rounds++) {
         if (x->fd < 0 || x->rd_eof || (x->paused && !force) || x->close_pending || r->finished)
             return;
+        if (x->ssl != NULL) {
+            decrypt(r, i);
+            return;
+        }
         ssize_t n = read(x->fd, rbuf, sizeof rbuf);
         if (n > 0) {
-            if (x->ssl != NULL) {
-                if (BIO_write(x->rbio, rbuf, (int)n) != (int)n) {
-                    relay_abort(r);
-                    return;
-                }
-                decrypt(r, i);
-            } else {
-                x->nbytes += (unsigned long long)n;
-                deliver(r, 1 - i, rbuf, (size_t)n);
-            }
+            x->nbytes += (unsigned long long)n;
+            deliver(r, 1 - i, rbuf, (size_t)n);
             if ((size_t)n < sizeof rbuf)
                 return;
             continue;
@@ -466,8 +544,12 @@ static void core_reap(Core *c) {
             Py_CLEAR(r->on_ticket);
             Py_CLEAR(r->sslrefs[0]);
             Py_CLEAR(r->sslrefs[1]);
-            for (int i = 0; i < 2; i++)
+            for (int i = 0; i < 2; i++) {
+                if (r->e[i].bio != NULL)
+                    BIO_set_data(r->e[i].bio, NULL); /* the SSL object (and our BIO in it) may live on */
+                r->e[i].bio = NULL;
                 r->e[i].ssl = NULL;
+            }
             if (cb != NULL) {
                 PyObject *res = PyObject_CallOneArg(cb, (PyObject *)r);
                 if (res == NULL)
@@ -491,6 +573,8 @@ static void Relay_dealloc(Relay *r) {
         }
         free(r->e[i].out);
         r->e[i].out = NULL;
+        free(r->e[i].pre);
+        r->e[i].pre = NULL;
     }
     Py_XDECREF(r->sslrefs[0]);
     Py_XDECREF(r->sslrefs[1]);
@@ -569,17 +653,49 @@ static int end_init(Relay *r, int i, int fd, PyObject *sslobj, PyObject *context
             PyErr_SetString(PyExc_ValueError, "the TLS handshake is not finished");
             return -1;
         }
-        x->ssl = ssl;
-        x->rbio = SSL_get_rbio(ssl);
-        x->wbio = SSL_get_wbio(ssl);
-        if (x->rbio == NULL || x->wbio == NULL) {
-            PyErr_SetString(PyExc_ValueError, "the SSL object has no memory BIOs");
+        if (SSL_get_rbio(ssl) == NULL || SSL_get_wbio(ssl) == NULL) {
+            PyErr_SetString(PyExc_ValueError, "the SSL object has no BIOs");
             return -1;
         }
+        x->ssl = ssl;
         Py_INCREF(sslobj);
         r->sslrefs[i] = sslobj;
     }
     x->fd = fd;
+    return 0;
+}
+
+/* Put our socket BIO under end i's SSL object, keeping what Python's memory BIOs still hold: unread
+ * ciphertext becomes ``pre`` (read first), unsent ciphertext is sent first. -1 with a Python error if out of
+ * memory (nothing changed then). */
+static int end_take_over(Relay *r, int i) {
+    End *x = &r->e[i];
+    SSL *ssl = x->ssl;
+    BIO *old_r = SSL_get_rbio(ssl), *old_w = SSL_get_wbio(ssl);
+    size_t pending = BIO_ctrl_pending(old_r);
+    BIO *b = BIO_new(fd_method);
+    if (b == NULL || (pending && (x->pre = malloc(pending)) == NULL)) {
+        BIO_free(b);
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (pending)
+        x->pre_len = (size_t)BIO_read(old_r, x->pre, (int)pending);
+    char buf[4096];
+    int n;
+    while ((n = BIO_read(old_w, buf, sizeof buf)) > 0)
+        if (send_raw(r, i, buf, (size_t)n) < 0)
+            x->sock_err = errno;
+    BIO_set_data(b, x);
+    BIO_up_ref(b); /* one reference for the read side, one for the write side: each set0 takes one */
+    SSL_set0_rbio(ssl, b);
+    SSL_set0_wbio(ssl, b);
+    x->bio = b;
+    /* Read as much as is there (a bulk transfer's records in one read), and keep the record buffers between
+     * records (Python's contexts release them when empty: an allocation per record). */
+    SSL_set_default_read_buffer_len(ssl, READ_CHUNK); /* four full records per read() */
+    SSL_set_read_ahead(ssl, 1);
+    SSL_clear_mode(ssl, SSL_MODE_RELEASE_BUFFERS);
     return 0;
 }
 
@@ -625,14 +741,33 @@ static PyObject *Core_relay(Core *c, PyObject *args) {
     } else {
         r->ticket_end = -1;
     }
+    for (int i = 0; i < 2; i++) {
+        if (r->e[i].ssl != NULL && end_take_over(r, i) < 0) {
+            if (i == 1 && r->e[0].ssl != NULL) {
+                /* end 0's SSL already reads our BIO: this relay cannot go back to Python; close it */
+                Py_INCREF(r);
+                relay_abort(r);
+                core_reap(c);
+                return (PyObject *)r;
+            }
+            epoll_ctl(c->epfd, EPOLL_CTL_DEL, r->e[0].fd, NULL);
+            epoll_ctl(c->epfd, EPOLL_CTL_DEL, r->e[1].fd, NULL);
+            r->e[0].fd = r->e[1].fd = -1;
+            Py_DECREF(r);
+            return NULL;
+        }
+    }
     /* The relay is alive while its sockets are: the core's reference goes with the on_close callback. */
     Py_INCREF(r);
     c->in_poll++;
-    /* Records that arrived with the end of the handshake are in the incoming BIO already: no socket event
-     * would announce them. */
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < 2; i++) {
+        if (r->e[i].sock_err && !r->finished)
+            relay_abort(r);
+        /* Records that came with the end of the handshake are in ``pre`` or the socket already: read them now,
+         * since ``pre`` has no socket event. */
         if (r->e[i].ssl != NULL && !r->finished)
             decrypt(r, i);
+    }
     c->in_poll--;
     core_reap(c);
     return (PyObject *)r;
@@ -710,6 +845,11 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "gateway._relaycore",
 PyMODINIT_FUNC PyInit__relaycore(void) {
     if (PyType_Ready(&CoreType) < 0 || PyType_Ready(&RelayType) < 0)
         return NULL;
+    fd_method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "meshgw relay socket");
+    if (fd_method == NULL || !BIO_meth_set_write(fd_method, fd_write) || !BIO_meth_set_read(fd_method, fd_read) ||
+        !BIO_meth_set_ctrl(fd_method, fd_ctrl) || !BIO_meth_set_create(fd_method, fd_create) ||
+        !BIO_meth_set_destroy(fd_method, fd_destroy))
+        return PyErr_NoMemory();
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
