@@ -418,6 +418,10 @@ class _HandedOver(asyncio.Protocol):
 
 
 _HANDED_OVER = _HandedOver()
+# A relay whose transports still hold queued bytes when it starts is handed over once they drained: retried
+# after 5 ms, doubling, for about 10 s in all.
+HAND_OVER_FIRST_RETRY = 0.005
+HAND_OVER_LAST_RETRY = 5.0
 
 
 class Relay:
@@ -441,18 +445,29 @@ class Relay:
         self.down.connect_to(self.up)
         self.up.connect_to(self.down)
         if native.available():
-            self._hand_over()
+            self._try_hand_over(HAND_OVER_FIRST_RETRY)
 
-    def _hand_over(self) -> None:
+    def _try_hand_over(self, delay: float) -> None:
+        if self.on_close is None or self.native is not None or not native.available():
+            return  # finished, or handed over already
+        if self._hand_over() == "later" and delay <= HAND_OVER_LAST_RETRY:
+            # Bytes are still queued in the event loop's transports (a client that wrote a lot before the upstream
+            # was connected): try again once they have gone, rather than keep the connection in Python for life.
+            asyncio.get_running_loop().call_later(delay, self._try_hand_over, delay * 2)
+
+    def _hand_over(self) -> str:
         """Give both sockets (and the TLS sessions on them) to the native data path, when nothing is in flight
-        inside Python: no queued write, no end of stream seen, handshakes done."""
+        inside Python: no queued write, no end of stream seen, handshakes done. Returns "done", "later" (writes
+        queued) or "never" (an end of stream or a close under way: this connection stays in Python)."""
         sides = (self.down, self.up)
         for s in sides:
             t = s.transport
-            if t is None or s.lost or s.eof or t.is_closing() or t.get_write_buffer_size():
-                return
+            if t is None or s.lost or s.eof or t.is_closing():
+                return "never"
             if isinstance(s, TLSSide) and (not s.handshake.done() or s._shutdown_sent):
-                return
+                return "never"
+        if any(s.transport.get_write_buffer_size() for s in sides):  # type: ignore[union-attr]
+            return "later"
         fds: list[int] = []
         tls: list[Any] = []
         ticket_end, on_ticket = -1, None
@@ -473,17 +488,18 @@ class Relay:
             for fd in fds:
                 os.close(fd)
             native.disable(str(e))
-            return
+            return "never"
         except OSError as e:
             for fd in fds:
                 os.close(fd)
             log.warning("relay stays in Python: %s", e)
-            return
+            return "never"
         for s in sides:
             t = s.transport
             s.lost = True  # its transport is no longer this relay's way to the peer
             t.set_protocol(_HANDED_OVER)  # type: ignore[union-attr]
             t.close()  # type: ignore[union-attr]  # nothing is queued: only the loop's descriptor closes
+        return "done"
 
     def _native_closed(self, _native: Any) -> None:
         self._finish()

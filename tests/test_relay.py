@@ -48,8 +48,9 @@ def contexts(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, 
 class Pair:
     """Relay A (plaintext in, mTLS out) and relay B (mTLS in, plaintext to the app) on one event loop thread."""
 
-    def __init__(self, impl: str, ctxs: tuple[ssl.SSLContext, ssl.SSLContext], app_port: int):
+    def __init__(self, impl: str, ctxs: tuple[ssl.SSLContext, ssl.SSLContext], app_port: int, sndbuf: int = 0):
         self.impl = impl
+        self.sndbuf = sndbuf  # SO_SNDBUF of relay A's mTLS socket (0: the kernel's)
         self.client_ctx, self.server_ctx = ctxs
         self.app_port = app_port
         self.loop = uvloop.new_event_loop()
@@ -94,7 +95,14 @@ class Pair:
         up = l4.TLSSide(relay, self.client_ctx, server_side=False, server_hostname="api.default.dc1.internal.x")
         relay.up = up
         try:
-            await self.loop.create_connection(lambda: up, "127.0.0.1", self.back)
+            if self.sndbuf:
+                sock = socket.socket()
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.sndbuf)
+                sock.setblocking(False)
+                await self.loop.sock_connect(sock, ("127.0.0.1", self.back))
+                await self.loop.create_connection(lambda: up, sock=sock)
+            else:
+                await self.loop.create_connection(lambda: up, "127.0.0.1", self.back)
             await up.handshake
         except (OSError, ssl.SSLError):
             relay.abort()
@@ -156,7 +164,10 @@ class App:
 
 @contextmanager
 def pair(
-    impl: str, ctxs: tuple[ssl.SSLContext, ssl.SSLContext], handler: Callable[[socket.socket], None]
+    impl: str,
+    ctxs: tuple[ssl.SSLContext, ssl.SSLContext],
+    handler: Callable[[socket.socket], None],
+    sndbuf: int = 0,
 ) -> Iterator[Pair]:
     if impl == "native" and not native.available():
         pytest.skip(f"native relay: {native.why_not}")
@@ -164,7 +175,7 @@ def pair(
     if impl == "python":
         native._module = None
     app = App(handler)
-    p = Pair(impl, ctxs, app.port)
+    p = Pair(impl, ctxs, app.port, sndbuf)
     try:
         p.start()
         yield p
@@ -371,3 +382,76 @@ def test_native_refuses_a_foreign_ssl_object() -> None:
         a.close()
         b.close()
 
+
+
+def chunked_echo(conn: socket.socket) -> None:
+    """Echoes what it reads in pieces of its own sizes, then half-closes when the client did."""
+    import random
+
+    rng = random.Random(conn.fileno())
+    while data := conn.recv(rng.choice((1, 7, 512, 16384, 65536))):
+        conn.sendall(data)
+    conn.shutdown(socket.SHUT_WR)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_many_connections_with_odd_write_sizes(impl: str, contexts: Any) -> None:
+    # Twenty connections at once, each writing its own payload in sizes that straddle TLS record and read-buffer
+    # boundaries (1 byte, a record and one byte, 64 KiB and more), reading the echo concurrently: every byte
+    # comes back in order on its own connection, and every relay ends.
+    import random
+
+    results: dict[int, bytes] = {}
+    payloads = {n: os.urandom(random.Random(n).randint(1, 600_000)) for n in range(20)}
+
+    def client(n: int, port: int) -> None:
+        rng = random.Random(1000 + n)
+        data = payloads[n]
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+            got = bytearray()
+            reader = threading.Thread(target=lambda: got.extend(recv_all(s)))
+            reader.start()
+            i = 0
+            while i < len(data):
+                step = rng.choice((1, 100, 16385, 65536, 200_000))
+                s.sendall(data[i : i + step])
+                i += step
+            s.shutdown(socket.SHUT_WR)
+            reader.join(20)
+            results[n] = bytes(got)
+
+    with pair(impl, contexts, chunked_echo) as p:
+        threads = [threading.Thread(target=client, args=(n, p.front)) for n in payloads]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert sorted(results) == sorted(payloads)
+        for n, data in payloads.items():
+            assert results[n] == data, f"connection {n}: {len(results[n])} of {len(data)} bytes, or out of order"
+        wait(lambda: len(p.closed) == 2 * len(payloads), "every relay to close")
+
+
+def late_echo(conn: socket.socket) -> None:
+    import time
+
+    time.sleep(0.3)  # reads nothing at first: what the client sends queues up in the relays
+    echo(conn)
+
+
+def test_relay_with_queued_bytes_goes_native_once_they_drain(contexts: Any) -> None:
+    # A client that writes a lot before the app reads leaves bytes queued in the event loop's transports when the
+    # relay starts; the hand-over waits for them to drain instead of keeping the connection in Python for life.
+    data = os.urandom(4 << 20)
+    # A small send buffer on relay A's mTLS socket: what it held while dialing cannot all go into the socket.
+    with pair("native", contexts, late_echo, sndbuf=4096) as p, socket.create_connection(("127.0.0.1", p.front)) as s:
+        s.settimeout(20)
+        got = bytearray()
+        reader = threading.Thread(target=lambda: got.extend(recv_exactly(s, len(data))))
+        reader.start()
+        s.sendall(data)
+        reader.join(20)
+        assert bytes(got) == data
+        wait(lambda: p.native_relays() == 2, "both relays to be handed over", timeout=15)
+        s.sendall(b"after")
+        assert recv_exactly(s, 5) == b"after"
