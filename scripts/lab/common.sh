@@ -11,7 +11,9 @@ export DEBIAN_FRONTEND=noninteractive
 say() { echo "lab[$ROLE]: $*"; }
 
 apt-get update -q
-apt-get install -y -q --no-install-recommends ca-certificates curl gnupg jq lsb-release python3 python3-venv unzip
+# gcc, libssl-dev and python3-dev build meshgw's native relay data path (gateway/_relaycore.c) at pip install.
+apt-get install -y -q --no-install-recommends ca-certificates curl gnupg jq lsb-release python3 python3-venv unzip \
+    gcc libc6-dev libssl-dev python3-dev
 
 # HashiCorp's packages come from HashiCorp's own apt repository, signed with its key.
 if [ ! -e /etc/apt/sources.list.d/hashicorp.list ]; then
@@ -35,4 +37,5 @@ if [ ! -x /usr/local/meshgw/bin/python ]; then
 fi
 /usr/local/meshgw/bin/python -m pip install -q --disable-pip-version-check --upgrade "$SRC"
 say "meshgw $(/usr/local/meshgw/bin/python -c 'import importlib.metadata as m; print(m.version("meshgw"))') in /usr/local/meshgw"
+say "$(/usr/local/meshgw/bin/python -c 'from gateway import native; print(native.describe())')"
 
