@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import signal
 import socket
@@ -15,6 +16,7 @@ import yaml
 from mesh import Mesh, echo_app, echo_roundtrip, free_port, wait_for
 
 from connect.ca import BuiltinCA
+from gateway import native
 
 pytestmark = pytest.mark.slow
 
@@ -41,6 +43,9 @@ def test_allowed_call_end_to_end(mesh: Mesh) -> None:
         wait_for(lambda: api.metric("meshgw_bytes_received_total", listener="inbound") >= len(payload), 5, "bytes")
         status, cfg = api.admin("/config")
         assert status == 200 and "PRIVATE KEY" not in cfg and "spiffe://test.consul" in cfg
+        # A real sidecar process relays on the native data path when the install built it (tests/test_relay.py
+        # checks that it did).
+        assert json.loads(cfg)["data_path"] == native.describe()
 
 
 def test_denied_by_intention_closes_before_the_app(mesh: Mesh) -> None:
