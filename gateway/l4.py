@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway import native
+from gateway.metrics import NATIVE_RELAYS
 
 log = logging.getLogger("meshgw.l4")
 
@@ -418,6 +419,7 @@ class _HandedOver(asyncio.Protocol):
 
 
 _HANDED_OVER = _HandedOver()
+_NATIVE_RELAYS_INC = NATIVE_RELAYS.inc
 # A relay whose transports still hold queued bytes when it starts is handed over once they drained: retried
 # after 5 ms, doubling, for about 10 s in all.
 HAND_OVER_FIRST_RETRY = 0.005
@@ -494,6 +496,7 @@ class Relay:
                 os.close(fd)
             log.warning("relay stays in Python: %s", e)
             return "never"
+        _NATIVE_RELAYS_INC()
         for s in sides:
             t = s.transport
             s.lost = True  # its transport is no longer this relay's way to the peer

@@ -53,6 +53,11 @@ GATEWAY_ROUTED = Counter(
     ["listener", "route"],
     registry=REGISTRY,
 )
+NATIVE_RELAYS = Counter(
+    "meshgw_native_relays",
+    "Relays (L4 connections, upgraded HTTP tunnels) handed to the native data path after their set-up.",
+    registry=REGISTRY,
+)
 CONNECTIONS_ACTIVE = Gauge(
     "meshgw_connections_active",
     "Connections currently open, by listener.",

@@ -15,6 +15,8 @@ import pytest
 from http_app import HTTPApp, http_app
 from mesh import Mesh, free_port, wait_for
 
+from gateway import native
+
 pytestmark = pytest.mark.slow
 
 L7 = {
@@ -149,6 +151,9 @@ def test_expect_100_continue(pair: Pair) -> None:
 
 
 def test_websocket_echo_through_the_mesh(pair: Pair) -> None:
+    def native_tunnels() -> float:
+        return min(sc.metric("meshgw_native_relays_total") for sc in pair.mesh.sidecars)
+
     async def run() -> list[str]:
         async with aiohttp.ClientSession() as s, s.ws_connect(f"http://127.0.0.1:{pair.up}/ws") as ws:
             out = []
@@ -156,12 +161,18 @@ def test_websocket_echo_through_the_mesh(pair: Pair) -> None:
                 await ws.send_str(word)
                 msg = await ws.receive(timeout=5)
                 out.append(msg.data)
+            if native.available():
+                # The upgraded connection is a plain byte relay now: both sidecars hand it to the native data path,
+                # and the WebSocket goes on over it.
+                await asyncio.to_thread(wait_for, lambda: native_tunnels() >= 1, 10, "tunnels handed over")
             await ws.send_bytes(b"\x00" * 100_000)
             msg = await ws.receive(timeout=5)
             assert msg.data == b"\x00" * 100_000
+            await ws.send_str("four")
+            out.append((await ws.receive(timeout=5)).data)
             return out
 
-    assert asyncio.run(run()) == ["api:one", "api:two", "api:three"]
+    assert asyncio.run(run()) == ["api:one", "api:two", "api:three", "api:four"]
 
 
 @pytest.mark.parametrize(
