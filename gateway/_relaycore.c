@@ -67,6 +67,7 @@ typedef struct {
     int sock_eof;  /* the socket read returned 0 */
     int sock_err;  /* a socket error seen inside OpenSSL's BIO calls (errno) */
     int cork;      /* fd_write queues instead of sending: several records leave in one send() */
+    int no_sock;   /* fd_read gives OpenSSL only what it holds, not the socket: paused or over budget */
     char *out; /* bytes accepted for this socket that it did not take yet */
     size_t out_off, out_len, out_cap;
     uint32_t events; /* what epoll watches now */
@@ -105,7 +106,7 @@ static char pbuf[READ_CHUNK];
 static BIO_METHOD *fd_method;
 
 static void relay_abort(Relay *r);
-static void decrypt(Relay *r, int i);
+static void decrypt(Relay *r, int i, int force);
 static void flush_out(Relay *r, int i);
 static void relay_finish(Relay *r);
 static void end_writing(Relay *r, int i);
@@ -284,6 +285,10 @@ static int fd_read(BIO *b, char *buf, int len) {
         }
         return (int)n;
     }
+    if (x->no_sock) {
+        BIO_set_retry_read(b);
+        return -1;
+    }
     ssize_t n = read(x->fd, buf, (size_t)len);
     if (n > 0)
         return (int)n;
@@ -435,15 +440,16 @@ static void check_ticket(Relay *r, int i) {
 #define DECRYPT_BUDGET (1024 * 1024)
 
 /* Read and decrypt from end i's socket (OpenSSL reads through fd_read, read-ahead on); the plaintext goes to
- * the other end in batches of up to READ_CHUNK (several records, one write). Stops at WANT_READ, or at the
- * budget or when paused, but never with records left inside OpenSSL: no socket event would announce those. */
-static void decrypt(Relay *r, int i) {
+ * the other end in batches of up to READ_CHUNK (several records, one write). Once paused (the other end's queue
+ * is full) or past the budget, the socket is no longer read, but every whole record OpenSSL already holds is
+ * still decrypted: no socket event would announce those, and stopping at a record boundary keeps what is
+ * queued bounded. ``force``: read the socket even when paused (it reported an error or a hang-up). */
+static void decrypt(Relay *r, int i, int force) {
     End *x = &r->e[i];
     size_t have = 0, total = 0;
     int eof = 0;
     for (;;) {
-        if ((x->paused || total >= DECRYPT_BUDGET) && !SSL_has_pending(x->ssl))
-            break;
+        x->no_sock = (x->paused && !force) || total >= DECRYPT_BUDGET;
         ERR_clear_error();
         int n = SSL_read(x->ssl, pbuf + have, (int)(sizeof pbuf - have));
         if (n > 0) {
@@ -490,7 +496,8 @@ static void read_end(Relay *r, int i, int force) {
         if (x->fd < 0 || x->rd_eof || (x->paused && !force) || x->close_pending || r->finished)
             return;
         if (x->ssl != NULL) {
-            decrypt(r, i);
+            decrypt(r, i, force);
+            x->no_sock = 0;
             return;
         }
         ssize_t n = read(x->fd, rbuf, sizeof rbuf);
@@ -634,6 +641,10 @@ static PyObject *Relay_counts(Relay *r, PyObject *unused) {
     return Py_BuildValue("(KK)", r->e[0].nbytes, r->e[1].nbytes);
 }
 
+static PyObject *Relay_queued(Relay *r, PyObject *unused) {
+    return Py_BuildValue("(nn)", (Py_ssize_t)r->e[0].out_len, (Py_ssize_t)r->e[1].out_len);
+}
+
 static PyObject *Relay_get_finished(Relay *r, void *closure) { return PyBool_FromLong(r->finished); }
 
 static PyMethodDef Relay_methods[] = {
@@ -641,6 +652,7 @@ static PyMethodDef Relay_methods[] = {
      "Graceful close: close_notify on TLS ends, flush what is queued, then close both sockets."},
     {"abort", (PyCFunction)Relay_abort, METH_NOARGS, "Close both sockets now, dropping what is queued."},
     {"counts", (PyCFunction)Relay_counts, METH_NOARGS, "(plaintext bytes from end 0, from end 1)"},
+    {"queued", (PyCFunction)Relay_queued, METH_NOARGS, "(bytes queued for end 0's socket, for end 1's)"},
     {NULL}};
 
 static PyGetSetDef Relay_getset[] = {{"finished", (getter)Relay_get_finished, NULL, NULL, NULL}, {NULL}};
@@ -797,8 +809,10 @@ static PyObject *Core_relay(Core *c, PyObject *args) {
             relay_abort(r);
         /* Records that came with the end of the handshake are in ``pre`` or the socket already: read them now,
          * since ``pre`` has no socket event. */
-        if (r->e[i].ssl != NULL && !r->finished)
-            decrypt(r, i);
+        if (r->e[i].ssl != NULL && !r->finished) {
+            decrypt(r, i, 0);
+            r->e[i].no_sock = 0;
+        }
     }
     c->in_poll--;
     core_reap(c);

@@ -455,3 +455,41 @@ def test_relay_with_queued_bytes_goes_native_once_they_drain(contexts: Any) -> N
         wait(lambda: p.native_relays() == 2, "both relays to be handed over", timeout=15)
         s.sendall(b"after")
         assert recv_exactly(s, 5) == b"after"
+
+
+def stall_then_drain(conn: socket.socket) -> None:
+    import time
+
+    time.sleep(1.5)  # reads nothing: everything the client sends must wait in bounded buffers
+    conn.sendall(hashlib.sha256(recv_exactly(conn, STALLED_UPLOAD)).digest())
+
+
+STALLED_UPLOAD = 32 << 20
+
+
+def test_native_queue_stays_bounded_while_the_app_does_not_read(contexts: Any) -> None:
+    # Relay B decrypts from the mesh and writes to an app that reads nothing: once its queue towards the app
+    # passes the high-water mark it must stop reading the TLS socket (records already inside OpenSSL excepted),
+    # so TCP's own window pushes back on the sender, instead of the queue growing with the upload. The sender is
+    # a TLS client in its own thread (one SSL_write for the whole upload, without the GIL), as a caller's sidecar
+    # in its own process would be.
+    import time
+
+    upload = os.urandom(STALLED_UPLOAD)
+    with pair("native", contexts, stall_then_drain) as p:
+        raw = socket.create_connection(("127.0.0.1", p.back))
+        s = contexts[0].wrap_socket(raw, server_hostname="api.default.dc1.internal.x")
+        s.settimeout(30)
+        sender = threading.Thread(target=lambda: s.sendall(upload))
+        sender.start()
+        deadline = time.monotonic() + 1.2
+        most = 0
+        while time.monotonic() < deadline:
+            queued = p.call(lambda: [r.native.queued() for r in p.relays if r.native is not None])
+            most = max([most, *(max(q) for q in queued)])
+            time.sleep(0.01)
+        assert 0 < most <= 512 * 1024 + 64 * 1024, most
+        sender.join(20)  # one SSL object must not be read and written from two threads at once
+        assert not sender.is_alive()
+        assert recv_exactly(s, 32) == hashlib.sha256(upload).digest()
+        s.close()
