@@ -47,7 +47,7 @@ typedef struct {
     PyObject *ctx;
 } SSLSocketHead;
 
-#define READ_CHUNK (64 * 1024)
+#define READ_CHUNK (256 * 1024)
 /* Bytes waiting for a slow socket past which the end feeding it stops being read (as PENDING_LIMIT in l4.py),
  * and below which it is read again. */
 #define HIGH_WATER (256 * 1024)
@@ -738,7 +738,7 @@ static int end_take_over(Relay *r, int i) {
     /* Read as much as is there: a bulk transfer's records in one read(). The record buffers stay released
      * while empty (SSL_MODE_RELEASE_BUFFERS, Python's default): keeping them cost 80 KiB per idle TLS
      * connection and measured no faster here. */
-    SSL_set_default_read_buffer_len(ssl, READ_CHUNK); /* four full records per read() */
+    SSL_set_default_read_buffer_len(ssl, READ_CHUNK); /* sixteen full records per read() */
     SSL_set_read_ahead(ssl, 1);
     return 0;
 }
