@@ -155,13 +155,15 @@ static void end_close(Relay *r, int i) {
 /* ------------------------------------------------------------------------------------------ writing */
 
 static int out_append(End *x, const char *data, size_t len) {
-    if (x->out_off && x->out_off + x->out_len + len > x->out_cap) {
+    if (x->out_off + x->out_len + len > x->out_cap && x->out_off >= x->out_len) {
+        /* Compact only when what moves is no more than what was sent since: each byte is moved at most once
+         * per byte sent, however the socket takes the queue in pieces. */
         memmove(x->out, x->out + x->out_off, x->out_len);
         x->out_off = 0;
     }
     if (x->out_off + x->out_len + len > x->out_cap) {
         size_t cap = x->out_cap ? x->out_cap : 16384;
-        while (cap < x->out_len + len)
+        while (cap < x->out_off + x->out_len + len)
             cap *= 2;
         char *n = realloc(x->out, cap);
         if (n == NULL)
