@@ -33,7 +33,7 @@ from gateway.http.proxy import ClientConnection, Exchange, ServerConnection
 from gateway.http.stats import Observer, incrementer
 from gateway.l4 import Relay, Side, TLSSide
 from gateway.snapshot import Endpoint, Snapshot, SnapshotHolder, TLSState, UpstreamView, upstream_key
-from gateway.tls import handshake_failure_reason, peer_identity
+from gateway.tls import PeerIdentity, handshake_failure_reason, peer_identity
 
 log = logging.getLogger("meshgw.listener")
 HANDSHAKE_TIMEOUT = 10.0
@@ -357,6 +357,29 @@ class Listener(abc.ABC):
                 self._ticker = None
 
 
+async def authenticated_peer(
+    side: TLSSide, trust_domain: str, deny: Callable[[str, str], None]
+) -> PeerIdentity | None:
+    """The mTLS handshake of an accepted connection and the caller's SPIFFE service identity in our trust domain;
+    None when refused (the connection aborted and ``deny(reason, detail)`` told)."""
+    try:
+        await side.handshake
+    except (ssl.SSLError, *CONNECT_ERRORS) as e:
+        side.abort()
+        deny(handshake_failure_reason(e), f"TLS handshake failed: {getattr(e, 'reason', None) or e}")
+        return None
+    peer = peer_identity(side.peercert())
+    if peer.service is None:
+        side.abort()
+        deny("no_spiffe_id", f"peer certificate has no service SPIFFE ID ({peer.uri})")
+        return None
+    if peer.service.trust_domain != trust_domain:
+        side.abort()
+        deny("foreign_trust_domain", f"{peer.uri} is not in trust domain {trust_domain}")
+        return None
+    return peer
+
+
 class InboundListener(Listener):
     name = "inbound"
 
@@ -401,21 +424,9 @@ class InboundListener(Listener):
 
     async def _serve(self, relay: Relay, side: TLSSide, snap: Snapshot) -> None:
         loop = asyncio.get_running_loop()
-        try:
-            await side.handshake
-        except (ssl.SSLError, *CONNECT_ERRORS) as e:
-            side.abort()
-            self._deny(handshake_failure_reason(e), f"TLS handshake failed: {getattr(e, 'reason', None) or e}")
-            return
         assert snap.tls is not None
-        peer = peer_identity(side.peercert())
-        if peer.service is None:
-            side.abort()
-            self._deny("no_spiffe_id", f"peer certificate has no service SPIFFE ID ({peer.uri})")
-            return
-        if peer.service.trust_domain != snap.tls.trust_domain:
-            side.abort()
-            self._deny("foreign_trust_domain", f"{peer.uri} is not in trust domain {snap.tls.trust_domain}")
+        peer = await authenticated_peer(side, snap.tls.trust_domain, self._deny)
+        if peer is None or peer.service is None:
             return
         if side.lost:
             return

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 
 from gateway import metrics
 from gateway.config import Config
 from gateway.l4 import Relay, Side, TLSSide
-from gateway.listeners import CONNECT_ERRORS, HANDSHAKE_TIMEOUT, Listener, _nodelay, connect_any
+from gateway.listeners import HANDSHAKE_TIMEOUT, Listener, _nodelay, authenticated_peer, connect_any
 from gateway.snapshot import Endpoint, LinkedView, Snapshot, SnapshotHolder
-from gateway.tls import handshake_failure_reason, peer_identity
 
 log = logging.getLogger("meshgw.gateway")
 
@@ -58,24 +56,14 @@ class TerminatingGatewayListener(Listener):
     async def _serve(self, relay: Relay, side: TLSSide, snap: Snapshot) -> None:
         routes, tls = snap.terminating, snap.tls
         assert routes is not None and tls is not None
-        try:
-            await side.handshake
-        except (ssl.SSLError, *CONNECT_ERRORS) as e:
-            side.abort()
-            # An SNI naming no linked service fails in the handshake (unrecognized_name): a TLS error.
-            self._deny(handshake_failure_reason(e), f"TLS handshake failed: {getattr(e, 'reason', None) or e}")
+        # An SNI naming no linked service fails in the handshake (unrecognized_name): a TLS error.
+        peer = await authenticated_peer(side, tls.trust_domain, self._deny)
+        if peer is None or peer.service is None:
             return
         view = routes.by_ctx.get(id(side.sslobj.context))
-        peer = peer_identity(side.peercert())
         if view is None:  # cannot happen once the handshake passed the SNI callback; refuse all the same
             side.abort()
             return self._deny("tls_error", "no linked service for this connection")
-        if peer.service is None:
-            side.abort()
-            return self._deny("no_spiffe_id", f"peer certificate has no service SPIFFE ID ({peer.uri})")
-        if peer.service.trust_domain != tls.trust_domain:
-            side.abort()
-            return self._deny("foreign_trust_domain", f"{peer.uri} is not in trust domain {tls.trust_domain}")
         decision = view.intentions.authorize_l4(peer.service.service, peer.service.namespace)
         if not decision.allowed:
             side.abort()

@@ -30,7 +30,7 @@ import httptools
 
 from gateway import native
 from gateway.http.headers import ResponseHead, render_response_head, simple_response
-from gateway.l4 import HAND_OVER_FIRST_RETRY, HAND_OVER_LAST_RETRY, Relay, Side
+from gateway.l4 import HAND_OVER_FIRST_RETRY, Relay, Side
 
 log = logging.getLogger("meshgw.http")
 
@@ -492,11 +492,11 @@ class ServerConnection:
         self.draining = False
         self.idle_since = time.monotonic()
         self.out: list[bytes] | None = None  # writes held while a client connection's read is being parsed
-        self.tunnel: Relay | None = None  # an upgraded connection carried by the native data path
+        self.tunnel: Relay | None = None  # an upgraded connection, carried by the native data path once .native
 
     def counts(self) -> tuple[int, int]:
-        tunnel = self.tunnel
-        return (self.side.nbytes + (tunnel.counts()[0] if tunnel is not None else 0), 0)
+        carried = self.tunnel.native if self.tunnel is not None else None
+        return (self.side.nbytes + (carried.counts()[0] if carried is not None else 0), 0)
 
     # -- owner protocol for the Side
 
@@ -534,14 +534,14 @@ class ServerConnection:
             self.side.send(out[0] if len(out) == 1 else b"".join(out))
 
     def close(self) -> None:
-        if self.tunnel is not None:
+        if self.tunnel is not None and self.tunnel.native is not None:
             self.tunnel.close()
             return
         self.flush()
         self.side.close()
 
     def abort(self) -> None:
-        if self.tunnel is not None:
+        if self.tunnel is not None and self.tunnel.native is not None:
             self.tunnel.abort()
             return
         self.out = None
@@ -744,20 +744,13 @@ class ServerConnection:
         if ex is not None:
             ex.out = None  # everything received so far went upstream when the request was attached
         if native.available():
-            # After this read's writes (the 101 itself) have gone: a tunnel is an L4 relay from now on, and a
-            # WebSocket may carry traffic for hours.
-            asyncio.get_running_loop().call_soon(self._tunnel_native, client, HAND_OVER_FIRST_RETRY)
-
-    def _tunnel_native(self, client: ClientConnection, delay: float) -> None:
-        if self.closed or client.closed or self.tunnel is not None or self.upgraded_to is not client:
-            return
-        relay = Relay(on_close=lambda _r: self._tunnel_closed(client))
-        relay.down, relay.up, relay.started = self.side, client.side, True
-        result = relay._hand_over()
-        if result == "done":
+            # A tunnel is an L4 relay from now on (a WebSocket may carry traffic for hours): the relay's own
+            # hand-over, once this read's writes (the 101 itself) have gone. Until it happens, or if it never does
+            # (an end of stream first), this connection and ``client`` go on relaying in Python.
+            relay = Relay(on_close=lambda _r: self._tunnel_closed(client))
+            relay.down, relay.up, relay.started = self.side, client.side, True
             self.tunnel = relay
-        elif result == "later" and delay <= HAND_OVER_LAST_RETRY:
-            asyncio.get_running_loop().call_later(delay, self._tunnel_native, client, delay * 2)
+            asyncio.get_running_loop().call_soon(relay._try_hand_over, HAND_OVER_FIRST_RETRY)
 
     def _tunnel_closed(self, client: ClientConnection) -> None:
         # What the two sockets' connection_lost would have done: the exchange ends, the listener counts it.
