@@ -10,7 +10,8 @@ setup(
     ext_modules=[
         Extension(
             "gateway._relaycore",
-            sources=["gateway/_relaycore.c"],
+            sources=["gateway/_relaycore.c", "gateway/_httpcore.c"],
+            depends=["gateway/_core.h"],
             libraries=["ssl", "crypto"],
             extra_compile_args=["-O2", "-Wall", "-Wno-missing-field-initializers"],
             optional=True,

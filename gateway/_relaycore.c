@@ -23,6 +23,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -31,60 +32,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
-/* The first fields of CPython's _ssl objects (Modules/_ssl.c: PySSLContext, PySSLSocket; the same from 3.7
- * to 3.13). Only read after checking the object's type name and that its context field is the SSLContext the
- * caller passed, and that the SSL's SSL_CTX is that context's: a layout change fails those checks instead of
- * being dereferenced. */
-typedef struct {
-    PyObject_HEAD
-    SSL_CTX *ctx;
-} SSLContextHead;
-
-typedef struct {
-    PyObject_HEAD
-    PyObject *socket;
-    SSL *ssl;
-    PyObject *ctx;
-} SSLSocketHead;
-
-#define READ_CHUNK (256 * 1024)
-/* Bytes waiting for a slow socket past which the end feeding it stops being read (as PENDING_LIMIT in l4.py),
- * and below which it is read again. */
-#define HIGH_WATER (256 * 1024)
-#define LOW_WATER (64 * 1024)
-#define MAX_EVENTS 64
-
-struct Relay;
-
-typedef struct {
-    struct Relay *owner;
-    int idx;
-    int fd;
-    SSL *ssl; /* NULL: plaintext end */
-    BIO *bio;  /* ours, on the socket: the SSL's read and write BIO */
-    char *pre; /* ciphertext read before the hand-over (Python's incoming BIO): OpenSSL gets it first */
-    size_t pre_off, pre_len;
-    int sock_eof;  /* the socket read returned 0 */
-    int sock_err;  /* a socket error seen inside OpenSSL's BIO calls (errno) */
-    int cork;      /* fd_write queues instead of sending: several records leave in one send() */
-    int no_sock;   /* fd_read gives OpenSSL only what it holds, not the socket: paused or over budget */
-    char *out; /* bytes accepted for this socket that it did not take yet */
-    size_t out_off, out_len, out_cap;
-    uint32_t events; /* what epoll watches now */
-    unsigned rd_eof : 1;       /* the peer sent all it will (FIN or close_notify) */
-    unsigned wr_eof : 1;       /* we ended our sending (close_notify queued, or FIN) */
-    unsigned shut_pending : 1; /* send FIN once ``out`` is flushed */
-    unsigned close_pending : 1; /* close once ``out`` is flushed */
-    unsigned paused : 1;       /* not read: the other end's ``out`` is full */
-    unsigned long long nbytes; /* plaintext bytes received from this end */
-} End;
-
-typedef struct Core {
-    PyObject_HEAD
-    int epfd;
-    int in_poll;
-    PyObject *dead; /* relays finished during a poll: callbacks run once the batch is done */
-} Core;
+#include "_core.h"
 
 typedef struct Relay {
     PyObject_HEAD
@@ -103,14 +51,13 @@ static PyTypeObject RelayType;
 /* One thread runs a poll at a time (the GIL is held), so these are shared scratch space. */
 static char rbuf[READ_CHUNK];
 static char pbuf[READ_CHUNK];
-static BIO_METHOD *fd_method;
+BIO_METHOD *fd_method;
 
 static void relay_abort(Relay *r);
 static void decrypt(Relay *r, int i, int force);
 static void flush_out(Relay *r, int i);
 static void relay_finish(Relay *r);
 static void end_writing(Relay *r, int i);
-static void core_reap(Core *c);
 
 /* ------------------------------------------------------------------------------------------ epoll */
 
@@ -154,7 +101,7 @@ static void end_close(Relay *r, int i) {
 
 /* ------------------------------------------------------------------------------------------ writing */
 
-static int out_append(End *x, const char *data, size_t len) {
+int out_append(End *x, const char *data, size_t len) {
     if (x->out_off + x->out_len + len > x->out_cap && x->out_off >= x->out_len) {
         /* Compact only when what moves is no more than what was sent since: each byte is moved at most once
          * per byte sent, however the socket takes the queue in pieces. */
@@ -259,6 +206,13 @@ static int fd_write(BIO *b, const char *data, int len) {
     if (x->cork) {
         if (out_append(x, data, (size_t)len) < 0) {
             x->sock_err = ENOMEM;
+            return -1;
+        }
+        return len;
+    }
+    if (x->kind == K_HTTP) {
+        if (http_sock_write(x, data, (size_t)len) < 0) {
+            x->sock_err = errno ? errno : EIO;
             return -1;
         }
         return len;
@@ -568,7 +522,7 @@ static void relay_finish(Relay *r) {
         core_reap(r->core);
 }
 
-static void core_reap(Core *c) {
+void core_reap(Core *c) {
     while (PyList_GET_SIZE(c->dead)) {
         PyObject *batch = c->dead;
         c->dead = PyList_New(0);
@@ -579,6 +533,10 @@ static void core_reap(Core *c) {
         }
         Py_ssize_t n = PyList_GET_SIZE(batch);
         for (Py_ssize_t k = 0; k < n; k++) {
+            if (Py_TYPE(PyList_GET_ITEM(batch, k)) == &HttpConnType) {
+                http_reap(PyList_GET_ITEM(batch, k));
+                continue;
+            }
             Relay *r = (Relay *)PyList_GET_ITEM(batch, k);
             PyObject *cb = r->on_close;
             r->on_close = NULL;
@@ -671,7 +629,7 @@ static PyTypeObject RelayType = {
 
 /* ------------------------------------------------------------------------------------------ Python API: Core */
 
-static SSL *ssl_of(PyObject *sslobj, PyObject *context) {
+SSL *ssl_of(PyObject *sslobj, PyObject *context) {
     if (sslobj == Py_None)
         return NULL;
     if (strcmp(Py_TYPE(sslobj)->tp_name, "_ssl._SSLSocket") != 0) {
@@ -711,11 +669,10 @@ static int end_init(Relay *r, int i, int fd, PyObject *sslobj, PyObject *context
     return 0;
 }
 
-/* Put our socket BIO under end i's SSL object, keeping what Python's memory BIOs still hold: unread
- * ciphertext becomes ``pre`` (read first), unsent ciphertext is sent first. -1 with a Python error if out of
- * memory (nothing changed then). */
-static int end_take_over(Relay *r, int i) {
-    End *x = &r->e[i];
+/* Put our socket BIO under the end's SSL object, keeping what Python's memory BIOs still hold: unread
+ * ciphertext becomes ``pre`` (read first), unsent ciphertext is queued to go first (the caller watches for
+ * writability). -1 with a Python error if out of memory (nothing changed then). */
+int end_take_over(End *x) {
     SSL *ssl = x->ssl;
     BIO *old_r = SSL_get_rbio(ssl), *old_w = SSL_get_wbio(ssl);
     size_t pending = BIO_ctrl_pending(old_r);
@@ -730,8 +687,8 @@ static int end_take_over(Relay *r, int i) {
     char buf[4096];
     int n;
     while ((n = BIO_read(old_w, buf, sizeof buf)) > 0)
-        if (send_raw(r, i, buf, (size_t)n) < 0)
-            x->sock_err = errno;
+        if (out_append(x, buf, (size_t)n) < 0)
+            x->sock_err = ENOMEM;
     BIO_set_data(b, x);
     BIO_up_ref(b); /* one reference for the read side, one for the write side: each set0 takes one */
     SSL_set0_rbio(ssl, b);
@@ -788,7 +745,7 @@ static PyObject *Core_relay(Core *c, PyObject *args) {
         r->ticket_end = -1;
     }
     for (int i = 0; i < 2; i++) {
-        if (r->e[i].ssl != NULL && end_take_over(r, i) < 0) {
+        if (r->e[i].ssl != NULL && end_take_over(&r->e[i]) < 0) {
             if (i == 1 && r->e[0].ssl != NULL) {
                 /* end 0's SSL already reads our BIO: this relay cannot go back to Python; close it */
                 Py_INCREF(r);
@@ -809,6 +766,8 @@ static PyObject *Core_relay(Core *c, PyObject *args) {
     for (int i = 0; i < 2; i++) {
         if (r->e[i].sock_err && !r->finished)
             relay_abort(r);
+        if (!r->finished)
+            end_watch(r, i); /* ciphertext the handshake left queued */
         /* Records that came with the end of the handshake are in ``pre`` or the socket already: read them now,
          * since ``pre`` has no socket event. */
         if (r->e[i].ssl != NULL && !r->finished) {
@@ -821,6 +780,52 @@ static PyObject *Core_relay(Core *c, PyObject *args) {
     return (PyObject *)r;
 }
 
+/* An HTTP connection handed back to Python (a request the native engine does not serve): its socket ``from``
+ * becomes end 0 of a new relay whose end 1 is ``fd`` (a socketpair to the Python HTTP server), as if Python had
+ * handed both over. The End moves: its BIO and epoll entry are pointed at the new place. */
+PyObject *relay_adopt(Core *c, End *from, PyObject *sslref, int fd, PyObject *on_close, const char *data,
+                      size_t len) {
+    Relay *r = PyObject_New(Relay, &RelayType);
+    if (r == NULL)
+        return NULL;
+    memset((char *)r + sizeof(PyObject), 0, sizeof(Relay) - sizeof(PyObject));
+    Py_INCREF(c);
+    r->core = c;
+    r->ticket_end = -1;
+    r->e[0] = *from;
+    r->e[0].kind = K_RELAY;
+    r->e[0].owner = r;
+    r->e[0].idx = 0;
+    r->e[0].paused = 0;
+    r->e[1].owner = r;
+    r->e[1].idx = 1;
+    r->e[1].fd = fd;
+    Py_XINCREF(sslref);
+    r->sslrefs[0] = sslref;
+    Py_INCREF(on_close);
+    r->on_close = on_close;
+    if (r->e[0].bio != NULL)
+        BIO_set_data(r->e[0].bio, &r->e[0]);
+    struct epoll_event ev;
+    ev.events = EPOLLIN;
+    ev.data.ptr = &r->e[0];
+    epoll_ctl(c->epfd, EPOLL_CTL_MOD, r->e[0].fd, &ev);
+    r->e[0].events = EPOLLIN;
+    ev.data.ptr = &r->e[1];
+    epoll_ctl(c->epfd, EPOLL_CTL_ADD, fd, &ev);
+    r->e[1].events = EPOLLIN;
+    Py_INCREF(r); /* the core's, as in Core.relay */
+    end_watch(r, 0);
+    /* What the HTTP connection had read but not served goes first; a client that already half-closed has its
+     * end of stream passed on after it. */
+    deliver(r, 1, data, len);
+    if (!r->finished && r->e[0].rd_eof) {
+        r->e[0].rd_eof = 0;
+        got_eof(r, 0);
+    }
+    return (PyObject *)r;
+}
+
 static PyObject *Core_poll(Core *c, PyObject *unused) {
     struct epoll_event evs[MAX_EVENTS];
     c->in_poll++;
@@ -830,11 +835,21 @@ static PyObject *Core_poll(Core *c, PyObject *unused) {
             break;
         for (int k = 0; k < n; k++) {
             End *x = (End *)evs[k].data.ptr;
-            handle(x->owner, x->idx, evs[k].events);
+            if (x == NULL) {
+                uint64_t v;
+                if (read(c->wakefd, &v, sizeof v) < 0 && errno != EAGAIN)
+                    PyErr_WriteUnraisable((PyObject *)c);
+                continue;
+            }
+            if (x->kind == K_HTTP)
+                http_handle(x, evs[k].events);
+            else
+                handle(x->owner, x->idx, evs[k].events);
         }
         if (n < MAX_EVENTS)
             break;
     }
+    http_run_kicks(c);
     c->in_poll--;
     core_reap(c);
     Py_RETURN_NONE;
@@ -854,8 +869,18 @@ static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
         Py_DECREF(c);
         return NULL;
     }
+    c->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    struct epoll_event ev;
+    ev.events = EPOLLIN;
+    ev.data.ptr = NULL;
+    if (c->wakefd < 0 || epoll_ctl(c->epfd, EPOLL_CTL_ADD, c->wakefd, &ev) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        Py_DECREF(c);
+        return NULL;
+    }
     c->dead = PyList_New(0);
-    if (c->dead == NULL) {
+    c->kicks = PyList_New(0);
+    if (c->dead == NULL || c->kicks == NULL) {
         Py_DECREF(c);
         return NULL;
     }
@@ -865,7 +890,10 @@ static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
 static void Core_dealloc(Core *c) {
     if (c->epfd >= 0)
         close(c->epfd);
+    if (c->wakefd > 0)
+        close(c->wakefd);
     Py_XDECREF(c->dead);
+    Py_XDECREF(c->kicks);
     Py_TYPE(c)->tp_free((PyObject *)c);
 }
 
@@ -873,6 +901,12 @@ static PyMethodDef Core_methods[] = {
     {"relay", (PyCFunction)Core_relay, METH_VARARGS,
      "relay(fd0, ssl0, ctx0, fd1, ssl1, ctx1, on_close, on_ticket, ticket_end) -> Relay. Takes ownership of "
      "both descriptors; ssl is an _ssl._SSLSocket over memory BIOs with its handshake done, or None."},
+    {"http", (PyCFunction)Core_http, METH_VARARGS,
+     "http(fd, ssl, ctx, on_request, on_fallback, on_close, peer_ip, extra_response_headers, early=b'') -> "
+     "HttpConn: a downstream HTTP/1.1 connection served natively (see _httpcore.c). Takes ownership of the descriptor."},
+    {"upstream", (PyCFunction)Core_upstream, METH_VARARGS,
+     "upstream(fd, ssl, ctx) -> HttpConn: a connection to an upstream (the app, or a mesh endpoint over mTLS) "
+     "for native exchanges. Takes ownership of the descriptor."},
     {"poll", (PyCFunction)Core_poll, METH_NOARGS, "Handle every ready socket (call when fileno() is readable)."},
     {"fileno", (PyCFunction)Core_fileno, METH_NOARGS, "The epoll descriptor for the event loop to watch."},
     {NULL}};
@@ -891,7 +925,8 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "gateway._relaycore",
                                     "Native data path for established L4 relays.", -1, NULL};
 
 PyMODINIT_FUNC PyInit__relaycore(void) {
-    if (PyType_Ready(&CoreType) < 0 || PyType_Ready(&RelayType) < 0)
+    if (PyType_Ready(&CoreType) < 0 || PyType_Ready(&RelayType) < 0 || PyType_Ready(&HttpConnType) < 0 ||
+        http_init() < 0)
         return NULL;
     fd_method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "meshgw relay socket");
     if (fd_method == NULL || !BIO_meth_set_write(fd_method, fd_write) || !BIO_meth_set_read(fd_method, fd_read) ||
@@ -905,6 +940,8 @@ PyMODINIT_FUNC PyInit__relaycore(void) {
     PyModule_AddObject(m, "Core", (PyObject *)&CoreType);
     Py_INCREF(&RelayType);
     PyModule_AddObject(m, "Relay", (PyObject *)&RelayType);
+    Py_INCREF(&HttpConnType);
+    PyModule_AddObject(m, "HttpConn", (PyObject *)&HttpConnType);
     /* The OpenSSL this module was built against; Python's ssl must use the same library (checked on import
      * by gateway/native.py). */
     PyModule_AddIntConstant(m, "OPENSSL_VERSION_NUMBER", (long)OpenSSL_version_num());

@@ -25,8 +25,10 @@ from typing import Any
 
 from gateway import metrics
 from gateway.config import Address, Config, UpstreamConfig
+from gateway.http import native_http
 from gateway.http.flow import FlowSide, FlowTLSSide
 from gateway.http.headers import render_request_head
+from gateway.http.native_http import HttpConn, NativeExchange
 from gateway.http.outbound import Call, ClusterRuntime, code_class
 from gateway.http.pool import ConnectionPool
 from gateway.http.proxy import ClientConnection, Exchange, ServerConnection
@@ -163,7 +165,7 @@ class _LazyHeaders(Mapping[str, str]):
 
     __slots__ = ("_d", "_raw")
 
-    def __init__(self, raw: list[tuple[bytes, bytes]]):
+    def __init__(self, raw: list[tuple[bytes, bytes]] | Callable[[], list[tuple[bytes, bytes]]]):
         self._raw = raw
         self._d: dict[str, str] | None = None
 
@@ -171,7 +173,8 @@ class _LazyHeaders(Mapping[str, str]):
         d = self._d
         if d is None:
             d = {}
-            for n, v in self._raw:
+            raw = self._raw
+            for n, v in raw() if callable(raw) else raw:
                 k = n.decode("latin-1").lower()
                 val = v.decode("latin-1")
                 d[k] = f"{d[k]},{val}" if k in d else val
@@ -225,6 +228,17 @@ class Listener(abc.ABC):
         self._status_inc[min(max(status // 100, 1), 5) - 1]()
         if ex is not None:
             self._latency(time.monotonic() - ex.started)
+
+    def _native_finished(self, ex: NativeExchange, status: int) -> None:
+        """An exchange of the native engine is over (gateway/http/native_http.py): what ``_on_response`` and
+        ``on_done`` do for the Python proxy's."""
+        if status:
+            self._status_inc[min(max(status // 100, 1), 5) - 1]()
+            self._latency((ex.head_time or time.monotonic()) - ex.started)
+        self._done(ex)
+
+    def _done(self, ex: Any) -> None:
+        return None
 
     def _request_timeout(self, ex: Exchange) -> None:
         ex.deadline = 0.0
@@ -293,6 +307,11 @@ class Listener(abc.ABC):
         than the rest of the request bookkeeping). Deadlines are met within TICK."""
         now = time.monotonic()
         for conn in list(self.relays):
+            if type(conn) is HttpConn:
+                deadline = conn.deadline
+                if deadline and deadline <= now and conn.token is not None:
+                    self._request_timeout(conn.token)
+                continue
             queue = getattr(conn, "queue", None)
             if queue:
                 ex = queue[0]
@@ -315,7 +334,7 @@ class Listener(abc.ABC):
     def _sweep(self, now: float) -> None:
         before = now - self.idle_timeout
         for conn in list(self.relays):
-            if isinstance(conn, ServerConnection) and conn.idle() and conn.idle_since < before:
+            if isinstance(conn, (ServerConnection, HttpConn)) and conn.idle() and conn.idle_since < before:
                 self.m_timeouts["idle"].inc()
                 conn.close()
         self.pool.close_idle(before)
@@ -458,18 +477,85 @@ class InboundListener(Listener):
 
     def _serve_http(self, side: TLSSide, source: str, source_ns: str, snap: Snapshot) -> None:
         peer = side.transport.get_extra_info("peername") if side.transport else None
+        ip = peer[0] if peer else ""
+        self.m_accepted.inc()
+        if native_http.enabled():
+            native = native_http.serve(
+                side,
+                ip,
+                lambda c, method, url: self._native_request(c, method, url, source, source_ns),
+                lambda c, fd: native_http.fallback(
+                    self, c, fd, lambda s, _t: self._http_server(s, ip, source, source_ns, snap)
+                ),
+                self._closed,  # type: ignore[arg-type]
+            )
+            if native is not None:
+                native.source = source  # for access logs
+                self._track(native)
+                native.start()
+                return
+        self._http_server(side, ip, source, source_ns, snap)
+
+    def _http_server(self, side: Side, ip: str, source: str, source_ns: str, snap: Snapshot) -> None:
         conn = ServerConnection(
             side,
             handle=lambda ex: self._request(conn, ex, source, source_ns, snap),
             on_response=self._on_response,
             on_close=self._closed,  # type: ignore[arg-type]
-            peer_ip=peer[0] if peer else "",
+            peer_ip=ip,
             on_done=self._done,
         )
         conn.source = source  # type: ignore[attr-defined]  # for access logs
         self._track(conn)  # type: ignore[arg-type]
-        self.m_accepted.inc()
         side.set_sink(conn.feed)
+
+    def _native_request(self, conn: Any, method: bytes | None, url: bytes | None, source: str, source_ns: str) -> Any:
+        """A request on a connection the native engine serves: the intention decides, the app gets it."""
+        if method is None or url is None:
+            self._on_response(None, 400)  # malformed: the engine answers 400
+            return None
+        ex = NativeExchange(conn, method, url, self)
+        snap = self.holder.current
+        path = url.split(b"?", 1)[0].decode("latin-1")
+        headers = _LazyHeaders(conn.headers)
+        decision = snap.intentions.authorize_http(source, method.decode("latin-1"), path, headers, source_ns)
+        if not decision.allowed:
+            self.m_http_denied.inc()
+            log.info("inbound: denied %s %s from %s: %s", method.decode("latin-1"), path, source, decision.reason)
+            ex.flags = "RBAC"
+            conn.respond(403, f"RBAC: access denied ({decision.reason})")
+            return ex
+        if snap.access_log is not None:
+            ex.info = []
+        conn.prepare(None, b"", None, b"", None, False, False)
+        conn.arm_timeout(self.request_timeout)
+        client = self.pool.take(None, True)
+        if client is not None:
+            conn.forward(client)
+        else:
+            self._spawn(self._open_app_native(ex))
+        return ex
+
+    async def _open_app_native(self, ex: NativeExchange) -> None:
+        loop = asyncio.get_running_loop()
+        side = FlowSide(_Detached())  # type: ignore[arg-type]
+        try:
+            await asyncio.wait_for(
+                loop.create_connection(lambda: side, self.app_host, self.app_port), self.connect_timeout
+            )
+            _nodelay(side.transport)  # type: ignore[arg-type]
+            client = await native_http.upstream(side, None)
+        except CONNECT_ERRORS as e:
+            self.m_app_error.inc()
+            if isinstance(e, TimeoutError):
+                self.m_timeouts["connect"].inc()
+            log.warning("inbound: cannot reach the local app at %s:%s: %s", self.app_host, self.app_port, e)
+            ex.flags = "UF"
+            ex.upstream_failed(503, "upstream connect error")
+            return
+        self.pool.add(client)
+        client.start()
+        ex.attach(client)
 
     def _request(self, conn: ServerConnection, ex: Exchange, source: str, source_ns: str, snap: Snapshot) -> Any:
         # Per request (design.md): an intention change applies to the next request of a kept-alive connection too.
@@ -622,17 +708,43 @@ class UpstreamListener(Listener):
     def _accepted_http(self, side: FlowSide, transport: asyncio.BaseTransport) -> None:
         _nodelay(transport)
         peer = transport.get_extra_info("peername")
+        ip = peer[0] if peer else ""
+        self.m_accepted.inc()
+        if native_http.enabled():
+            native = native_http.serve(
+                side,
+                ip,
+                self._native_request,
+                lambda c, fd: native_http.fallback(self, c, fd, lambda s, _t: self._http_server(s, ip)),
+                self._closed,  # type: ignore[arg-type]
+            )
+            if native is not None:
+                self._track(native)
+                native.start()
+                return
+        self._http_server(side, ip)
+
+    def _http_server(self, side: Side, ip: str) -> None:
         conn = ServerConnection(
             side,
             handle=self._request,
             on_response=self._on_response,
             on_close=self._closed,  # type: ignore[arg-type]
-            peer_ip=peer[0] if peer else "",
+            peer_ip=ip,
             on_done=self._done,
         )
         self._track(conn)  # type: ignore[arg-type]
-        self.m_accepted.inc()
         side.set_sink(conn.feed)
+
+    def _native_request(self, conn: Any, method: bytes | None, url: bytes | None) -> Any:
+        if method is None or url is None:
+            self._on_response(None, 400)  # malformed: the engine answers 400
+            return None
+        ex = NativeExchange(conn, method, url, self)
+        coro = self._request(ex)  # type: ignore[arg-type]
+        if coro is not None:
+            self._spawn(coro)
+        return ex
 
     def _runtime(self, cluster: Any) -> ClusterRuntime:
         """The cluster's runtime state, created on first use, its settings following the snapshot's cluster."""
@@ -694,15 +806,27 @@ class UpstreamListener(Listener):
         if route.prefix_rewrite is not None and url.startswith(route.match_prefix):
             url = route.prefix_rewrite + url[len(route.match_prefix) :]
         req = split.request
+        resp = split.response
         if snap.access_log is not None:
             ex.info = []
-        ex.head = render_request_head(
-            ex.method, url, ex.headers, ex.chunked, ex.upgrade, ex.server.peer_ip, req.extra, req.drop, ex.info
-        )
-        resp = split.response
-        if resp.extra or resp.drop:
-            ex.resp_drop = resp.drop
-            ex.resp_extra = resp.extra
+        if ex.native:
+            retry = call.retry
+            ex.server.prepare(
+                url if url is not ex.url else None,
+                req.extra,
+                req.drop or None,
+                resp.extra,
+                resp.drop or None,
+                ex.replay,
+                retry is not None and retry.num_retries > 0,
+            )
+        else:
+            ex.head = render_request_head(
+                ex.method, url, ex.headers, ex.chunked, ex.upgrade, ex.server.peer_ip, req.extra, req.drop, ex.info
+            )
+            if resp.extra or resp.drop:
+                ex.resp_drop = resp.drop
+                ex.resp_extra = resp.extra
         timeout = route.request_timeout or cluster.request_timeout or self.request_timeout
         ex.arm_timeout(timeout)
         return call.attempt()
@@ -728,6 +852,7 @@ class UpstreamListener(Listener):
             side = await dial_endpoint(
                 _Detached(), call.tls, call.cluster, ep, call.cluster.connect_timeout, FlowTLSSide
             )
+            client = await native_http.upstream(side, key) if call.native else ClientConnection(side, key)
         except DialError as e:
             self.m_err[e.reason].inc()
             if e.timeout:
@@ -735,8 +860,14 @@ class UpstreamListener(Listener):
             log.warning("%s: %s", self.name, e)
             call.dialed(None, e.reason)
             return
-        client = ClientConnection(side, key)
+        except OSError as e:
+            self.m_err["connect_failed"].inc()
+            log.warning("%s: %s", self.name, e)
+            call.dialed(None, "connect_failed")
+            return
         call.rt.pool.add(client)
+        if call.native:
+            client.start()
         call.dialed(client, "")
 
     def retry(self, call: Call) -> None:

@@ -42,6 +42,10 @@ def available() -> bool:
     return _module is not None
 
 
+def module() -> ModuleType | None:
+    return _module
+
+
 def describe() -> str:
     """One line for the log at start-up and for /config."""
     return "native (C) relay data path" if _module is not None else f"Python relay data path: native one {why_not}"

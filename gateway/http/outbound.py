@@ -40,7 +40,7 @@ from gateway import metrics
 from gateway.balancer import ClusterState, HostStats, request_hash
 from gateway.config import LimitsConfig, PassiveHealthCheckConfig, RetryConfig
 from gateway.http.pool import ConnectionPool
-from gateway.http.proxy import ClientConnection, Exchange
+from gateway.http.proxy import Exchange
 
 if TYPE_CHECKING:
     from gateway.http.routing import Cluster, Route, Split
@@ -90,12 +90,15 @@ class ClusterRuntime:
 
     # ------------------------------------------------------------------ connections
 
-    def _hand_over(self, client: ClientConnection) -> bool:
+    def _hand_over(self, client: Any) -> bool:
         """A connection came back while requests wait for one (at max_connections): the oldest gets it."""
         waiters = self.waiters
-        while waiters:
-            call = waiters.popleft()
-            if call.state == WAITING:
+        native = client.native
+        for call in list(waiters):
+            if call.state != WAITING:
+                waiters.remove(call)
+            elif call.native == native:  # an engine connection serves engine exchanges only
+                waiters.remove(call)
                 call.from_queue(client)
                 return True
         return False
@@ -182,6 +185,7 @@ class Call:
         "hash",
         "host",
         "host_idx",
+        "native",
         "observe",
         "owner",
         "retries",
@@ -209,6 +213,7 @@ class Call:
     ):
         self.owner = owner  # the UpstreamListener: dials, errors, metrics
         self.ex = ex
+        self.native = ex.native
         self.route = route
         self.split = split
         self.cluster = cluster
@@ -260,13 +265,13 @@ class Call:
         self.host = lb.hosts[i]
         key = bal.keys[i]
         self.upstream_host = f"{key[0]}:{key[1]}"
-        client = rt.pool.take(key)
+        client = rt.pool.take(key, self.native)
         if client is not None:
             self.attach(client)
             return None
         limits = rt.limits
         if rt.pool.total + rt.dialing >= limits.max_connections:
-            client = rt.pool.take_any()
+            client = rt.pool.take_any(self.native)
             if client is not None:
                 self._adopt(client)
                 self.attach(client)
@@ -286,21 +291,21 @@ class Call:
         rt.m_pending.set(rt.pending)
         return self.owner.dial(self, cluster.endpoints[i], key)
 
-    def _adopt(self, client: ClientConnection) -> None:
+    def _adopt(self, client: Any) -> None:
         """A connection to another endpoint than the one picked: account the request to that endpoint."""
         host = self.rt.lb.by_key.get(client.key)
         self.host = host
         self.host_idx = -1
         self.upstream_host = f"{client.key[0]}:{client.key[1]}"
 
-    def from_queue(self, client: ClientConnection) -> None:
+    def from_queue(self, client: Any) -> None:
         rt = self.rt
         rt.pending -= 1
         rt.m_pending.set(rt.pending)
         self._adopt(client)
         self.attach(client)
 
-    def dialed(self, client: ClientConnection | None, reason: str) -> None:
+    def dialed(self, client: Any, reason: str) -> None:
         """The dial for this call ended: ``client`` is the new connection (already in the pool) or None."""
         rt = self.rt
         rt.dialing -= 1
@@ -317,7 +322,7 @@ class Call:
             return
         self.attach(client)
 
-    def attach(self, client: ClientConnection) -> None:
+    def attach(self, client: Any) -> None:
         self.state = ATTACHED
         self.attached = True
         host = self.host

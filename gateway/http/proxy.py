@@ -53,6 +53,8 @@ def chunk(data: bytes) -> bytes:
 class ClientConnection:
     """One keep-alive connection to an upstream (the app, or a mesh endpoint over mTLS)."""
 
+    native = False  # not an engine connection (gateway/http/native_http.py): the pool keeps them apart
+
     __slots__ = (
         "_parser",
         "body_mode",
@@ -249,6 +251,8 @@ class ClientConnection:
 
 class Exchange:
     """One request/response through the proxy."""
+
+    native = False  # see gateway/http/native_http.py NativeExchange
 
     __slots__ = (
         "call",
