@@ -29,6 +29,7 @@
 #include "_core.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -496,7 +497,7 @@ typedef struct {
 static int parse_request(const char *buf, size_t n, Req *r) {
     const char *end_mark = n >= 4 ? memmem(buf, n, "\r\n\r\n", 4) : NULL;
     if (end_mark == NULL) {
-        if (memchr(buf, '\n', n) != NULL && memmem(buf, n, "\n\n", 2) != NULL)
+        if (memmem(buf, n, "\n\n", 2) != NULL)
             return HEAD_BAD; /* bare LF line ends */
         return n > HEAD_MAX ? HEAD_TOO_LARGE : HEAD_MORE;
     }
@@ -904,8 +905,11 @@ typedef struct {
 
 static int parse_response(const char *buf, size_t n, Resp *r) {
     const char *m = n >= 4 ? memmem(buf, n, "\r\n\r\n", 4) : NULL;
-    if (m == NULL)
+    if (m == NULL) {
+        if (memmem(buf, n, "\n\n", 2) != NULL)
+            return HEAD_BAD; /* bare LF line ends */
         return n > HEAD_MAX ? HEAD_TOO_LARGE : HEAD_MORE;
+    }
     const char *end = m + 4;
     memset(r, 0, sizeof *r);
     r->len = (size_t)(end - buf);
@@ -1328,7 +1332,8 @@ static void srv_process(HttpConn *s) {
                 done = s->remaining == 0;
             } else if (chunk_scan(&s->cstate, &s->remaining, p, s->in_len, &used, &done) < 0) {
                 s->req_done = 1; /* nothing more is read from this connection */
-                if (s->x == X_WAIT && !s->ever_sent) {
+                s->keep_alive = 0;
+                if (s->x == X_WAIT || s->x == X_ATTACHED) { /* no answer started: the upstream attempt goes */
                     static const char why[] = "malformed request";
                     local_response(s, 400, why, sizeof why - 1, "", 0);
                     h_close(s);
@@ -1753,6 +1758,11 @@ static HttpConn *conn_new(Core *core, int fd, PyObject *sslobj, PyObject *ctx, i
         Py_INCREF(sslobj);
         c->sslref = sslobj;
     }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || (!(fl & O_NONBLOCK) && fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)) {
+        PyErr_SetFromErrno(PyExc_OSError); /* every call here must return at once: the loop's thread runs it */
+        goto fail;
+    }
     struct epoll_event ev;
     ev.events = EPOLLIN;
     ev.data.ptr = &c->s;
@@ -2026,6 +2036,10 @@ static PyObject *HttpConn_drain(HttpConn *c, PyObject *unused) {
 
 static PyObject *HttpConn_idle(HttpConn *c, PyObject *unused) { return PyBool_FromLong(c->server && conn_idle(c)); }
 
+static PyObject *HttpConn_queued(HttpConn *c, PyObject *unused) {
+    return PyLong_FromSize_t(c->s.out_len + c->w_len);
+}
+
 static PyObject *HttpConn_counts(HttpConn *c, PyObject *unused) { return Py_BuildValue("(Ki)", c->rx_total, 0); }
 
 static PyObject *HttpConn_stats(HttpConn *s, PyObject *unused) {
@@ -2078,6 +2092,7 @@ static PyMethodDef HttpConn_methods[] = {
     {"abort", (PyCFunction)HttpConn_abort, METH_NOARGS, NULL},
     {"drain", (PyCFunction)HttpConn_drain, METH_NOARGS, "close when idle (now, or after the answer in flight)"},
     {"idle", (PyCFunction)HttpConn_idle, METH_NOARGS, NULL},
+    {"queued", (PyCFunction)HttpConn_queued, METH_NOARGS, "bytes accepted for the socket, not sent yet"},
     {"counts", (PyCFunction)HttpConn_counts, METH_NOARGS, "(plaintext bytes received, 0)"},
     {NULL}};
 

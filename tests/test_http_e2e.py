@@ -17,7 +17,7 @@ from mesh import Mesh, free_port, wait_for
 
 from gateway import native
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("http_data_path")]
 
 L7 = {
     "Kind": "service-intentions",
@@ -103,7 +103,7 @@ def test_l4_deny_applies_per_request_on_http(pair: Pair, mesh: Mesh) -> None:
     assert conn.getresponse().status == 403
 
 
-def test_keep_alive_both_sides_and_pooling(pair: Pair) -> None:
+def test_keep_alive_both_sides_and_pooling(pair: Pair, http_data_path: str) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", pair.up, timeout=10)
     for i in range(20):
         conn.request("GET", f"/n/{i}")
@@ -113,6 +113,10 @@ def test_keep_alive_both_sides_and_pooling(pair: Pair) -> None:
     conn.close()
     ports = {r["peer_port"] for r in pair.app.requests}
     assert len(pair.app.requests) == 20 and len(ports) == 1  # one pooled connection to the app
+    # Both sidecars served the connection with the data path under test, and neither fell back.
+    served = [sc.metric("meshgw_native_http_connections_total") for sc in pair.mesh.sidecars]
+    assert served == ([1, 1] if http_data_path == "native" and native.available() else [0, 0])
+    assert [sc.metric("meshgw_native_http_fallbacks_total") for sc in pair.mesh.sidecars] == [0, 0]
 
 
 def test_streaming_upload_and_download(pair: Pair) -> None:

@@ -25,7 +25,7 @@ import yaml
 from http_app import HTTPApp, http_app, mesh_server_context
 from mesh import Mesh, Sidecar, free_port, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("http_data_path")]
 
 
 # ---------------------------------------------------------------------- helpers

@@ -24,7 +24,7 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from gateway import native
+from gateway import metrics, native
 from gateway.l4 import _HANDED_OVER, Side, TLSSide
 
 if TYPE_CHECKING:
@@ -49,6 +49,10 @@ class _NotBuilt:
 
 
 HttpConn: type = getattr(native.module(), "HttpConn", _NotBuilt) if native.available() else _NotBuilt
+
+
+_SERVED = metrics.NATIVE_HTTP.inc
+_FALLBACKS = metrics.NATIVE_HTTP_FALLBACKS.inc
 
 
 def _release(side: Side) -> None:
@@ -102,6 +106,7 @@ def serve(
         return None
     side._pending.clear()
     _release(side)
+    _SERVED()
     return conn
 
 
@@ -144,6 +149,7 @@ def fallback(
     from gateway.http.flow import FlowSide
     from gateway.listeners import _Detached
 
+    _FALLBACKS()
     loop = asyncio.get_running_loop()
     sock = socket.socket(fileno=fd)
     side = FlowSide(_Detached())  # type: ignore[arg-type]
