@@ -66,6 +66,8 @@ typedef struct HttpConn {
     int fallen;   /* handed back to Python through a socketpair */
     int kicked;
     int busy;
+    int clean_eof; /* the end of stream was a close_notify (TLS) or a FIN (plaintext) */
+    size_t hscan;  /* how much of the buffered input was searched for a head's end */
     int hpause;   /* P_* reasons */
     int gathering;
     char *in; /* plaintext received, not consumed yet */
@@ -91,7 +93,8 @@ typedef struct HttpConn {
     size_t up_len, up_cap, head_len;
     double started, head_time, deadline, timeout;
     unsigned long long rx, tx;
-    char reqid[64], trace[64];
+    char reqid[40], trace[64];
+    const char *reqid_ptr; /* the x-request-id sent: the client's (in raw) or ours (reqid) */
     int reqid_len, trace_len, status;
 } HttpConn;
 
@@ -137,6 +140,7 @@ static int buf_add(char **b, size_t *len, size_t *cap, const char *data, size_t 
 }
 
 static void consume(HttpConn *c, size_t n) {
+    c->hscan = 0; /* what is scanned for a head starts after what was consumed */
     c->in_off += n;
     c->in_len -= n;
     if (c->in_len == 0)
@@ -494,11 +498,28 @@ typedef struct {
     uint64_t length;
 } Req;
 
-static int parse_request(const char *buf, size_t n, Req *r) {
-    const char *end_mark = n >= 4 ? memmem(buf, n, "\r\n\r\n", 4) : NULL;
+/* Where a head ends in buf[0..n): the blank line, searched from ``*from`` (what earlier calls saw, less the 3
+ * bytes an end could straddle: a head sent a byte at a time is scanned once, not once per byte). NULL: not
+ * yet (*from updated), or a bare LF (*bad). */
+static const char *head_end(const char *buf, size_t n, size_t *from, int *bad) {
+    size_t k = *from > 3 ? *from - 3 : 0;
+    *bad = 0;
+    if (k >= n)
+        return NULL;
+    const char *m = n - k >= 4 ? memmem(buf + k, n - k, "\r\n\r\n", 4) : NULL;
+    if (m == NULL) {
+        *bad = memmem(buf + k, n - k, "\n\n", 2) != NULL; /* bare LF line ends */
+        *from = n;
+    }
+    return m;
+}
+
+static int parse_request(const char *buf, size_t n, size_t *from, Req *r) {
+    int bad;
+    const char *end_mark = head_end(buf, n, from, &bad);
     if (end_mark == NULL) {
-        if (memmem(buf, n, "\n\n", 2) != NULL)
-            return HEAD_BAD; /* bare LF line ends */
+        if (bad)
+            return HEAD_BAD;
         return n > HEAD_MAX ? HEAD_TOO_LARGE : HEAD_MORE;
     }
     const char *end = end_mark + 4;
@@ -516,6 +537,7 @@ static int parse_request(const char *buf, size_t n, Req *r) {
     if (q == ls || q >= le || *q != ' ')
         return HEAD_BAD;
     r->method_len = (size_t)(q - ls);
+    int slow = r->method_len == 7 && memcmp(ls, "CONNECT", 7) == 0; /* a tunnel: the Python proxy's */
     const char *u = ++q;
     while (q < le && (unsigned char)*q > 0x20 && *q != 0x7f)
         q++;
@@ -525,7 +547,6 @@ static int parse_request(const char *buf, size_t n, Req *r) {
     r->url_len = (size_t)(q - u);
     q++;
     size_t vlen = (size_t)(le - q);
-    int slow = 0;
     if (vlen == 8 && memcmp(q, "HTTP/1.1", 8) == 0)
         r->keep_alive = 1;
     else if (vlen == 8 && memcmp(q, "HTTP/1.0", 8) == 0)
@@ -574,11 +595,22 @@ static int parse_request(const char *buf, size_t n, Req *r) {
     return slow ? HEAD_SLOW : HEAD_OK;
 }
 
-/* Chunked framing in p[0..n) from state (*st, *rem): *used is how much belongs to the message so far (whole
- * lines only: a partial size or trailer line waits for more), *done once the last chunk and its trailer section
- * ended. -1 on bad framing. */
-static int chunk_scan(int *st, uint64_t *rem, const char *p, size_t n, size_t *used, int *done) {
-    size_t i = 0;
+static int is_field_text(const char *p, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)p[i];
+        if ((ch < 0x20 && ch != '\t') || ch == 0x7f)
+            return 0;
+    }
+    return 1;
+}
+
+/* Chunked framing in p[0..n) from state (*st, *rem). *used: how much is consumed (whole lines only: a partial
+ * size or trailer line waits for more); *fwd (a prefix of it): what is forwarded as it came. The trailer
+ * section is checked and dropped, as the Python proxy and Envoy (HTTP/1 trailers off by default) do: the
+ * caller ends the message with its own CRLF once *done. -1 on bad framing (a size that is not hex, a control
+ * byte in an extension, a trailer line that is no field, a missing CRLF). */
+static int chunk_scan(int *st, uint64_t *rem, const char *p, size_t n, size_t *used, size_t *fwd, int *done) {
+    size_t i = 0, fwd_end = 0;
     *done = 0;
     while (i < n) {
         switch (*st) {
@@ -590,6 +622,7 @@ static int chunk_scan(int *st, uint64_t *rem, const char *p, size_t n, size_t *u
             *rem -= k;
             if (*rem == 0)
                 *st = C_DATA_END;
+            fwd_end = i;
             break;
         }
         case C_DATA_END:
@@ -602,6 +635,7 @@ static int chunk_scan(int *st, uint64_t *rem, const char *p, size_t n, size_t *u
                 return -1;
             i += 2;
             *st = C_SIZE;
+            fwd_end = i;
             break;
         case C_SIZE:
         case C_TRAILER: {
@@ -615,10 +649,16 @@ static int chunk_scan(int *st, uint64_t *rem, const char *p, size_t n, size_t *u
             if (len == 0 || p[i + len - 1] != '\r' || len > LINE_LIMIT)
                 return -1;
             if (*st == C_TRAILER) {
+                if (len > 1) {
+                    Field f;
+                    if (p[i] == ' ' || p[i] == '\t' || parse_field(p + i, p + i + len - 1, &f) < 0)
+                        return -1;
+                }
                 i += len + 1;
                 if (len == 1) {
                     *done = 1;
                     *used = i;
+                    *fwd = fwd_end;
                     return 0;
                 }
                 break;
@@ -642,6 +682,8 @@ static int chunk_scan(int *st, uint64_t *rem, const char *p, size_t n, size_t *u
             char after = p[i + d];
             if (d < len - 1 && after != ';' && after != ' ' && after != '\t')
                 return -1;
+            if (!is_field_text(p + i + d, len - 1 - d))
+                return -1; /* chunk-ext (RFC 9112 §7.1.1): no control bytes, no bare CR */
             i += len + 1;
             if (v == 0) {
                 *st = C_TRAILER;
@@ -649,12 +691,14 @@ static int chunk_scan(int *st, uint64_t *rem, const char *p, size_t n, size_t *u
                 *rem = v;
                 *st = C_DATA;
             }
+            fwd_end = i;
             break;
         }
         }
     }
 out:
     *used = i;
+    *fwd = fwd_end;
     return 0;
 }
 
@@ -756,7 +800,7 @@ static int is_hop(const char *name, size_t name_len) {
 
 /* ``drop``: a frozenset of lower-case field names (bytes), or None. */
 static int in_drop(PyObject *drop, const char *name, size_t name_len) {
-    if (drop == NULL || drop == Py_None || PySet_GET_SIZE(drop) == 0 || name_len > 256)
+    if (drop == NULL || !PyAnySet_Check(drop) || PySet_GET_SIZE(drop) == 0 || name_len > 256)
         return 0;
     char low[256];
     for (size_t i = 0; i < name_len; i++) {
@@ -790,6 +834,23 @@ typedef struct {
 /* The head sent upstream (gateway/http/headers.py render_request_head): the request line with ``url``, the
  * fields minus hop-by-hop ones and ``drop``, X-Forwarded-For (and an incoming Forwarded) extended with the
  * client, x-request-id kept or made, a new traceparent, chunked framing when the body is chunked, ``extra``. */
+/* The values of every ``name`` field of the request head, joined with ", " (X-Forwarded-For, Forwarded: however
+ * many lines came). 0 when there is none. */
+static int join_values(HttpConn *s, Buf *b, const char *lit, size_t lit_len) {
+    const char *pos = s->raw, *end = s->raw + s->raw_len, *ls, *le;
+    int seen = 0;
+    next_line(&pos, end, &ls, &le);
+    while (next_line(&pos, end, &ls, &le) == 1) {
+        Field f;
+        if (parse_field(ls, le, &f) < 0 || f.name_len != lit_len || strncasecmp(f.name, lit, lit_len) != 0)
+            continue;
+        if (seen++)
+            PUTS(b, ", ");
+        PUT(b, f.value, f.value_len);
+    }
+    return seen;
+}
+
 static int render_request(HttpConn *s, Buf *b, const char *url, size_t url_len, const char *extra, size_t extra_len,
                           PyObject *drop) {
     const char *raw = s->raw, *end = s->raw + s->raw_len, *pos = raw, *ls, *le;
@@ -798,11 +859,10 @@ static int render_request(HttpConn *s, Buf *b, const char *url, size_t url_len, 
     PUT(b, url, url_len);
     PUTS(b, " HTTP/1.1\r\n");
     next_line(&pos, end, &ls, &le);
-    const char *xff[8], *fwd[8];
-    size_t xff_len[8], fwd_len[8];
-    int nxff = 0, nfwd = 0, extra_xff = 0;
+    int xff = 0, fwd = 0;
     const char *trace = NULL;
     size_t trace_len = 0;
+    s->reqid_ptr = NULL;
     s->reqid_len = 0;
     while (next_line(&pos, end, &ls, &le) == 1) {
         Field f;
@@ -813,19 +873,11 @@ static int render_request(HttpConn *s, Buf *b, const char *url, size_t url_len, 
         if (is_hop(name, name_len))
             continue;
         if (IS(name, "x-forwarded-for")) {
-            if (nxff < 8) {
-                xff[nxff] = f.value;
-                xff_len[nxff++] = f.value_len;
-            } else {
-                extra_xff = 1;
-            }
+            xff = 1;
             continue;
         }
         if (IS(name, "forwarded")) {
-            if (nfwd < 8) {
-                fwd[nfwd] = f.value;
-                fwd_len[nfwd++] = f.value_len;
-            }
+            fwd = 1;
             continue;
         }
         if (IS(name, "traceparent")) {
@@ -833,8 +885,8 @@ static int render_request(HttpConn *s, Buf *b, const char *url, size_t url_len, 
             trace_len = f.value_len;
             continue;
         }
-        if (IS(name, "x-request-id") && f.value_len && f.value_len < sizeof s->reqid) {
-            memcpy(s->reqid, f.value, f.value_len);
+        if (IS(name, "x-request-id") && s->reqid_ptr == NULL) {
+            s->reqid_ptr = f.value; /* into raw, which lives as long as the exchange */
             s->reqid_len = (int)f.value_len;
         }
         if (in_drop(drop, name, name_len))
@@ -842,29 +894,23 @@ static int render_request(HttpConn *s, Buf *b, const char *url, size_t url_len, 
         PUT(b, ls, (size_t)(le - ls));
         PUTS(b, "\r\n");
     }
-    (void)extra_xff;
     size_t ip_len = strlen(s->ip);
-    if (nxff || ip_len) {
+    if (xff || ip_len) {
         PUTS(b, "x-forwarded-for: ");
-        for (int i = 0; i < nxff; i++) {
-            if (i)
-                PUTS(b, ", ");
-            PUT(b, xff[i], xff_len[i]);
-        }
+        int n = xff ? join_values(s, b, "x-forwarded-for", 15) : 0;
+        if (n < 0)
+            return -1;
         if (ip_len) {
-            if (nxff)
+            if (n)
                 PUTS(b, ", ");
             PUT(b, s->ip, ip_len);
         }
         PUTS(b, "\r\n");
     }
-    if (nfwd) {
+    if (fwd) {
         PUTS(b, "forwarded: ");
-        for (int i = 0; i < nfwd; i++) {
-            if (i)
-                PUTS(b, ", ");
-            PUT(b, fwd[i], fwd_len[i]);
-        }
+        if (join_values(s, b, "forwarded", 9) < 0)
+            return -1;
         if (ip_len) {
             /* RFC 7239 §6: an IPv6 node is quoted and bracketed */
             if (strchr(s->ip, ':') != NULL) {
@@ -878,8 +924,9 @@ static int render_request(HttpConn *s, Buf *b, const char *url, size_t url_len, 
         }
         PUTS(b, "\r\n");
     }
-    if (!s->reqid_len) {
+    if (s->reqid_ptr == NULL || s->reqid_len == 0) {
         s->reqid_len = new_request_id(s->reqid);
+        s->reqid_ptr = s->reqid;
         PUTS(b, "x-request-id: ");
         PUT(b, s->reqid, (size_t)s->reqid_len);
         PUTS(b, "\r\n");
@@ -903,11 +950,12 @@ typedef struct {
     size_t rest_len;
 } Resp;
 
-static int parse_response(const char *buf, size_t n, Resp *r) {
-    const char *m = n >= 4 ? memmem(buf, n, "\r\n\r\n", 4) : NULL;
+static int parse_response(const char *buf, size_t n, size_t *from, Resp *r) {
+    int bad;
+    const char *m = head_end(buf, n, from, &bad);
     if (m == NULL) {
-        if (memmem(buf, n, "\n\n", 2) != NULL)
-            return HEAD_BAD; /* bare LF line ends */
+        if (bad)
+            return HEAD_BAD;
         return n > HEAD_MAX ? HEAD_TOO_LARGE : HEAD_MORE;
     }
     const char *end = m + 4;
@@ -1063,6 +1111,8 @@ static void ex_complete(HttpConn *s, HttpConn *reuse, int keep) {
     s->head_len = 0;
     if (s->hpause & P_BUFFER)
         h_resume(s, P_BUFFER);
+    if (s->hpause & P_PIPELINE)
+        h_resume(s, P_PIPELINE); /* the next request is read from the buffer first */
     Py_XINCREF(reuse);
     Py_XSETREF(s->fin_client, (PyObject *)reuse);
     if (s->in_cb)
@@ -1156,8 +1206,10 @@ static void ex_body(HttpConn *s, const char *p, size_t n) {
 static const char *reason_phrase(int status) {
     switch (status) {
     case 400: return "Bad Request";
+    case 401: return "Unauthorized";
     case 403: return "Forbidden";
     case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
     case 408: return "Request Timeout";
     case 413: return "Content Too Large";
     case 429: return "Too Many Requests";
@@ -1221,6 +1273,11 @@ static void fall_back(HttpConn *s) {
     PyObject *fd = PyLong_FromLong(sv[0]);
     PyObject *on_close = fd != NULL ? PyObject_CallFunctionObjArgs(s->on_fallback, (PyObject *)s, fd, NULL) : NULL;
     Py_XDECREF(fd);
+    if (on_close != NULL && s->gone) {
+        Py_CLEAR(on_close); /* closed meanwhile: nothing to hand over */
+        close(sv[1]);
+        return;
+    }
     if (on_close == NULL) {
         PyErr_WriteUnraisable(s->on_fallback);
         close(sv[1]); /* Python closes or owns sv[0] */
@@ -1285,6 +1342,7 @@ static void start_exchange(HttpConn *s, Req *r) {
     s->up_len = s->head_len = 0;
     s->replay = s->check_status = s->ever_sent = 0;
     s->reqid_len = s->trace_len = 0;
+    s->reqid_ptr = NULL;
     consume(s, r->len);
     PyObject *method = PyBytes_FromStringAndSize(s->raw, (Py_ssize_t)r->method_len);
     PyObject *url = PyBytes_FromStringAndSize(s->raw + r->url_off, (Py_ssize_t)r->url_len);
@@ -1323,14 +1381,15 @@ static void srv_process(HttpConn *s) {
             if (!s->in_len)
                 break;
             const char *p = s->in + s->in_off;
-            size_t used = s->in_len;
+            size_t used = s->in_len, fwd;
             int done = 0;
             if (s->bstate == B_LENGTH) {
                 if ((uint64_t)used > s->remaining)
                     used = (size_t)s->remaining;
                 s->remaining -= used;
                 done = s->remaining == 0;
-            } else if (chunk_scan(&s->cstate, &s->remaining, p, s->in_len, &used, &done) < 0) {
+                fwd = used;
+            } else if (chunk_scan(&s->cstate, &s->remaining, p, s->in_len, &used, &fwd, &done) < 0) {
                 s->req_done = 1; /* nothing more is read from this connection */
                 s->keep_alive = 0;
                 if (s->x == X_WAIT || s->x == X_ATTACHED) { /* no answer started: the upstream attempt goes */
@@ -1342,10 +1401,11 @@ static void srv_process(HttpConn *s) {
                 }
                 break;
             }
-            if (used) {
-                ex_body(s, p, used);
-                consume(s, used);
-            }
+            if (fwd)
+                ex_body(s, p, fwd);
+            if (done && s->bstate == B_CHUNKED)
+                ex_body(s, "\r\n", 2); /* the end of the (dropped) trailer section */
+            consume(s, used);
             if (done) {
                 s->req_done = 1;
                 req_complete(s);
@@ -1363,7 +1423,7 @@ static void srv_process(HttpConn *s) {
         if (!s->in_len)
             break;
         Req r;
-        int k = parse_request(s->in + s->in_off, s->in_len, &r);
+        int k = parse_request(s->in + s->in_off, s->in_len, &s->hscan, &r);
         if (k == HEAD_MORE)
             break;
         if (k == HEAD_OK) {
@@ -1380,7 +1440,9 @@ static void srv_process(HttpConn *s) {
         s->keep_alive = 0;
         s->token = NULL;
         s->in_len = 0;
+        s->in_cb = 1;
         PyObject *res = PyObject_CallFunction(s->on_request, "OOO", (PyObject *)s, Py_None, Py_None);
+        s->in_cb = 0;
         if (res == NULL)
             PyErr_WriteUnraisable(s->on_request);
         Py_XDECREF(res);
@@ -1451,7 +1513,7 @@ static void cli_process(HttpConn *c) {
         const char *p = c->in + c->in_off;
         if (c->rstate == R_HEAD) {
             Resp r;
-            int k = parse_response(p, c->in_len, &r);
+            int k = parse_response(p, c->in_len, &c->hscan, &r);
             if (k == HEAD_MORE)
                 break;
             if (k < 0) {
@@ -1510,7 +1572,7 @@ static void cli_process(HttpConn *c) {
             c->rstate = R_BODY;
             continue;
         }
-        size_t used = c->in_len;
+        size_t used = c->in_len, fwd;
         int done = 0;
         if (c->bstate == B_LENGTH) {
             if ((uint64_t)used > c->remaining)
@@ -1519,11 +1581,13 @@ static void cli_process(HttpConn *c) {
             done = c->remaining == 0;
             h_write(s, p, used);
         } else if (c->bstate == B_CHUNKED) {
-            if (chunk_scan(&c->cstate, &c->remaining, p, c->in_len, &used, &done) < 0) {
+            if (chunk_scan(&c->cstate, &c->remaining, p, c->in_len, &used, &fwd, &done) < 0) {
                 bad_response(c, s);
                 break;
             }
-            h_write(s, p, used);
+            h_write(s, p, fwd);
+            if (done)
+                h_write(s, "\r\n", 2); /* the end of the (dropped) trailer section */
         } else {
             char line[24];
             int n = snprintf(line, sizeof line, "%zx\r\n", used);
@@ -1541,7 +1605,8 @@ static void cli_process(HttpConn *c) {
             break;
     }
     if (c->s.rd_eof && !c->closed) {
-        if (s != NULL && c->peer == s && c->rstate == R_BODY && c->bstate == B_CLOSE) {
+        /* Over TLS, only a close_notify ends it: a bare FIN may be a truncation (RFC 8446 §6.1). */
+        if (s != NULL && c->peer == s && c->rstate == R_BODY && c->bstate == B_CLOSE && c->clean_eof) {
             h_write(s, "0\r\n\r\n", 5); /* a close-delimited answer ends with the connection */
             c->reusable = 0;
             resp_done(c, s);
@@ -1591,6 +1656,7 @@ static void h_read(HttpConn *c, int force) {
                 break;
             if (e == SSL_ERROR_ZERO_RETURN || (x->sock_eof && !x->sock_err)) {
                 x->rd_eof = 1;
+                c->clean_eof = e == SSL_ERROR_ZERO_RETURN;
                 break;
             }
             err = 1;
@@ -1607,6 +1673,7 @@ static void h_read(HttpConn *c, int force) {
         }
         if (n == 0) {
             x->rd_eof = 1;
+            c->clean_eof = 1;
             break;
         }
         if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
@@ -1683,8 +1750,8 @@ void http_run_kicks(Core *core) {
         for (Py_ssize_t k = 0; k < n; k++) {
             HttpConn *c = (HttpConn *)PyList_GET_ITEM(batch, k);
             c->kicked = 0;
-            if (!c->closed && !c->hpause)
-                h_read(c, 0);
+            if (!c->closed)
+                h_read(c, 0); /* the socket only if not paused; the buffered input in any case */
         }
         Py_DECREF(batch);
     }
@@ -1699,6 +1766,20 @@ static void settle(Core *core) {
     core->in_poll--;
     core_reap(core);
 }
+
+/* Every method Python calls: work it causes (kicks, reaps) runs once, when the outermost call returns, never
+ * under a C caller that is still in the middle of an exchange (a callback inside forward() calling respond()
+ * must not start the next pipelined request while forward() still looks at this one). */
+#define ENTER(conn)                                                                                           \
+    Core *core_ = (conn)->core;                                                                               \
+    Py_INCREF(core_);                                                                                         \
+    Py_INCREF(conn);                                                                                          \
+    core_->in_poll++
+#define LEAVE(conn)                                                                                           \
+    core_->in_poll--;                                                                                         \
+    settle(core_);                                                                                            \
+    Py_DECREF(conn);                                                                                          \
+    Py_DECREF(core_)
 
 void http_reap(PyObject *obj) {
     HttpConn *c = (HttpConn *)obj;
@@ -1816,7 +1897,9 @@ PyObject *Core_http(Core *core, PyObject *args) {
     c->req_done = 1;
     c->x = X_IDLE;
     if (early_len && buf_add(&c->in, &c->in_len, &c->in_cap, early, (size_t)early_len) < 0) {
+        Py_CLEAR(c->on_close); /* never tracked: nobody to tell */
         h_abort(c);
+        Py_DECREF(c);
         settle(core);
         return PyErr_NoMemory();
     }
@@ -1852,7 +1935,7 @@ static PyObject *HttpConn_prepare(HttpConn *s, PyObject *args) {
         return NULL;
     if (need_server(s) < 0)
         return NULL;
-    if (s->x != X_WAIT || s->ever_sent) {
+    if (s->x != X_WAIT || s->ever_sent || s->head_len) {
         PyErr_SetString(PyExc_RuntimeError, "no request waiting to be prepared");
         return NULL;
     }
@@ -1901,6 +1984,7 @@ static PyObject *HttpConn_forward(HttpConn *s, PyObject *arg) {
         PyErr_SetString(PyExc_RuntimeError, "the upstream connection is closed or busy");
         return NULL;
     }
+    ENTER(s);
     Py_INCREF(s);
     Py_INCREF(c);
     s->peer = c;
@@ -1911,14 +1995,14 @@ static PyObject *HttpConn_forward(HttpConn *s, PyObject *arg) {
     s->ever_sent = 1;
     Py_INCREF(c);
     h_emit(c, s->up, s->up_len);
-    if (!s->replay)
-        s->up_len = 0;
+    if (s->peer == c && !s->replay)
+        s->up_len = 0; /* still this attempt (a failed send ended it, and maybe the exchange) */
     if (s->hpause & P_BUFFER)
         h_resume(s, P_BUFFER);
     if (!c->closed && c->in_len)
         h_kick(c);
     Py_DECREF(c);
-    settle(s->core);
+    LEAVE(s);
     Py_RETURN_NONE;
 }
 
@@ -1930,8 +2014,9 @@ static PyObject *HttpConn_respond(HttpConn *s, PyObject *args) {
         return NULL;
     if (need_server(s) < 0)
         return NULL;
+    ENTER(s);
     local_response(s, status, reason, (size_t)reason_len, extra, (size_t)extra_len);
-    settle(s->core);
+    LEAVE(s);
     Py_RETURN_NONE;
 }
 
@@ -1945,14 +2030,16 @@ static PyObject *HttpConn_local_response(HttpConn *s, PyObject *args) {
         return NULL;
     if (need_server(s) < 0)
         return NULL;
+    ENTER(s);
     local_response(s, status, reason, (size_t)reason_len, extra, (size_t)extra_len);
-    settle(s->core);
+    LEAVE(s);
     Py_RETURN_NONE;
 }
 
 static PyObject *HttpConn_detach(HttpConn *s, PyObject *unused) {
     if (need_server(s) < 0)
         return NULL;
+    ENTER(s);
     HttpConn *c = s->peer;
     if (c != NULL && s->x == X_ATTACHED) {
         Py_INCREF(c);
@@ -1961,7 +2048,7 @@ static PyObject *HttpConn_detach(HttpConn *s, PyObject *unused) {
         Py_DECREF(c);
         s->x = X_WAIT;
     }
-    settle(s->core);
+    LEAVE(s);
     Py_RETURN_NONE;
 }
 
@@ -2001,36 +2088,41 @@ static PyObject *HttpConn_headers(HttpConn *s, PyObject *unused) {
 }
 
 static PyObject *HttpConn_info(HttpConn *s, PyObject *unused) {
-    return Py_BuildValue("(y#y#)", s->reqid, (Py_ssize_t)s->reqid_len, s->trace, (Py_ssize_t)s->trace_len);
+    return Py_BuildValue("(y#y#)", s->reqid_ptr ? s->reqid_ptr : "", (Py_ssize_t)(s->reqid_ptr ? s->reqid_len : 0),
+                         s->trace, (Py_ssize_t)s->trace_len);
 }
 
 /* Once Python tracks the connection (its on_close or lost_cb can be heard): what is waiting runs. */
 static PyObject *HttpConn_start(HttpConn *c, PyObject *unused) {
-    settle(c->core);
+    ENTER(c);
+    LEAVE(c);
     Py_RETURN_NONE;
 }
 
 static PyObject *HttpConn_close(HttpConn *c, PyObject *unused) {
+    ENTER(c);
     if (!c->fallen)
         h_close(c);
-    settle(c->core);
+    LEAVE(c);
     Py_RETURN_NONE;
 }
 
 static PyObject *HttpConn_abort(HttpConn *c, PyObject *unused) {
+    ENTER(c);
     if (!c->fallen)
         h_abort(c);
-    settle(c->core);
+    LEAVE(c);
     Py_RETURN_NONE;
 }
 
 static int conn_idle(HttpConn *c) { return !c->fallen && c->x == X_IDLE && c->req_done && c->in_len == 0; }
 
 static PyObject *HttpConn_drain(HttpConn *c, PyObject *unused) {
+    ENTER(c);
     c->draining = 1;
     if (c->server && conn_idle(c))
         h_close(c);
-    settle(c->core);
+    LEAVE(c);
     Py_RETURN_NONE;
 }
 

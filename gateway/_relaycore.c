@@ -823,6 +823,11 @@ PyObject *relay_adopt(Core *c, End *from, PyObject *sslref, int fd, PyObject *on
         r->e[0].rd_eof = 0;
         got_eof(r, 0);
     }
+    if (!r->finished && r->e[0].ssl != NULL && !r->e[0].rd_eof) {
+        /* Records OpenSSL read ahead past the HTTP engine's budget: no socket event would announce them. */
+        decrypt(r, 0, 0);
+        r->e[0].no_sock = 0;
+    }
     return (PyObject *)r;
 }
 

@@ -225,6 +225,9 @@ class NativeExchange:
             pool = getattr(client, "pool", None)
             pool.release(client) if pool is not None else client.close()
             return
+        if client.closed:
+            self.upstream_lost()  # it went away between its set-up and now: as a reset before any answer
+            return
         self.server.forward(client)
 
     def detach(self) -> None:

@@ -78,12 +78,12 @@ class ConnectionPool:
         n = 0
         for conns in (*self.idle.values(), *self.idle_native.values()):
             if conns and conns[0].idle_since < older_than:
-                keep = [c for c in conns if c.idle_since >= older_than]
-                for c in conns:
-                    if c.idle_since < older_than:
-                        c.close()
-                        n += 1
-                conns[:] = keep
+                old = [c for c in conns if c.idle_since < older_than]
+                # Out of the list before closing: a native connection's close tells the pool (_lost) at once.
+                conns[:] = [c for c in conns if c.idle_since >= older_than]
+                for c in old:
+                    c.close()
+                    n += 1
         return n
 
     def close(self) -> None:
