@@ -83,10 +83,11 @@ typedef struct HttpConn {
     int rstate, reusable, head_req;
     /* server connections */
     PyObject *on_request, *on_fallback, *on_close, *token, *fin_client, *peer_ip, *extra_resp;
+    PyObject *on_ticket; /* client: called once the TLS 1.3 session ticket arrived (kept for resumption) */
     PyObject *resp_extra, *resp_drop;
     char ip[64];
     int x, req_done, keep_alive, draining, is_head, chunked, check_status, replay, ever_sent, in_cb;
-    int finish_pending;
+    int finish_pending, lost_pending;
     char *raw; /* the request head as received */
     size_t raw_len, raw_cap, method_len, url_off, url_len;
     char *up; /* the head rendered for upstream, then body bytes not sent yet or kept for a replay */
@@ -885,7 +886,7 @@ static int render_request(HttpConn *s, Buf *b, const char *url, size_t url_len, 
             trace_len = f.value_len;
             continue;
         }
-        if (IS(name, "x-request-id") && s->reqid_ptr == NULL) {
+        if (IS(name, "x-request-id")) { /* the last one, as headers.py */
             s->reqid_ptr = f.value; /* into raw, which lives as long as the exchange */
             s->reqid_len = (int)f.value_len;
         }
@@ -1119,10 +1120,10 @@ static void ex_complete(HttpConn *s, HttpConn *reuse, int keep) {
         s->finish_pending = 1; /* the decision answered locally: accounted once Python has the token */
     else
         call_finish(s);
-    if (!keep || !s->req_done)
-        h_close(s); /* the rest of an unread body would be taken for requests */
+    if (!keep)
+        h_close(s);
     else
-        h_kick(s); /* a pipelined request may be waiting in the buffer */
+        h_kick(s); /* a pipelined request may be waiting in the buffer; the rest of an answered body is dropped */
 }
 
 static void req_complete(HttpConn *s) {
@@ -1157,7 +1158,9 @@ static void cli_lost(HttpConn *c) {
     if (s->x == X_ATTACHED) {
         /* before the response head: Python retries (the replay buffer) or answers 503 */
         s->x = X_WAIT;
-        if (s->token != NULL) {
+        if (s->token == NULL && s->in_cb) {
+            s->lost_pending = 1; /* told once Python has the exchange: on_request is still deciding */
+        } else if (s->token != NULL) {
             PyObject *res = PyObject_CallMethodObjArgs(s->token, str_upstream_lost, NULL);
             if (res == NULL)
                 PyErr_WriteUnraisable(s->token);
@@ -1365,7 +1368,19 @@ static void start_exchange(HttpConn *s, Req *r) {
     }
     if (s->finish_pending) {
         s->finish_pending = 0;
+        s->lost_pending = 0;
         call_finish(s);
+    } else if (s->lost_pending) {
+        s->lost_pending = 0;
+        if (s->x == X_WAIT && s->token != NULL) {
+            PyObject *res = PyObject_CallMethodObjArgs(s->token, str_upstream_lost, NULL);
+            if (res == NULL)
+                PyErr_WriteUnraisable(s->token);
+            Py_XDECREF(res);
+        } else if (s->x == X_WAIT) {
+            static const char why[] = "upstream connection reset before the response headers";
+            local_response(s, 503, why, sizeof why - 1, "", 0);
+        }
     }
     if (s->req_done)
         req_complete(s);
@@ -1685,6 +1700,18 @@ static void h_read(HttpConn *c, int force) {
         Py_DECREF(c);
         return;
     }
+    if (c->on_ticket != NULL) {
+        SSL_SESSION *sess = SSL_get0_session(x->ssl);
+        if (sess != NULL && SSL_SESSION_has_ticket(sess)) {
+            PyObject *cb = c->on_ticket;
+            c->on_ticket = NULL;
+            PyObject *res = PyObject_CallNoArgs(cb);
+            if (res == NULL)
+                PyErr_WriteUnraisable(cb);
+            Py_XDECREF(res);
+            Py_DECREF(cb);
+        }
+    }
     if (c->server) {
         srv_process(c);
         if (x->rd_eof && !c->closed) {
@@ -1702,8 +1729,9 @@ static void h_read(HttpConn *c, int force) {
     }
     if (!c->closed) {
         h_watch(c);
-        /* Records OpenSSL read ahead (past the budget, or while paused) have no socket event to announce them. */
-        if (x->ssl != NULL && !c->hpause && !x->rd_eof && SSL_has_pending(x->ssl))
+        /* Records OpenSSL read ahead past the budget have no socket event to announce them (while paused, the
+         * resume kicks). SSL_has_pending() would also count a partial record: a busy loop until its rest came. */
+        if (x->ssl != NULL && !c->hpause && !x->rd_eof && (total >= READ_BUDGET || SSL_pending(x->ssl) > 0))
             h_kick(c);
     }
     Py_DECREF(c);
@@ -1809,6 +1837,7 @@ void http_reap(PyObject *obj) {
     }
     Py_CLEAR(c->on_request);
     Py_CLEAR(c->on_fallback);
+    Py_CLEAR(c->on_ticket);
     Py_DECREF(obj); /* the core's reference, taken when the socket was adopted */
 }
 
@@ -1909,12 +1938,14 @@ PyObject *Core_http(Core *core, PyObject *args) {
 
 PyObject *Core_upstream(Core *core, PyObject *args) {
     int fd;
-    PyObject *sslobj, *ctx;
-    if (!PyArg_ParseTuple(args, "iOO", &fd, &sslobj, &ctx))
+    PyObject *sslobj, *ctx, *on_ticket = Py_None;
+    if (!PyArg_ParseTuple(args, "iOO|O", &fd, &sslobj, &ctx, &on_ticket))
         return NULL;
     HttpConn *c = conn_new(core, fd, sslobj, ctx, 0);
     if (c == NULL)
         return NULL;
+    if (on_ticket != Py_None && c->s.ssl != NULL)
+        c->on_ticket = Py_NewRef(on_ticket);
     c->rstate = R_IDLE;
     h_kick(c);
     return (PyObject *)c;
@@ -2194,6 +2225,7 @@ static int HttpConn_traverse(HttpConn *c, visitproc visit, void *arg) {
     Py_VISIT(c->on_request);
     Py_VISIT(c->on_fallback);
     Py_VISIT(c->on_close);
+    Py_VISIT(c->on_ticket);
     return 0;
 }
 
@@ -2203,6 +2235,7 @@ static int HttpConn_clear(HttpConn *c) {
     Py_CLEAR(c->on_request);
     Py_CLEAR(c->on_fallback);
     Py_CLEAR(c->on_close);
+    Py_CLEAR(c->on_ticket);
     return 0;
 }
 

@@ -910,7 +910,7 @@ static PyMethodDef Core_methods[] = {
      "http(fd, ssl, ctx, on_request, on_fallback, on_close, peer_ip, extra_response_headers, early=b'') -> "
      "HttpConn: a downstream HTTP/1.1 connection served natively (see _httpcore.c). Takes ownership of the descriptor."},
     {"upstream", (PyCFunction)Core_upstream, METH_VARARGS,
-     "upstream(fd, ssl, ctx) -> HttpConn: a connection to an upstream (the app, or a mesh endpoint over mTLS) "
+     "upstream(fd, ssl, ctx, on_ticket=None) -> HttpConn: a connection to an upstream (the app, or a mesh endpoint over mTLS) "
      "for native exchanges. Takes ownership of the descriptor."},
     {"poll", (PyCFunction)Core_poll, METH_NOARGS, "Handle every ready socket (call when fileno() is readable)."},
     {"fileno", (PyCFunction)Core_fileno, METH_NOARGS, "The epoll descriptor for the event loop to watch."},

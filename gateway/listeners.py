@@ -515,6 +515,16 @@ class InboundListener(Listener):
             self._on_response(None, 400)  # malformed: the engine answers 400
             return None
         ex = NativeExchange(conn, method, url, self)
+        try:
+            self._native_decide(conn, ex, method, url, source, source_ns)
+        except Exception:
+            log.exception("inbound: request handling failed")
+            ex.upstream_failed(500, "internal error")  # answered: the accounting still runs
+        return ex
+
+    def _native_decide(
+        self, conn: Any, ex: NativeExchange, method: bytes, url: bytes, source: str, source_ns: str
+    ) -> None:
         snap = self.holder.current
         path = url.split(b"?", 1)[0].decode("latin-1")
         headers = _LazyHeaders(conn.headers)
@@ -524,17 +534,16 @@ class InboundListener(Listener):
             log.info("inbound: denied %s %s from %s: %s", method.decode("latin-1"), path, source, decision.reason)
             ex.flags = "RBAC"
             conn.respond(403, f"RBAC: access denied ({decision.reason})")
-            return ex
+            return
         if snap.access_log is not None:
             ex.info = []
         conn.prepare(None, b"", None, b"", None, False, False)
         conn.arm_timeout(self.request_timeout)
         client = self.pool.take(None, True)
         if client is not None:
-            conn.forward(client)
+            ex.attach(client)
         else:
             self._spawn(self._open_app_native(ex))
-        return ex
 
     async def _open_app_native(self, ex: NativeExchange) -> None:
         loop = asyncio.get_running_loop()
@@ -741,7 +750,12 @@ class UpstreamListener(Listener):
             self._on_response(None, 400)  # malformed: the engine answers 400
             return None
         ex = NativeExchange(conn, method, url, self)
-        coro = self._request(ex)  # type: ignore[arg-type]
+        try:
+            coro = self._request(ex)  # type: ignore[arg-type]
+        except Exception:
+            log.exception("%s: request handling failed", self.name)
+            ex.upstream_failed(500, "internal error")  # answered: the accounting (and the call's counts) still runs
+            return ex
         if coro is not None:
             self._spawn(coro)
         return ex

@@ -124,9 +124,11 @@ async def upstream(side: Side, key: Any) -> Any:
     if side._pending:
         side.abort()
         raise OSError("the upstream spoke before it was asked")
+    # The TLS 1.3 session ticket usually comes after the hand-over: the engine tells when, for resumption.
+    on_ticket = side._save_session if isinstance(side, TLSSide) and side._want_session else None
     fd = os.dup(side.transport.get_extra_info("socket").fileno())  # type: ignore[union-attr]
     try:
-        conn = native.core(asyncio.get_running_loop()).upstream(fd, ssl_obj, ctx)
+        conn = native.core(asyncio.get_running_loop()).upstream(fd, ssl_obj, ctx, on_ticket)
     except (TypeError, ValueError, OSError) as e:
         os.close(fd)
         side.abort()
@@ -153,20 +155,18 @@ def fallback(
     loop = asyncio.get_running_loop()
     sock = socket.socket(fileno=fd)
     side = FlowSide(_Detached())  # type: ignore[arg-type]
-    side.on_made = lambda transport: make(side, transport)
-    task = loop.create_task(loop.connect_accepted_socket(lambda: side, sock))
-    task.add_done_callback(_log_failure)
-    loop.call_soon(listener._closed, conn)
+
+    def made(transport: asyncio.BaseTransport) -> None:
+        make(side, transport)  # the Python connection is tracked: the native one is not any more
+        listener._closed(conn)
+
+    side.on_made = made
+    listener._spawn(loop.connect_accepted_socket(lambda: side, sock))  # a drain waits for it
     return _ignore
 
 
 def _ignore(_relay: Any) -> None:
     return None
-
-
-def _log_failure(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("HTTP fallback to Python failed: %r", task.exception())
 
 
 class NativeExchange:

@@ -74,6 +74,7 @@ class ClusterRuntime:
         self.lb = ClusterState()
         self.pool = ConnectionPool()
         self.pool.waiter = self._hand_over
+        self.pool.slot_freed = self._slot_freed
         self.waiters: deque[Call] = self.pool.waiters
         self.active = 0  # requests in flight
         self.pending = 0  # requests waiting for a connection
@@ -94,6 +95,7 @@ class ClusterRuntime:
         """A connection came back while requests wait for one (at max_connections): the oldest gets it."""
         waiters = self.waiters
         native = client.native
+        other = False
         for call in list(waiters):
             if call.state != WAITING:
                 waiters.remove(call)
@@ -101,7 +103,23 @@ class ClusterRuntime:
                 waiters.remove(call)
                 call.from_queue(client)
                 return True
+            else:
+                other = True
+        if other:
+            # Only requests of the other kind (the Python proxy's, or the engine's) wait: this connection's slot
+            # goes to them (its loss wakes the oldest, _slot_freed) rather than idling while they starve.
+            client.close()
+            return True
         return False
+
+    def _slot_freed(self) -> None:
+        """A connection is gone while requests wait: the oldest tries again (a dial, now under the limit)."""
+        waiters = self.waiters
+        while waiters:
+            call = waiters.popleft()
+            if call.state == WAITING:
+                asyncio.get_running_loop().call_soon(call.wake)
+                return
 
     # ------------------------------------------------------------------ outlier detection
 
@@ -282,6 +300,11 @@ class Call:
             rt.pending += 1
             rt.m_pending.set(rt.pending)
             rt.waiters.append(self)
+            idle = rt.pool.take_any(not self.native)
+            if idle is not None:
+                # Idle, of the other kind (the engine's or the Python proxy's): its slot is for the queue, whose
+                # oldest request its loss wakes (_slot_freed).
+                idle.close()
             return None
         if rt.pending >= limits.max_pending_requests:
             return self.overflow("max_pending_requests")
@@ -297,6 +320,16 @@ class Call:
         self.host = host
         self.host_idx = -1
         self.upstream_host = f"{client.key[0]}:{client.key[1]}"
+
+    def wake(self) -> None:
+        """Out of the queue without a connection (one was closed to make room): another attempt."""
+        if self.state != WAITING:
+            return
+        rt = self.rt
+        rt.pending -= 1
+        rt.m_pending.set(rt.pending)
+        self.state = STARTING
+        self.owner.retry(self)
 
     def from_queue(self, client: Any) -> None:
         rt = self.rt

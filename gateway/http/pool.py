@@ -31,6 +31,8 @@ class ConnectionPool:
         # returns True when one took it. Only consulted while ``waiters`` is not empty.
         self.waiters: deque[Any] = deque()
         self.waiter: Callable[[ClientConnection], bool] | None = None
+        # Told when a connection is gone while requests wait: its slot under max_connections is free.
+        self.slot_freed: Callable[[], None] | None = None
 
     def take(self, key: Hashable, native: bool = False) -> Any:
         conns = (self.idle_native if native else self.idle).get(key)
@@ -72,6 +74,8 @@ class ConnectionPool:
         conns = (self.idle_native if client.native else self.idle).get(client.key)
         if conns and client in conns:
             conns.remove(client)
+        if self.waiters and self.slot_freed is not None:
+            self.slot_freed()
 
     def close_idle(self, older_than: float) -> int:
         """Close connections idle since before ``older_than`` (monotonic time). Returns how many."""
