@@ -272,6 +272,28 @@ def test_max_connections_queues_then_max_pending_refuses(mesh: Mesh) -> None:
         assert len({r["peer_port"] for r in apps[0].requests}) == 1  # A and B shared one connection
 
 
+def test_max_connections_queue_serves_requests_of_either_data_path(mesh: Mesh) -> None:
+    """An HTTP/1.0 request is served by the Python proxy even where the native engine serves the rest: waiting
+    at max_connections behind a native request, it must get the connection's slot when that one is done."""
+    with instances(mesh, 1) as apps:
+        apps[0].delay = 1.0
+        sc, port = web(mesh, {"limits": {"max_connections": 1, "max_pending_requests": 2}})
+        wait_endpoints(sc, 1)
+        results: list[int] = []
+        first = threading.Thread(target=lambda: results.append(Client(port).request("GET", "/a")[0]))
+        first.start()
+        wait_for(lambda: apps[0].in_flight == 1, 10, "A in flight on the only connection")
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", port), timeout=15) as s:
+            s.sendall(b"GET /b HTTP/1.0\r\nHost: api\r\n\r\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        first.join(15)
+        assert results == [200] and data.startswith(b"HTTP/1.1 200"), data[:200]
+        assert time.monotonic() - started < 5  # served after A, not at a timeout
+
+
 # ---------------------------------------------------------------------- outlier detection
 
 
