@@ -1544,7 +1544,7 @@ static void cli_process(HttpConn *c) {
                 consume(c, r.len);
                 continue;
             }
-            if (s->check_status && s->token != NULL) {
+            if (s->check_status && s->token != NULL && r.status >= 400) { /* only errors are retried */
                 PyObject *st = PyLong_FromLong(r.status);
                 PyObject *res = st ? PyObject_CallMethodObjArgs(s->token, str_on_head, st, NULL) : NULL;
                 Py_XDECREF(st);

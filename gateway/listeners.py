@@ -832,7 +832,8 @@ class UpstreamListener(Listener):
                 resp.extra,
                 resp.drop or None,
                 ex.replay,
-                retry is not None and retry.num_retries > 0,
+                # Asked about each error answer only when a retry could follow one (statuses the policy names).
+                retry is not None and retry.num_retries > 0 and bool(retry.retry_on_status_codes or retry.retry_on),
             )
         else:
             ex.head = render_request_head(
