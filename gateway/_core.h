@@ -75,6 +75,7 @@ extern BIO_METHOD *fd_method;
 extern PyTypeObject HttpConnType;
 
 int out_append(End *x, const char *data, size_t len);
+int end_send(End *x, const char *data, size_t len);
 SSL *ssl_of(PyObject *sslobj, PyObject *context);
 int end_take_over(End *x);
 void core_reap(Core *c);

@@ -188,28 +188,9 @@ static void h_resume(HttpConn *c, int why) {
  * connection feeding this one is paused. -1 (errno) on a socket error. */
 static int h_sock_send(HttpConn *c, const char *data, size_t len) {
     End *x = &c->s;
-    if (x->fd < 0) {
-        errno = EPIPE;
-        return -1;
-    }
-    if (len == 0)
-        return 0;
-    if (x->out_len == 0) {
-        ssize_t n = send(x->fd, data, len, MSG_NOSIGNAL);
-        if (n == (ssize_t)len)
-            return 0;
-        if (n < 0) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
-                return -1;
-            n = 0;
-        }
-        data += n;
-        len -= (size_t)n;
-    }
-    if (out_append(x, data, len) < 0) {
-        errno = ENOMEM;
-        return -1;
-    }
+    int k = end_send(x, data, len);
+    if (k <= 0)
+        return k;
     h_watch(c);
     if (x->out_len > HIGH_WATER && c->peer != NULL)
         h_pause(c->peer, P_PEER);
@@ -2037,18 +2018,23 @@ static PyObject *HttpConn_forward(HttpConn *s, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
-static PyObject *HttpConn_respond(HttpConn *s, PyObject *args) {
-    int status;
-    const char *reason, *extra = "";
-    Py_ssize_t reason_len, extra_len = 0;
-    if (!PyArg_ParseTuple(args, "is#|y#", &status, &reason, &reason_len, &extra, &extra_len))
-        return NULL;
+static PyObject *respond(HttpConn *s, int status, const char *reason, Py_ssize_t reason_len, const char *extra,
+                         Py_ssize_t extra_len) {
     if (need_server(s) < 0)
         return NULL;
     ENTER(s);
     local_response(s, status, reason, (size_t)reason_len, extra, (size_t)extra_len);
     LEAVE(s);
     Py_RETURN_NONE;
+}
+
+static PyObject *HttpConn_respond(HttpConn *s, PyObject *args) {
+    int status;
+    const char *reason, *extra = "";
+    Py_ssize_t reason_len, extra_len = 0;
+    if (!PyArg_ParseTuple(args, "is#|y#", &status, &reason, &reason_len, &extra, &extra_len))
+        return NULL;
+    return respond(s, status, reason, reason_len, extra, extra_len);
 }
 
 /* ServerConnection.local_response's signature, for the listeners' shared code. */
@@ -2059,12 +2045,7 @@ static PyObject *HttpConn_local_response(HttpConn *s, PyObject *args) {
     Py_ssize_t reason_len, extra_len = 0;
     if (!PyArg_ParseTuple(args, "Ois#|y#", &ex, &status, &reason, &reason_len, &extra, &extra_len))
         return NULL;
-    if (need_server(s) < 0)
-        return NULL;
-    ENTER(s);
-    local_response(s, status, reason, (size_t)reason_len, extra, (size_t)extra_len);
-    LEAVE(s);
-    Py_RETURN_NONE;
+    return respond(s, status, reason, reason_len, extra, extra_len);
 }
 
 static PyObject *HttpConn_detach(HttpConn *s, PyObject *unused) {

@@ -125,10 +125,14 @@ int out_append(End *x, const char *data, size_t len) {
 
 /* Bytes for end i's socket: written now if nothing is queued before them, the rest queued (and the end that
  * feeds this one paused past HIGH_WATER). -1 (errno kept) on a socket error: the caller aborts. */
-static int send_raw(Relay *r, int i, const char *data, size_t len) {
-    End *x = &r->e[i];
-    if (x->fd < 0)
+/* The part every socket shares (relay ends, HTTP connections): send now what the socket takes if nothing is
+ * queued, queue the rest. 1: something is queued now (the caller watches for writability), 0: all sent, -1
+ * (errno kept): a socket error. */
+int end_send(End *x, const char *data, size_t len) {
+    if (x->fd < 0) {
+        errno = EPIPE;
         return -1;
+    }
     if (len == 0)
         return 0;
     if (x->out_len == 0) {
@@ -147,6 +151,14 @@ static int send_raw(Relay *r, int i, const char *data, size_t len) {
         errno = ENOMEM;
         return -1;
     }
+    return 1;
+}
+
+static int send_raw(Relay *r, int i, const char *data, size_t len) {
+    End *x = &r->e[i];
+    int k = end_send(x, data, len);
+    if (k <= 0)
+        return k;
     end_watch(r, i);
     End *feeder = &r->e[1 - i];
     if (x->out_len > HIGH_WATER && !feeder->paused) {

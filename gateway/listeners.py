@@ -543,28 +543,7 @@ class InboundListener(Listener):
         if client is not None:
             ex.attach(client)
         else:
-            self._spawn(self._open_app_native(ex))
-
-    async def _open_app_native(self, ex: NativeExchange) -> None:
-        loop = asyncio.get_running_loop()
-        side = FlowSide(_Detached())  # type: ignore[arg-type]
-        try:
-            await asyncio.wait_for(
-                loop.create_connection(lambda: side, self.app_host, self.app_port), self.connect_timeout
-            )
-            _nodelay(side.transport)  # type: ignore[arg-type]
-            client = await native_http.upstream(side, None)
-        except CONNECT_ERRORS as e:
-            self.m_app_error.inc()
-            if isinstance(e, TimeoutError):
-                self.m_timeouts["connect"].inc()
-            log.warning("inbound: cannot reach the local app at %s:%s: %s", self.app_host, self.app_port, e)
-            ex.flags = "UF"
-            ex.upstream_failed(503, "upstream connect error")
-            return
-        self.pool.add(client)
-        client.start()
-        ex.attach(client)
+            self._spawn(self._open_app(ex, None))
 
     def _request(self, conn: ServerConnection, ex: Exchange, source: str, source_ns: str, snap: Snapshot) -> Any:
         # Per request (design.md): an intention change applies to the next request of a kept-alive connection too.
@@ -590,13 +569,16 @@ class InboundListener(Listener):
             return None
         return self._open_app(ex, head)
 
-    async def _open_app(self, ex: Exchange, head: bytes) -> None:
+    async def _open_app(self, ex: Exchange | NativeExchange, head: bytes | None) -> None:
+        """A new connection to the local app for ``ex``: one of the native engine's for its exchanges."""
         loop = asyncio.get_running_loop()
         side = FlowSide(_Detached())  # type: ignore[arg-type]
         try:
             await asyncio.wait_for(
                 loop.create_connection(lambda: side, self.app_host, self.app_port), self.connect_timeout
             )
+            _nodelay(side.transport)  # type: ignore[arg-type]
+            client = await native_http.upstream(side, None) if ex.native else ClientConnection(side, None)
         except CONNECT_ERRORS as e:
             self.m_app_error.inc()
             if isinstance(e, TimeoutError):
@@ -605,9 +587,9 @@ class InboundListener(Listener):
             ex.flags = "UF"
             ex.upstream_failed(503, "upstream connect error")
             return
-        _nodelay(side.transport)  # type: ignore[arg-type]
-        client = ClientConnection(side, None)
         self.pool.add(client)
+        if ex.native:
+            client.start()
         if ex.server.closed or ex.response_status is not None:
             self.pool.release(client)  # the caller left (or timed out) meanwhile: keep it for the next one
             return
