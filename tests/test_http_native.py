@@ -6,6 +6,7 @@ either side, resets, replays, pipelining, the fallback to the Python proxy, boun
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import socket
 import time
@@ -17,7 +18,17 @@ import pytest
 
 from gateway import native
 
-pytestmark = [pytest.mark.skipif(not native.available(), reason="native extension not built"), pytest.mark.asyncio]
+pytestmark = pytest.mark.skipif(not native.available(), reason="native extension not built")
+
+
+def on_a_loop(test: Callable[..., Any]) -> Callable[..., Any]:
+    """Run an async test on its own event loop (no pytest plugin needed), within a minute."""
+
+    @functools.wraps(test)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        return asyncio.run(asyncio.wait_for(test(*args, **kwargs), 60))
+
+    return run
 
 UUID4 = re.compile(rb"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 
@@ -217,6 +228,7 @@ async def raw_answer(port: int, data: bytes) -> bytes:
     return got
 
 
+@on_a_loop
 async def test_forwarding_headers_hop_by_hop_and_ids() -> None:
     async with setup(lambda h, b: ok(extra=b"Keep-Alive: timeout=5\r\nConnection: keep-alive\r\nX-App: 1\r\n")) as (
         front,
@@ -245,6 +257,7 @@ async def test_forwarding_headers_hop_by_hop_and_ids() -> None:
     assert tok.conn.info() == (ids["x-request-id"].encode(), ids["traceparent"].encode())
 
 
+@on_a_loop
 async def test_pipelined_requests_are_answered_in_order_on_one_upstream_connection() -> None:
     async with setup(lambda h, b: ok(h.split(b" ")[1])) as (front, up):
         resps, _ = await exchange(front.port, b"".join(b"GET /%d HTTP/1.1\r\nHost: a\r\n\r\n" % i for i in range(5)), 5)
@@ -252,6 +265,7 @@ async def test_pipelined_requests_are_answered_in_order_on_one_upstream_connecti
     assert up.connections == 1 and len(front.tokens) == 5
 
 
+@on_a_loop
 async def test_long_request_ids_and_many_forwarding_lines_are_kept_whole() -> None:
     async with setup(lambda h, b: ok()) as (front, up):
         rid = b"r" * 200
@@ -264,6 +278,7 @@ async def test_long_request_ids_and_many_forwarding_lines_are_kept_whole() -> No
     assert f"x-forwarded-for: {chain}, 127.0.0.1\r\n" in sent and "forwarded: for=a, for=127.0.0.1\r\n" in sent
 
 
+@on_a_loop
 async def test_a_long_pipeline_behind_a_slow_answer_is_served_whole() -> None:
     release = asyncio.Event()
 
@@ -284,6 +299,7 @@ async def test_a_long_pipeline_behind_a_slow_answer_is_served_whole() -> None:
         writer.close()
 
 
+@on_a_loop
 async def test_chunked_both_ways_with_trailers_and_a_close_delimited_answer() -> None:
     answers = iter(
         [
@@ -311,6 +327,7 @@ async def test_chunked_both_ways_with_trailers_and_a_close_delimited_answer() ->
         assert up.connections == 2  # the close-delimited answer's connection could not be reused
 
 
+@on_a_loop
 async def test_head_204_304_and_interim_answers() -> None:
     answers = {
         b"/head": b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n",
@@ -351,6 +368,7 @@ async def test_head_204_304_and_interim_answers() -> None:
         (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\nno colon\r\n\r\n", 400),
     ],
 )
+@on_a_loop
 async def test_malformed_requests_get_an_error_and_reach_nobody(raw: bytes, status: int) -> None:
     async with setup(lambda h, b: ok()) as (front, up):
         got = await raw_answer(front.port, raw)
@@ -359,6 +377,7 @@ async def test_malformed_requests_get_an_error_and_reach_nobody(raw: bytes, stat
     assert front.malformed == (0 if raw.startswith(b"POST") else 1)
 
 
+@on_a_loop
 async def test_requests_it_does_not_serve_fall_back_to_the_python_proxy() -> None:
     async with setup(lambda h, b: ok()) as (front, up):
         reader, writer = await asyncio.open_connection("127.0.0.1", front.port)
@@ -380,6 +399,7 @@ async def test_requests_it_does_not_serve_fall_back_to_the_python_proxy() -> Non
         assert front.fallbacks == 4 and len(up.requests) == 1
 
 
+@on_a_loop
 async def test_reset_before_the_answer_is_replayed_once_on_a_new_connection() -> None:
     calls = 0
 
@@ -401,12 +421,14 @@ async def test_reset_before_the_answer_is_replayed_once_on_a_new_connection() ->
     "bad",
     [b"HTTP/1.1 2OO OK\r\n\r\n", b"HTTP/1.1 101 Switching\r\n\r\n", b"nonsense\r\n\r\n", b"HTTP/1.1 200 OK\nx: y\n\n"],
 )
+@on_a_loop
 async def test_a_malformed_answer_gets_502(bad: bytes) -> None:
     async with setup(lambda h, b: bad) as (front, _up):
         (resp,), _ = await exchange(front.port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
     assert resp[0].startswith(b"HTTP/1.1 502") and b"malformed" in resp[1]
 
 
+@on_a_loop
 async def test_request_deadline_runs_from_the_end_of_the_request() -> None:
     release = asyncio.Event()
 
@@ -437,6 +459,7 @@ async def test_request_deadline_runs_from_the_end_of_the_request() -> None:
         writer.close()
 
 
+@on_a_loop
 async def test_queue_towards_a_client_that_does_not_read_stays_bounded() -> None:
     size = 64 << 20
     sent = 0
@@ -483,6 +506,7 @@ async def test_queue_towards_a_client_that_does_not_read_stays_bounded() -> None
         up.server.close()
 
 
+@on_a_loop
 async def test_an_early_answer_ends_the_exchange_and_the_rest_of_the_body_is_dropped() -> None:
     class EarlyUpstream(Upstream):
         async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -512,6 +536,7 @@ async def test_an_early_answer_ends_the_exchange_and_the_rest_of_the_body_is_dro
         up.server.close()
 
 
+@on_a_loop
 async def test_pool_closes_every_idle_connection_even_when_closing_tells_it_at_once() -> None:
     """A native connection's close() reports its loss to the pool before returning (the reap runs then)."""
     from gateway.http.pool import ConnectionPool
