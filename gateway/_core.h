@@ -76,6 +76,7 @@ extern PyTypeObject HttpConnType;
 
 int out_append(End *x, const char *data, size_t len);
 int end_send(End *x, const char *data, size_t len);
+int end_flush(End *x);
 SSL *ssl_of(PyObject *sslobj, PyObject *context);
 int end_take_over(End *x);
 void core_reap(Core *c);

@@ -201,24 +201,9 @@ int http_sock_write(End *x, const char *data, size_t len) { return h_sock_send((
 
 static void h_flush_out(HttpConn *c) {
     End *x = &c->s;
-    while (x->out_len) {
-        ssize_t n = send(x->fd, x->out + x->out_off, x->out_len, MSG_NOSIGNAL);
-        if (n < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
-                break;
-            h_abort(c);
-            return;
-        }
-        x->out_off += (size_t)n;
-        x->out_len -= (size_t)n;
-    }
-    if (x->out_len == 0) {
-        x->out_off = 0;
-        if (x->out_cap > 4 * READ_CHUNK) {
-            free(x->out);
-            x->out = NULL;
-            x->out_cap = 0;
-        }
+    if (end_flush(x) < 0) {
+        h_abort(c);
+        return;
     }
     if (c->peer != NULL && (c->peer->hpause & P_PEER) && x->out_len < LOW_WATER)
         h_resume(c->peer, P_PEER);
@@ -767,16 +752,18 @@ static int new_trace_parent(char *out, const char *in, size_t n) {
 
 /* ------------------------------------------------------------------------------------------ rendering */
 
-static const char *const HOP_BY_HOP[] = {"connection", "keep-alive", "proxy-connection", "te", "trailer",
-                                         "transfer-encoding", "upgrade", "proxy-authenticate",
-                                         "proxy-authorization", NULL};
+#define HOP(lit) {lit, sizeof(lit) - 1}
+static const struct {
+    const char *name;
+    size_t len;
+} HOP_BY_HOP[] = {HOP("connection"), HOP("keep-alive"), HOP("proxy-connection"), HOP("te"), HOP("trailer"),
+                  HOP("transfer-encoding"), HOP("upgrade"), HOP("proxy-authenticate"), HOP("proxy-authorization")};
 
+/* Per field of every head, both ways: lengths are compared first, known at compile time. */
 static int is_hop(const char *name, size_t name_len) {
-    for (int i = 0; HOP_BY_HOP[i] != NULL; i++) {
-        size_t n = strlen(HOP_BY_HOP[i]);
-        if (n == name_len && strncasecmp(name, HOP_BY_HOP[i], n) == 0)
+    for (size_t i = 0; i < sizeof HOP_BY_HOP / sizeof HOP_BY_HOP[0]; i++)
+        if (HOP_BY_HOP[i].len == name_len && strncasecmp(name, HOP_BY_HOP[i].name, name_len) == 0)
             return 1;
-    }
     return 0;
 }
 

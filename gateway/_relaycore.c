@@ -294,15 +294,14 @@ static int fd_destroy(BIO *b) {
     return 1;
 }
 
-static void flush_out(Relay *r, int i) {
-    End *x = &r->e[i];
+/* Send what is queued for the socket, as much as it takes. -1 on a socket error (the caller aborts). */
+int end_flush(End *x) {
     while (x->out_len) {
         ssize_t n = send(x->fd, x->out + x->out_off, x->out_len, MSG_NOSIGNAL);
         if (n < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
                 break;
-            relay_abort(r);
-            return;
+            return -1;
         }
         x->out_off += (size_t)n;
         x->out_len -= (size_t)n;
@@ -316,6 +315,15 @@ static void flush_out(Relay *r, int i) {
             x->out = NULL;
             x->out_cap = 0;
         }
+    }
+    return 0;
+}
+
+static void flush_out(Relay *r, int i) {
+    End *x = &r->e[i];
+    if (end_flush(x) < 0) {
+        relay_abort(r);
+        return;
     }
     End *feeder = &r->e[1 - i];
     if (feeder->paused && x->out_len < LOW_WATER) {

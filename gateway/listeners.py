@@ -240,6 +240,32 @@ class Listener(abc.ABC):
     def _done(self, ex: Any) -> None:
         return None
 
+    def _serve_native(
+        self,
+        side: Side,
+        ip: str,
+        on_request: Callable[[Any, bytes | None, bytes | None], Any],
+        python_server: Callable[[Side], None],
+        **attrs: Any,
+    ) -> Any:
+        """An accepted HTTP connection to the native engine, tracked and started; ``python_server`` serves it if
+        the engine hands it back. None: the engine is off or cannot take it (the caller serves it in Python)."""
+        if not native_http.enabled():
+            return None
+        native = native_http.serve(
+            side,
+            ip,
+            on_request,
+            lambda c, fd: native_http.fallback(self, c, fd, lambda s, _t: python_server(s)),
+            self._closed,  # type: ignore[arg-type]
+        )
+        if native is not None:
+            for k, v in attrs.items():
+                setattr(native, k, v)
+            self._track(native)
+            native.start()
+        return native
+
     def _request_timeout(self, ex: Exchange) -> None:
         ex.deadline = 0.0
         self.m_timeouts["request"].inc()
@@ -479,22 +505,15 @@ class InboundListener(Listener):
         peer = side.transport.get_extra_info("peername") if side.transport else None
         ip = peer[0] if peer else ""
         self.m_accepted.inc()
-        if native_http.enabled():
-            native = native_http.serve(
-                side,
-                ip,
-                lambda c, method, url: self._native_request(c, method, url, source, source_ns),
-                lambda c, fd: native_http.fallback(
-                    self, c, fd, lambda s, _t: self._http_server(s, ip, source, source_ns, snap)
-                ),
-                self._closed,  # type: ignore[arg-type]
-            )
-            if native is not None:
-                native.source = source  # for access logs
-                self._track(native)
-                native.start()
-                return
-        self._http_server(side, ip, source, source_ns, snap)
+        native = self._serve_native(
+            side,
+            ip,
+            lambda c, method, url: self._native_request(c, method, url, source, source_ns),
+            lambda s: self._http_server(s, ip, source, source_ns, snap),
+            source=source,  # for access logs
+        )
+        if native is None:
+            self._http_server(side, ip, source, source_ns, snap)
 
     def _http_server(self, side: Side, ip: str, source: str, source_ns: str, snap: Snapshot) -> None:
         conn = ServerConnection(
@@ -701,19 +720,8 @@ class UpstreamListener(Listener):
         peer = transport.get_extra_info("peername")
         ip = peer[0] if peer else ""
         self.m_accepted.inc()
-        if native_http.enabled():
-            native = native_http.serve(
-                side,
-                ip,
-                self._native_request,
-                lambda c, fd: native_http.fallback(self, c, fd, lambda s, _t: self._http_server(s, ip)),
-                self._closed,  # type: ignore[arg-type]
-            )
-            if native is not None:
-                self._track(native)
-                native.start()
-                return
-        self._http_server(side, ip)
+        if self._serve_native(side, ip, self._native_request, lambda s: self._http_server(s, ip)) is None:
+            self._http_server(side, ip)
 
     def _http_server(self, side: Side, ip: str) -> None:
         conn = ServerConnection(
