@@ -1,0 +1,7 @@
+//! The intention evaluator as Python sees it (being written).
+
+use pyo3::prelude::*;
+
+pub fn register(_m: &Bound<'_, PyModule>) -> PyResult<()> {
+    Ok(())
+}
