@@ -38,6 +38,16 @@ def renew_delay(leaf: Leaf, now: float | None = None) -> float:
     return max(0.0, (leaf.not_after - now) * random.uniform(*RENEW_AT))
 
 
+def missing_ca_problem(cfg: BuiltinCAConfig) -> str | None:
+    """A CA directory without a CA is refused unless the config asks for creation (``create: true``)."""
+    if cfg.create or (Path(cfg.dir) / "ca.crt").exists():
+        return None
+    return (
+        f"certificates.builtin.dir: {cfg.dir}: no CA there (expected ca.crt and ca.key: run "
+        f"`meshgw ca init --dir {cfg.dir}`, or set certificates.builtin.create: true)"
+    )
+
+
 class BuiltinCertProvider:
     def __init__(
         self,
@@ -67,6 +77,9 @@ class BuiltinCertProvider:
         return tuple(sig)
 
     def load_initial(self) -> None:
+        missing = missing_ca_problem(self.cfg)
+        if missing:
+            raise ConfigError([missing])
         try:
             self.ca = BuiltinCA.init(Path(self.cfg.dir), self.cfg.trust_domain, exist_ok=True)
         except CAError as e:

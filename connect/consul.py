@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import random
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -44,6 +45,39 @@ DATACENTERS_POLL = 30.0  # /v1/catalog/datacenters cannot block
 UNSPECIFIED = ("0.0.0.0", "::", "")
 
 
+class _NamedContext(ssl.SSLContext):
+    """Sends and verifies a fixed server name whatever host is dialled (Consul's TLSServerName)."""
+
+    server_name: str = ""
+
+    def wrap_bio(
+        self, incoming: Any, outgoing: Any, server_side: bool = False, server_hostname: Any = None, session: Any = None
+    ) -> ssl.SSLObject:
+        return super().wrap_bio(incoming, outgoing, server_side, self.server_name or server_hostname, session)
+
+
+def consul_ssl_context(cfg: ConsulConfig) -> ssl.SSLContext:
+    """The agent's TLS as Consul's client sets it up: CA file or directory (else the system's), client
+    certificate, verification switch and server name (consul.md §10)."""
+    ctx = _NamedContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.server_name = cfg.tls_server_name or ""
+    try:
+        if cfg.ca_file or cfg.ca_path:
+            ctx.load_verify_locations(
+                cafile=str(cfg.ca_file) if cfg.ca_file else None, capath=str(cfg.ca_path) if cfg.ca_path else None
+            )
+        else:
+            ctx.load_default_certs()
+        if cfg.cert_file and cfg.key_file:
+            ctx.load_cert_chain(str(cfg.cert_file), str(cfg.key_file))
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError([f"control_plane.consul: TLS files: {getattr(e, 'strerror', None) or e}"]) from None
+    if not cfg.verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
 class ConsulAPI:
     """The agent's HTTP API over one session (token, TLS, namespace applied to every call)."""
 
@@ -65,11 +99,23 @@ class ConsulAPI:
     async def open(self) -> None:
         import consul.aio
 
-        verify: bool | str = str(self.cfg.ca_file) if self.cfg.ca_file else self.cfg.verify
-        cert = (str(self.cfg.cert_file), str(self.cfg.key_file)) if self.cfg.cert_file and self.cfg.key_file else None
+        unix = self.cfg.socket is not None
+        # py-consul knows neither CAPATH, a TLS server name nor unix sockets (consul.md §9): its session is
+        # replaced by one whose connector does what Consul's Go client does (consul.md §10).
         self.client = consul.aio.Consul(
-            host=self.cfg.host, port=self.cfg.port, scheme=self.cfg.scheme, token=self.token, verify=verify, cert=cert
+            host="localhost" if unix else self.cfg.host,
+            port=80 if unix else self.cfg.port,
+            scheme="http" if unix else self.cfg.scheme,
+            token=self.token,
+            verify=False,
         )
+        await self.client.http._session.close()
+        connector: aiohttp.BaseConnector
+        if unix:
+            connector = aiohttp.UnixConnector(path=str(self.cfg.socket))
+        else:
+            connector = aiohttp.TCPConnector(ssl=consul_ssl_context(self.cfg) if self.cfg.scheme == "https" else False)
+        self.client.http._session = aiohttp.ClientSession(connector=connector)
         # py-consul 1.8 lets CONSUL_HTTP_TOKEN override token= (consul.md §0 trap 9): the resolved one wins here.
         self.client.token = self.token
 

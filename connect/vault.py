@@ -178,11 +178,22 @@ class VaultAPI:
         self.token = ""
         self.client = self._new_client()
 
+    def _verify(self) -> bool | str:
+        # Vault's client: CACERT wins over CAPATH; VAULT_SKIP_VERIFY turns checking off (vault-nomad.md §2.4).
+        if not self.cfg.verify:
+            return False
+        if self.cfg.ca_file:
+            return str(self.cfg.ca_file)
+        return str(self.cfg.ca_path) if self.cfg.ca_path else True
+
     def _new_client(self) -> hvac.Client:
         return hvac.Client(
             url=self.cfg.address,
             token=self.token,
-            verify=str(self.cfg.ca_file) if self.cfg.ca_file else True,
+            verify=self._verify(),
+            cert=(str(self.cfg.cert_file), str(self.cfg.key_file))
+            if self.cfg.cert_file and self.cfg.key_file
+            else None,
             timeout=REQUEST_TIMEOUT,
             namespace=self.cfg.namespace,
             # LIST as GET ?list=true (§0.8): proxies and load balancers in front of Vault may refuse the verb.

@@ -74,7 +74,10 @@ class Admin:
 
     async def config(self, request: web.Request) -> web.Response:
         snap = self.holder.current
+        from gateway.version import VERSION
+
         body = {
+            "version": VERSION,
             "config": self.config_json(),
             "snapshot": snap.to_json(),
             "snapshot_age_seconds": round(time.time() - snap.built_at, 3),

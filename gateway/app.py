@@ -9,7 +9,6 @@ import gc
 import logging
 import signal
 import sys
-import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -376,19 +375,10 @@ class Sidecar:
 # ---------------------------------------------------------------------- entry point
 
 
-class _UTCFormatter(logging.Formatter):
-    converter = time.gmtime
+def setup_logging(level: str, json_lines: bool = False) -> None:
+    from gateway.logs import setup_logging as setup
 
-
-def setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        _UTCFormatter("%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
-    )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    setup(level, json_lines)
 
 
 async def serve(cfg: Config) -> int:
@@ -445,5 +435,8 @@ def run(path: Path) -> int:
         for line in e.problems:
             print(line, file=sys.stderr)
         return 2
-    setup_logging(cfg.log_level)
+    setup_logging(cfg.log_level, cfg.log_json)
+    from gateway.version import VERSION
+
+    log.info("meshgw v%s starting with %s", VERSION, path)
     return int(event_loop_runner()(serve(cfg)))

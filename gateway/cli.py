@@ -94,12 +94,15 @@ def cmd_render(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     except ValueError as e:
         return _die(str(e))
-    setup_logging(cfg.log_level)
+    setup_logging(cfg.log_level, cfg.log_json)
     return run_render(cfg, once=args.once, dry_run=args.dry_run, extra=extra)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from gateway.version import VERSION
+
     p = argparse.ArgumentParser(prog="meshgw", description="Service-mesh sidecar for Consul, Vault and Nomad")
+    p.add_argument("--version", "-version", action="version", version=f"meshgw v{VERSION}")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     r = sub.add_parser("run", help="run a sidecar from a config file")
@@ -146,7 +149,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        msg = f"unrecognized arguments: {' '.join(extra)}"
+        if getattr(args, "intention_cmd", None):
+            # Consul's exit code for a usage error of that `consul intention` command.
+            from gateway.intention_cmd import error_code
+
+            print(f"meshgw intention {args.intention_cmd}: error: {msg}", file=sys.stderr)
+            return error_code(args)
+        parser.error(msg)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

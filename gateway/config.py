@@ -125,15 +125,20 @@ class LocalControlPlaneConfig:
 @dataclass(frozen=True)
 class ConsulConfig:
     """How to reach the Consul agent. Defaults come from Consul's own environment variables
-    (consul.md §10; C:api/api.go): CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN(_FILE), CONSUL_HTTP_SSL,
-    CONSUL_HTTP_SSL_VERIFY, CONSUL_CACERT, CONSUL_CLIENT_CERT/KEY, CONSUL_NAMESPACE."""
+    (consul.md §10; C:api/api.go): CONSUL_HTTP_ADDR (``unix:///path`` included), CONSUL_HTTP_TOKEN(_FILE),
+    CONSUL_HTTP_SSL, CONSUL_HTTP_SSL_VERIFY, CONSUL_CACERT, CONSUL_CAPATH, CONSUL_CLIENT_CERT/KEY,
+    CONSUL_TLS_SERVER_NAME, CONSUL_NAMESPACE; under Nomad 1.7+ workload identity, CONSUL_TOKEN and
+    ``secrets/consul_token``."""
 
-    scheme: str = "http"
+    scheme: str = "http"  # http, https or unix (then ``socket`` is the agent's socket)
     host: str = "127.0.0.1"
     port: int = 8500
     token: str | None = field(default=None, repr=False)
     token_file: Path | None = None
     ca_file: Path | None = None
+    ca_path: Path | None = None
+    tls_server_name: str | None = None
+    socket: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
     verify: bool = True
@@ -146,6 +151,8 @@ class ConsulConfig:
 
     @property
     def address(self) -> str:
+        if self.socket is not None:
+            return f"unix://{self.socket}"
         return f"{self.scheme}://{self.host}:{self.port}"
 
 
@@ -163,6 +170,8 @@ class BuiltinCAConfig:
     dir: Path
     trust_domain: str | None = None
     leaf_ttl: float = 72 * 3600.0
+    # Create the CA when the directory has none. Off by default: a mistyped dir must not start a new trust domain.
+    create: bool = False
 
 
 @dataclass(frozen=True)
@@ -182,7 +191,8 @@ class VaultAuthConfig:
 
 @dataclass(frozen=True)
 class VaultConfig:
-    """Vault PKI. Defaults from VAULT_ADDR, VAULT_CACERT, VAULT_NAMESPACE (vault-nomad.md §2.4)."""
+    """Vault PKI. Defaults from VAULT_AGENT_ADDR (wins, as in Vault's client) or VAULT_ADDR, VAULT_CACERT,
+    VAULT_CAPATH, VAULT_CLIENT_CERT/KEY, VAULT_SKIP_VERIFY, VAULT_NAMESPACE (vault-nomad.md §2.4; V:api/client.go)."""
 
     address: str = "https://127.0.0.1:8200"
     mount: str = "pki"
@@ -191,6 +201,10 @@ class VaultConfig:
     ttl: float | None = None  # None: the role's default
     namespace: str | None = None
     ca_file: Path | None = None
+    ca_path: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    verify: bool = True
     key_type: str = "ec"
     key_bits: int = 256
     issue: bool = False  # True: Vault generates the key (pki/issue) instead of signing our CSR
@@ -255,6 +269,7 @@ class Config:
     admin: AdminConfig
     drain_timeout: float = 15.0
     log_level: str = "info"
+    log_json: bool = False
     templates: tuple[TemplateConfig, ...] = ()
     template_certs: TemplateCertsConfig | None = None
     access_log: AccessLogConfig = field(default_factory=lambda: AccessLogConfig())
@@ -289,22 +304,40 @@ def _plain(value: Any) -> Any:
 
 # --------------------------------------------------------------------------- scalar parsers
 
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+# Go's time.ParseDuration, as Consul, Nomad and Vault read every duration (``1m30s``, ``250ms``, ``1.5h``), plus
+# ``d`` for days, which meshgw configs have used for certificate TTLs.
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h|d)")
+_UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_HINT = "expected a duration such as 500ms, 30s, 1m30s or 72h"
 
 
 def parse_duration(value: Any) -> float:
-    """``30s``, ``500ms``, ``72h``, ``1.5m`` or a bare number of seconds."""
+    """A Go duration string; a bare number is refused (``500`` could be seconds or milliseconds), except 0."""
     if isinstance(value, bool):
-        raise ValueError("expected a duration such as 30s, 5m or 72h")
+        raise ValueError(f"{value!r} is not a duration ({_DURATION_HINT})")
     if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("must not be negative")
-        return float(value)
-    m = _DURATION_RE.match(str(value))
-    if not m:
-        raise ValueError(f"{value!r} is not a duration (expected e.g. 500ms, 30s, 5m, 72h)")
-    return float(m.group(1)) * _UNIT[m.group(2)]
+        if value == 0:
+            return 0.0
+        raise ValueError(f"{value!r} has no unit ({_DURATION_HINT})")
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a duration ({_DURATION_HINT})")
+    s = value.strip()
+    if s.startswith("-"):
+        raise ValueError("must not be negative")
+    s = s.removeprefix("+")
+    if s == "0":
+        return 0.0
+    if re.fullmatch(r"\d+(?:\.\d*)?", s):
+        raise ValueError(f"{value!r} has no unit ({_DURATION_HINT})")
+    pos, total = 0, 0.0
+    for m in _DURATION_PART.finditer(s):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _UNIT[m.group(2)]
+        pos = m.end()
+    if not s or pos != len(s):
+        raise ValueError(f"{value!r} is not a duration ({_DURATION_HINT})")
+    return total
 
 
 def parse_address(value: Any) -> Address:
@@ -446,6 +479,7 @@ def parse_config(data: Any, path: Path, env: Mapping[str, str] | None = None) ->
             "admin",
             "drain_timeout",
             "log_level",
+            "log_json",
             "templates",
             "access_log",
             "config_entries",
@@ -464,7 +498,8 @@ def parse_config(data: Any, path: Path, env: Mapping[str, str] | None = None) ->
     mode = r.get(top, "", "mode", choice(*MODES), "sidecar") or "sidecar"
     gateway_mode = mode != "sidecar"
     drain_timeout = r.get(top, "", "drain_timeout", parse_duration, 15.0) or 0.0
-    log_level = r.get(top, "", "log_level", choice("debug", "info", "warning", "error"), "info") or "info"
+    log_level = r.get(top, "", "log_level", _log_level, "info") or "info"
+    log_json = bool(r.get(top, "", "log_json", _bool, False))
 
     s = r.mapping(top.get("service"), "service", ("name", "id", "address", "port", "protocol"))
     if "service" not in top:
@@ -590,7 +625,7 @@ def parse_config(data: Any, path: Path, env: Mapping[str, str] | None = None) ->
         r.problem("certificates.type", "consul certificates need control_plane.type: consul")
     builtin = None
     if ctype == "builtin":
-        b = r.mapping(c.get("builtin"), "certificates.builtin", ("dir", "trust_domain", "leaf_ttl"))
+        b = r.mapping(c.get("builtin"), "certificates.builtin", ("dir", "trust_domain", "leaf_ttl", "create"))
         bdir = r.get(b, "certificates.builtin", "dir", text, required=True)
         ttl = r.get(b, "certificates.builtin", "leaf_ttl", parse_duration, 72 * 3600.0) or 72 * 3600.0
         if ttl < 2:
@@ -599,6 +634,7 @@ def parse_config(data: Any, path: Path, env: Mapping[str, str] | None = None) ->
             dir=_resolve(base, bdir or "."),
             trust_domain=r.get(b, "certificates.builtin", "trust_domain", _trust_domain, None),
             leaf_ttl=ttl,
+            create=bool(r.get(b, "certificates.builtin", "create", _bool, False)),
         )
     certificates = CertificatesConfig(type=ctype, builtin=builtin, vault=vault)
 
@@ -619,11 +655,16 @@ def parse_config(data: Any, path: Path, env: Mapping[str, str] | None = None) ->
     if consul is not None and consul.register and cp_type == "consul":
         if mode == "sidecar" and inbound is None and upstreams:
             # Consul refuses a connect-proxy without a port ("Port or SocketPath must be set", consul.md §3.1).
-            r.problem("control_plane.consul.register", "a sidecar without inbound has no port to register "
-                      "(expected inbound.bind, or register: false)")
+            r.problem(
+                "control_plane.consul.register",
+                "a sidecar without inbound has no port to register (expected inbound.bind, or register: false)",
+            )
         if mode == "ingress-gateway" and not upstreams and not service.port:
-            r.problem("service.port", "an ingress gateway taking its listeners from Consul registers with this port "
-                      "(expected service.port, or register: false)")
+            r.problem(
+                "service.port",
+                "an ingress gateway taking its listeners from Consul registers with this port "
+                "(expected service.port, or register: false)",
+            )
         if gateway_mode and consul.register_service:
             r.problem("control_plane.consul.register_service", f"a {mode} fronts no app service to register")
     if mode == "sidecar" and inbound is None and not upstreams:
@@ -643,6 +684,7 @@ def parse_config(data: Any, path: Path, env: Mapping[str, str] | None = None) ->
         admin=admin,
         drain_timeout=drain_timeout,
         log_level=log_level,
+        log_json=log_json,
         templates=templates,
         template_certs=template_certs,
         access_log=access_log,
@@ -812,6 +854,14 @@ def _trust_domain(value: Any) -> str:
     return value.lower()
 
 
+def _log_level(value: Any) -> str:
+    # HashiCorp's names (hclog: trace, debug, info, warn, error; any case) and Python's ``warning``.
+    levels = ("trace", "debug", "info", "warn", "warning", "error")
+    if not isinstance(value, str) or value.lower() not in levels:
+        raise ValueError(f"{value!r} is not a log level (expected one of: trace, debug, info, warn, error)")
+    return value.lower()
+
+
 def _bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -834,8 +884,13 @@ def _parse_consul_address(value: str, ssl: bool | None) -> tuple[str, str, int]:
     rest = value
     if "://" in value:
         scheme, rest = value.split("://", 1)
+        if scheme == "unix":
+            # Nomad hands bridge-mode tasks unix://<alloc>/alloc/tmp/consul_http.sock (consul.md §10).
+            if not rest.startswith("/"):
+                raise ValueError(f"{value!r}: expected unix:///absolute/path.sock")
+            return "unix", rest, 0
         if scheme not in ("http", "https"):
-            raise ValueError(f"{value!r}: unknown protocol scheme {scheme!r} (expected http or https)")
+            raise ValueError(f"{value!r}: unknown protocol scheme {scheme!r} (expected http, https or unix)")
         if ssl:
             scheme = "https"
     rest = rest.rstrip("/")
@@ -853,8 +908,10 @@ def _parse_consul(r: _Reader, raw: Any, base: Path, env: Mapping[str, str]) -> C
             "token",
             "token_file",
             "ca_file",
+            "ca_path",
             "cert_file",
             "key_file",
+            "tls_server_name",
             "namespace",
             "verify",
             "wait",
@@ -882,6 +939,14 @@ def _parse_consul(r: _Reader, raw: Any, base: Path, env: Mapping[str, str]) -> C
     if token_file is None and token is None:
         token_file = env.get("CONSUL_HTTP_TOKEN_FILE") or None
         token = None if token_file else (env.get("CONSUL_HTTP_TOKEN") or None)
+    if token_file is None and token is None:
+        # Nomad 1.7+ workload identity: the task's Consul token is written to secrets/consul_token and exported
+        # as CONSUL_TOKEN (N:client/allocrunner/taskrunner/consul_hook.go, the issue #15); the file wins, as for Vault.
+        wi_file = Path(env["NOMAD_SECRETS_DIR"]) / "consul_token" if env.get("NOMAD_SECRETS_DIR") else None
+        if wi_file is not None and wi_file.exists():
+            token_file = str(wi_file)
+        else:
+            token = env.get("CONSUL_TOKEN") or None
     verify_env = _env_bool(env.get("CONSUL_HTTP_SSL_VERIFY"))
     wait = r.get(c, key, "wait", parse_duration, 300.0) or 300.0
     if wait > 600:
@@ -893,6 +958,13 @@ def _parse_consul(r: _Reader, raw: Any, base: Path, env: Mapping[str, str]) -> C
         token=token if not token_file else None,
         token_file=_resolve(base, token_file) if token_file else None,
         ca_file=path_or_env("ca_file", "CONSUL_CACERT"),
+        ca_path=path_or_env("ca_path", "CONSUL_CAPATH"),
+        # Consul strips a port from the server name (C:api/api.go).
+        tls_server_name=(
+            r.get(c, key, "tls_server_name", text, None) or env.get("CONSUL_TLS_SERVER_NAME") or ""
+        ).rsplit(":", 1)[0]
+        or None,
+        socket=Path(host) if scheme == "unix" else None,
         cert_file=path_or_env("cert_file", "CONSUL_CLIENT_CERT"),
         key_file=path_or_env("key_file", "CONSUL_CLIENT_KEY"),
         verify=bool(r.get(c, key, "verify", _bool, True if verify_env is None else verify_env)),
@@ -916,6 +988,10 @@ def _parse_vault(r: _Reader, raw: Any, base: Path, env: Mapping[str, str]) -> Va
             "ttl",
             "namespace",
             "ca_file",
+            "ca_path",
+            "cert_file",
+            "key_file",
+            "verify",
             "key_type",
             "key_bits",
             "issue",
@@ -972,16 +1048,31 @@ def _parse_vault(r: _Reader, raw: Any, base: Path, env: Mapping[str, str]) -> Va
         r.problem(f"{akey}.role_id_file", "approle auth needs role_id_file and secret_id_file")
     if method == "jwt" and auth.jwt_file is None:
         r.problem(f"{akey}.jwt_file", "jwt auth needs jwt_file (the workload identity token Nomad writes)")
-    ca = r.get(v, key, "ca_file", text, None) or env.get("VAULT_CACERT")
+
+    def path_or_env(name: str, var: str) -> Path | None:
+        val = r.get(v, key, name, text, None) or env.get(var)
+        return _resolve(base, val) if val else None
+
+    skip_env = _env_bool(env.get("VAULT_SKIP_VERIFY"))
     wk = r.get(v, key, "write_key_to", text, None)
+    address = (
+        r.get(v, key, "address", text, None)
+        or env.get("VAULT_AGENT_ADDR")
+        or env.get("VAULT_ADDR")
+        or "https://127.0.0.1:8200"
+    )
     return VaultConfig(
-        address=(r.get(v, key, "address", text, None) or env.get("VAULT_ADDR") or "https://127.0.0.1:8200").rstrip("/"),
+        address=address.rstrip("/"),
         mount=(r.get(v, key, "mount", text, "pki") or "pki").strip("/"),
         role=r.get(v, key, "role", text, required=raw is not None) or "",
         trust_domain=r.get(v, key, "trust_domain", _trust_domain, required=raw is not None) or "",
         ttl=r.get(v, key, "ttl", parse_duration, None),
         namespace=r.get(v, key, "namespace", text, None) or env.get("VAULT_NAMESPACE") or None,
-        ca_file=_resolve(base, ca) if ca else None,
+        ca_file=path_or_env("ca_file", "VAULT_CACERT"),
+        ca_path=path_or_env("ca_path", "VAULT_CAPATH"),
+        cert_file=path_or_env("cert_file", "VAULT_CLIENT_CERT"),
+        key_file=path_or_env("key_file", "VAULT_CLIENT_KEY"),
+        verify=bool(r.get(v, key, "verify", _bool, not skip_env if skip_env is not None else True)),
         key_type=key_type,
         key_bits=key_bits,
         issue=bool(r.get(v, key, "issue", _bool, False)),

@@ -29,8 +29,11 @@ from connect.intentions import (
 from connect.local import SourceError, load_structured, read_intentions
 from gateway.config import Config, ConfigError, _parse_consul, _Reader, load_config
 
-EXIT_DENIED = 2
+# `consul intention check` exits 0 allowed, 1 denied, 2 on any error, flag parsing included; the other
+# `consul intention` commands exit 1 on any error (consul.md §7.4; C:command/intention/check/check.go).
+EXIT_DENIED = 1
 EXIT_ERROR = 1
+EXIT_CHECK_ERROR = 2
 
 
 class CommandError(Exception):
@@ -264,11 +267,8 @@ async def _with_store(args: argparse.Namespace) -> int:
         consul_cfg = cfg.control_plane.consul
         default_allow = cfg.control_plane.default_intention_policy == "allow"
     else:
-        raw: dict[str, Any] = {}
-        if args.http_addr:
-            raw["address"] = args.http_addr
-        if args.token:
-            raw["token"] = args.token
+        # Consul's HTTP flags (C:command/flags/http.go) override its environment variables, as for `consul`.
+        raw: dict[str, Any] = {key: getattr(args, dest) for dest, key in _HTTP_FLAGS if getattr(args, dest, None)}
         r = _Reader(Path("<command line>"))
         consul_cfg = _parse_consul(r, raw or None, Path.cwd(), os.environ)
         if r.problems:
@@ -277,12 +277,33 @@ async def _with_store(args: argparse.Namespace) -> int:
     from connect.consul import ConsulAPI
 
     assert consul_cfg is not None
-    api = ConsulAPI(consul_cfg)
-    await api.open()
+    try:
+        api = ConsulAPI(consul_cfg)
+        await api.open()
+    except ConfigError as e:
+        raise CommandError(e.problems[0]) from None
     try:
         return await _run(args, ConsulStore(api, default_allow))
     finally:
         await api.close()
+
+
+# (argparse dest, control_plane.consul key) of Consul's HTTP API flags.
+_HTTP_FLAGS = (
+    ("http_addr", "address"),
+    ("token", "token"),
+    ("token_file", "token_file"),
+    ("ca_file", "ca_file"),
+    ("ca_path", "ca_path"),
+    ("client_cert", "cert_file"),
+    ("client_key", "key_file"),
+    ("tls_server_name", "tls_server_name"),
+    ("namespace", "namespace"),
+)
+
+
+def error_code(args: argparse.Namespace) -> int:
+    return EXIT_CHECK_ERROR if getattr(args, "intention_cmd", None) == "check" else EXIT_ERROR
 
 
 def cmd_intention(args: argparse.Namespace) -> int:
@@ -290,17 +311,37 @@ def cmd_intention(args: argparse.Namespace) -> int:
         return asyncio.run(_with_store(args))
     except CommandError as e:
         print(f"meshgw intention: {e}", file=sys.stderr)
-        return EXIT_ERROR
+        return error_code(args)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors exit as Consul's command does: 2 for `check`, 1 for the others."""
+
+    usage_exit = EXIT_ERROR
+
+    def error(self, message: str) -> Any:
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(self.usage_exit)
 
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("intention", help="create, delete, get, list or check intentions (like consul intention)")
-    isub = p.add_subparsers(dest="intention_cmd", required=True)
+    isub = p.add_subparsers(dest="intention_cmd", required=True, parser_class=_Parser)
 
     def common(q: argparse.ArgumentParser) -> None:
         q.add_argument("-c", "--config", help="use this meshgw config's control plane (local file or its Consul)")
         q.add_argument("-http-addr", "--http-addr", dest="http_addr", help="Consul address (default CONSUL_HTTP_ADDR)")
         q.add_argument("-token", "--token", dest="token", help="Consul ACL token (default CONSUL_HTTP_TOKEN)")
+        q.add_argument("-token-file", "--token-file", dest="token_file", help="file holding the token")
+        q.add_argument("-ca-file", "--ca-file", dest="ca_file", help="CA bundle for Consul's TLS (CONSUL_CACERT)")
+        q.add_argument("-ca-path", "--ca-path", dest="ca_path", help="directory of CA certificates (CONSUL_CAPATH)")
+        q.add_argument(
+            "-client-cert", "--client-cert", dest="client_cert", help="client certificate (CONSUL_CLIENT_CERT)"
+        )
+        q.add_argument("-client-key", "--client-key", dest="client_key", help="client key (CONSUL_CLIENT_KEY)")
+        q.add_argument("-tls-server-name", "--tls-server-name", dest="tls_server_name", help="SNI and name to verify")
+        q.add_argument("-namespace", "--namespace", dest="namespace", help="Consul namespace (CONSUL_NAMESPACE)")
         q.set_defaults(func=cmd_intention)
 
     c = isub.add_parser("create", help="create an intention SRC => DST")
@@ -319,7 +360,8 @@ def add_parser(sub: Any) -> None:
         common(q)
     q = isub.add_parser("list", help="list every intention in evaluation order")
     common(q)
-    q = isub.add_parser("check", help="would SRC reach DST? exit 0 allowed, 2 denied")
+    q = isub.add_parser("check", help="would SRC reach DST? exit 0 allowed, 1 denied, 2 on errors")
+    q.usage_exit = EXIT_CHECK_ERROR  # type: ignore[attr-defined]
     q.add_argument("src")
     q.add_argument("dst")
     q.add_argument("--method", help="L7: the HTTP method")

@@ -6,9 +6,23 @@ reasons from the fixed sets below. Never a peer address, a SPIFFE ID or a path.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, disable_created_metrics
 
+from gateway.version import PYTHON_VERSION, VERSION
+
+# No `<name>_created` series: they double every counter and histogram and no dashboard reads them.
+disable_created_metrics()
 REGISTRY = CollectorRegistry(auto_describe=True)
+# The standard process_* metrics (CPU seconds, resident memory, open fds, start time), as every exporter has.
+ProcessCollector(registry=REGISTRY)
+
+BUILD_INFO = Gauge(
+    "meshgw_build_info",
+    "Always 1; the running meshgw's version and Python version as labels.",
+    ["version", "python_version"],
+    registry=REGISTRY,
+)
+BUILD_INFO.labels(VERSION, PYTHON_VERSION).set(1)
 
 DENY_REASONS = (
     "intention",  # an intention (or the default policy) denied the caller

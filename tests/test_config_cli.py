@@ -27,7 +27,7 @@ control_plane:
   local: {catalog: catalog.yaml, intentions: intentions.yaml}
 certificates:
   type: builtin
-  builtin: {dir: ca}
+  builtin: {dir: ca, create: true}  # issue #15: a missing CA is created only when asked
 """
 
 
@@ -216,7 +216,9 @@ def test_missing_config_file(tmp_path: Path) -> None:
 def test_durations_and_addresses() -> None:
     assert parse_duration("72h") == 72 * 3600
     assert parse_duration("500ms") == 0.5
-    assert parse_duration(3) == 3.0
+    assert parse_duration(0) == 0.0
+    with pytest.raises(ValueError, match="has no unit"):
+        parse_duration(3)  # issue #15: a bare number is refused (was taken as seconds)
     assert parse_address("[::1]:80").host == "::1"
     with pytest.raises(ValueError):
         parse_duration("-1s")

@@ -296,7 +296,7 @@ def test_meshgw_intention_round_trip_against_consul(consul: ConsulDoubleThread) 
     assert run("check", "web", "db").returncode == 0
     assert run("create", "-deny", "-replace", "web", "db").returncode == 0
     r = run("check", "web", "db")
-    assert r.returncode == 2 and "Denied" in r.stdout and "web => db (deny)" in r.stdout
+    assert r.returncode == 1 and "Denied" in r.stdout and "web => db (deny)" in r.stdout
     r = run("list")
     assert "web => db (deny, precedence 9)" in r.stdout
     assert run("delete", "web", "db").returncode == 0
@@ -313,7 +313,7 @@ def test_starting_with_consul_down_waits_with_ready_503(tmp_path: Path, consul: 
                 "service": {"name": "api", "port": app.port},
                 "inbound": {"bind": f"127.0.0.1:{free_port()}"},
                 "control_plane": {"type": "consul", "consul": {"address": consul.address, "wait": "10s"}},
-                "certificates": {"type": "builtin", "builtin": {"dir": "ca", "leaf_ttl": "1h"}},
+                "certificates": {"type": "builtin", "builtin": {"dir": "ca", "leaf_ttl": "1h", "create": True}},
                 "admin": {"bind": f"127.0.0.1:{admin}"},
             }
             path = tmp_path / "api.yaml"

@@ -1180,11 +1180,11 @@ def _cli(tmp_path: Any, intentions: str, *args: str) -> Any:
         (("--method", "PUT", "--path", "/reports", "--header", "x-role=Admin"), 0, "permission[1] (allow)"),
         (
             ("--method", "PUT", "--path", "/reports", "--header", "X-Role=user"),
-            2,
+            1,
             "Denied: web => api: intention web => api: no permission matched, default policy deny",
         ),
-        (("--method", "GET", "--path", "/admin?x=1"), 2, "permission[0] (deny)"),
-        ((), 2, "Denied: web => api: intention web => api has L7 permissions, denied on a TCP listener"),
+        (("--method", "GET", "--path", "/admin?x=1"), 1, "permission[0] (deny)"),
+        ((), 1, "Denied: web => api: intention web => api has L7 permissions, denied on a TCP listener"),
     ],
     ids=["contains-joined-ignore-case", "ignore-case", "no-match", "admin-query", "l4"],
 )
@@ -1208,6 +1208,6 @@ def test_cli_check_contains_and_ignore_case(tmp_path: Any, args: tuple[str, ...]
 def test_cli_check_reports_bad_header_rules_on_one_line(tmp_path: Any, bad: str, needle: str) -> None:
     text = CLI_INTENTIONS.replace("Contains: admin, ignore_case: true", bad)
     r = _cli(tmp_path, text, "web", "api", "--method", "PUT", "--path", "/reports")
-    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert r.returncode == 2, (r.stdout, r.stderr)  # an error: `consul intention check` exits 2
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
     assert "intentions.yaml: Sources[0].Permissions[1].HTTP." + needle in r.stderr, r.stderr

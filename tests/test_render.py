@@ -69,7 +69,7 @@ def make_config(tmp: Path, templates: list[dict[str, Any]] | dict[str, Any], ext
         control_plane:
           local: {catalog: catalog.yaml, intentions: intentions.yaml, poll_interval: 50ms}
         certificates:
-          builtin: {dir: ca}
+          builtin: {dir: ca, create: true}
         """
     )
     (tmp / "web.yaml").write_text(body + extra + yaml.safe_dump({"templates": templates}))

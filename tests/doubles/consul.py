@@ -44,6 +44,7 @@ class ConsulDouble:
         self.http = ConsulHTTP(self.state, acl_token)
         self.host = "127.0.0.1"
         self.port = 0
+        self.socket: str | None = None  # also listen on this unix socket (what Nomad gives bridge-mode tasks)
         self._runner: web.AppRunner | None = None
 
     # ------------------------------------------------------------------ facts
@@ -55,6 +56,12 @@ class ConsulDouble:
     @property
     def url(self) -> str:
         return f"http://{self.address}"
+
+    async def listen_unix(self, path: str) -> None:
+        """Serve the same API on a unix socket too (kept across restart())."""
+        self.socket = path
+        assert self._runner is not None
+        await web.UnixSite(self._runner, path).start()
 
     @property
     def trust_domain(self) -> str:
@@ -80,6 +87,8 @@ class ConsulDouble:
         await runner.setup()
         site = web.TCPSite(runner, host, port, reuse_address=True)
         await site.start()
+        if self.socket is not None:
+            await web.UnixSite(runner, self.socket).start()
         self._runner = runner
         self.host = host
         server = site._server
@@ -212,6 +221,9 @@ class ConsulDoubleThread:
     @property
     def requests(self) -> list[tuple[str, str, dict[str, str], str | None]]:
         return self._call(lambda: list(self._d.requests))
+
+    def listen_unix(self, path: str) -> None:
+        self._run(self._d.listen_unix(path))
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the double's loop and return its result."""
