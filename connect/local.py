@@ -7,40 +7,20 @@ serving; the next good edit is picked up as usual.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-import yaml
-
 from connect.intentions import IntentionError, ServiceIntentions, parse_entries
 from gateway import metrics
 from gateway.config import HEALTH_STATES, ConfigError, LocalControlPlaneConfig, parse_service_name
 from gateway.snapshot import Endpoint
+from gateway.structured import SourceError, load_structured
 
 log = logging.getLogger("meshgw.local")
 T = TypeVar("T")
-
-
-class SourceError(Exception):
-    """A control-plane file that cannot be used, phrased as one line naming the file and key."""
-
-
-def load_structured(path: Path, raw: bytes) -> Any:
-    """YAML or JSON (JSON is YAML, but JSON files get JSON's error messages)."""
-    try:
-        if path.suffix == ".json":
-            return json.loads(raw)
-        return yaml.safe_load(raw)
-    except json.JSONDecodeError as e:
-        raise SourceError(f"{path}: line {e.lineno} column {e.colno}: invalid JSON: {e.msg}") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1} column {mark.column + 1}: " if mark else ""
-        raise SourceError(f"{path}: {where}invalid YAML: {getattr(e, 'problem', None) or e}") from None
 
 
 def parse_catalog(data: Any, path: Path, default_dc: str) -> dict[str, tuple[Endpoint, ...]]:

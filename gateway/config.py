@@ -647,8 +647,11 @@ def parse_config(data: Any, path: Path, env: Mapping[str, str] | None = None) ->
     if top.get("config_entries") is not None:
         from gateway.http.entries import EntryError, parse_entries  # imported here: entries imports this module
 
+        raw_entries = top["config_entries"]
+        if isinstance(raw_entries, str | list):
+            raw_entries = _entry_files(r, raw_entries, base)
         try:
-            config_entries = parse_entries(top["config_entries"], "config_entries")
+            config_entries = parse_entries(raw_entries, "config_entries")
         except EntryError as e:
             r.problems.extend(f"{path}: {p}" for p in e.problems)
 
@@ -845,6 +848,29 @@ def _parse_ingress_listeners(r: _Reader, raw: Any, binds: dict[Address, str]) ->
         if bind.port and bind in binds:
             r.problem(f"{key}.bind", f"{bind} is already used by {binds[bind]} (expected a unique address)")
         binds[bind] = key
+    return out
+
+
+def _entry_files(r: _Reader, raw: str | list[Any], base: Path) -> list[Any]:
+    """``config_entries`` items may name files (HCL, JSON or YAML, one entry or a list each), as operators keep
+    the files they give `consul config write`."""
+    from gateway.structured import SourceError, load_structured
+
+    out: list[Any] = []
+    for n, item in enumerate([raw] if isinstance(raw, str) else raw):
+        if not isinstance(item, str):
+            out.append(item)
+            continue
+        p = _resolve(base, item)
+        try:
+            data = load_structured(p, p.read_bytes())
+        except OSError as e:
+            r.problem(f"config_entries[{n}]", f"{p}: cannot read: {e.strerror or e}")
+            continue
+        except SourceError as e:
+            r.problems.append(str(e))
+            continue
+        out.extend(data if isinstance(data, list) else [data])
     return out
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from doubles.consul import ConsulDoubleThread
 
+LOCAL_CA = "builtin: {dir: ca, create: true}"
 LOCAL = """
 datacenter: dc1
 service: {name: web, port: 8080}
@@ -307,3 +308,73 @@ def test_vault_env_capath_client_cert_skip_verify_agent_addr(tmp_path: Path) -> 
     v2 = load_config(tmp_path / "m.yaml", env={**env, "VAULT_SKIP_VERIFY": "false"}).certificates.vault
     assert v2 is not None and VaultAPI(v2)._verify() == str(tmp_path)
     assert VaultAPI(v2).client.adapter._kwargs.get("cert") == (str(tmp_path / "c.pem"), str(tmp_path / "k.pem"))
+
+
+# --------------------------------------------------------------------------- HCL files
+
+HCL_INTENTIONS = """
+Kind = "service-intentions"
+Name = "api"
+Meta { owner = "team-a" }
+Sources = [
+  {
+    Name   = "web"
+    Action = "allow"
+  },
+  {
+    Name = "admin"
+    Permissions = [
+      {
+        Action = "allow"
+        HTTP = { PathPrefix = "/admin", Methods = ["GET"] }
+      }
+    ]
+  },
+  {
+    Name   = "*"
+    Action = "deny"
+  },
+]
+"""
+
+
+def test_hcl_intention_files(local: Path) -> None:
+    hcl = local.parent / "intentions.hcl"
+    hcl.write_text(HCL_INTENTIONS)
+    local.write_text(LOCAL.replace("intentions.yaml", "intentions.hcl").replace("builtin: {dir: ca}", LOCAL_CA))
+    assert meshgw("validate", "-c", str(local)).returncode == 0
+    r = meshgw("intention", "check", "-c", str(local), "web", "api")
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    r = meshgw("intention", "check", "-c", str(local), "admin", "api", "--method", "GET", "--path", "/admin/x")
+    assert r.returncode == 0 and "permission[0]" in r.stdout, (r.stdout, r.stderr)
+    r = meshgw("intention", "check", "-c", str(local), "db", "api")
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    hcl.write_text('Kind = "service-intentions"\nName = \n')
+    r = meshgw("validate", "-c", str(local))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert f"{hcl}: line 2 column" in r.stderr and "invalid HCL" in r.stderr and "YAML" not in r.stderr, r.stderr
+    # `intention create -file` takes an HCL entry too (into the YAML intentions file of the local control plane).
+    local.write_text(LOCAL)
+    entry = local.parent / "db.hcl"
+    entry.write_text('Kind = "service-intentions"\nName = "db"\nSources = [{ Name = "web", Action = "allow" }]\n')
+    r = meshgw("intention", "create", "-c", str(local), "-file", str(entry))
+    assert r.returncode == 0, r.stderr
+    assert meshgw("intention", "check", "-c", str(local), "web", "db").returncode == 0
+
+
+def test_hcl_config_entry_files_in_meshgw_yaml(local: Path) -> None:
+    (local.parent / "router.hcl").write_text(
+        'Kind = "service-router"\nName = "api"\n'
+        'Routes = [{ Match = { HTTP = { PathPrefix = "/v2" } }, Destination = { Service = "api-v2" } }]\n'
+    )
+    (local.parent / "resolver.json").write_text(
+        '{"Kind": "service-resolver", "Name": "api", "ConnectTimeout": "1m30s"}'
+    )
+    local.write_text(LOCAL.replace("builtin: {dir: ca}", LOCAL_CA) + "config_entries: [router.hcl, resolver.json]\n")
+    from gateway.config import load_config
+
+    entries = load_config(local).config_entries
+    assert [e.kind for e in entries] == ["service-router", "service-resolver"]
+    local.write_text(LOCAL + "config_entries: [missing.hcl]\n")
+    r = meshgw("validate", "-c", str(local))
+    assert r.returncode == 2 and "config_entries[0]:" in r.stderr and "cannot read" in r.stderr, r.stderr
