@@ -15,7 +15,7 @@ from typing import Any
 
 from connect.builtin_certs import BuiltinCertProvider
 from connect.local import LocalControlPlane
-from gateway import metrics, native
+from gateway import metrics, native, sdnotify
 from gateway.admin import Admin
 from gateway.config import Config, ConfigError, load_config
 from gateway.listeners import InboundListener, IngressHTTPListener, Listener, UpstreamListener
@@ -404,15 +404,20 @@ async def serve(cfg: Config) -> int:
     reloading: set[asyncio.Task[bool]] = set()
 
     def on_hup() -> None:
+        sdnotify.reloading()
         t = loop.create_task(sidecar.reload())
         reloading.add(t)
         t.add_done_callback(reloading.discard)
+        # READY=1 again whatever the outcome: a rejected reload keeps the running config serving.
+        t.add_done_callback(lambda _: sdnotify.ready(f"serving {sidecar.config.service.name}"))
 
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, on_hup)
+    sdnotify.ready(f"serving {cfg.service.name}")
     await stop.wait()
     log.info("signal received: shutting down")
+    sdnotify.stopping()
     await sidecar.shutdown()
     return 0
 

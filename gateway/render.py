@@ -644,12 +644,19 @@ class TemplateRunner:
 # --------------------------------------------------------------------------- meshgw render
 
 
+SHIPPED_TEMPLATES = Path(__file__).resolve().parent / "share" / "templates"
+
+
 def parse_template_arg(value: str, base: Path) -> TemplateConfig:
     """``--template SRC:DEST`` (consul-template's ``-template "in:out"``), relative to the working directory."""
     src, sep, dst = value.partition(":")
     if not sep or not src or not dst:
         raise ValueError(f"--template {value!r}: expected SOURCE:DESTINATION")
-    return TemplateConfig(source=(base / src).absolute(), destination=(base / dst).absolute())
+    source = (base / src).absolute()
+    if not source.exists() and "/" not in src and (SHIPPED_TEMPLATES / src).is_file():
+        # A bare name of a template meshgw ships (package data: a wheel install has them too).
+        source = SHIPPED_TEMPLATES / src
+    return TemplateConfig(source=source, destination=(base / dst).absolute())
 
 
 def run_render(

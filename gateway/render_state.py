@@ -820,6 +820,8 @@ def _meshgw_facts(cfg: Config) -> Mapping[str, Any]:
     vault = cfg.certificates.vault
     if vault is not None and vault.write_key_to is not None:
         writable.append(str(vault.write_key_to.parent))
+    if cfg.access_log.enabled and cfg.access_log.type == "file" and cfg.access_log.path is not None:
+        writable.append(str(cfg.access_log.path.parent))
     return MappingProxyType(
         {
             "config_file": str(cfg.path.resolve()),

@@ -1,0 +1,133 @@
+"""Lifecycle on VMs (issue #15): systemd Type=notify with readiness, reload and stop notifications from a real
+`meshgw run`, units that do not restart-loop on a config error, writable paths for access logs and templates,
+and the shipped templates found by name (package data)."""
+
+from __future__ import annotations
+
+import configparser
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+from mesh import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_run_notifies_systemd_ready_reloading_stopping(tmp_path: Path) -> None:
+    (tmp_path / "catalog.yaml").write_text("services: {}\n")
+    (tmp_path / "intentions.yaml").write_text("[]\n")
+    admin = free_port()
+    (tmp_path / "m.yaml").write_text(
+        f"""
+service: {{name: web, port: {free_port()}}}
+inbound: {{bind: 127.0.0.1:{free_port()}}}
+control_plane: {{type: local, local: {{catalog: catalog.yaml, intentions: intentions.yaml}}}}
+certificates: {{builtin: {{dir: ca, create: true, leaf_ttl: 1h}}}}
+admin: {{bind: 127.0.0.1:{admin}}}
+drain_timeout: 1s
+log_json: true
+"""
+    )
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.settimeout(30)
+    env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify.sock")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "run", "-c", str(tmp_path / "m.yaml")],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        msg = notify.recv(4096).decode()
+        assert msg.splitlines()[0] == "READY=1" and "STATUS=serving web" in msg, msg
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/config", timeout=10) as resp:
+            from gateway.version import VERSION
+
+            assert json.load(resp)["version"] == VERSION
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=10) as resp:
+            assert f'version="{VERSION}"' in resp.read().decode()
+        proc.send_signal(signal.SIGHUP)
+        msg = notify.recv(4096).decode().splitlines()
+        assert msg[0] == "RELOADING=1" and msg[1].startswith("MONOTONIC_USEC=") and int(msg[1].split("=")[1]) > 0
+        assert notify.recv(4096).decode().startswith("READY=1")
+        proc.send_signal(signal.SIGTERM)
+        assert notify.recv(4096).decode() == "STOPPING=1"
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        notify.close()
+    assert proc.stderr is not None
+    lines = [json.loads(x) for x in proc.stderr.read().splitlines() if x.startswith("{")]
+    assert any(x["@message"].startswith("meshgw v") and "starting" in x["@message"] for x in lines), lines[:3]
+    assert all({"@timestamp", "@level", "@module", "@message"} <= set(x) for x in lines)
+
+
+def test_config_error_exits_2_and_units_do_not_restart_on_it(tmp_path: Path) -> None:
+    (tmp_path / "m.yaml").write_text("service: {name: web, port: 8080}\ndrain_timeout: 15\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "run", "-c", str(tmp_path / "m.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2 and "drain_timeout: 15 has no unit" in r.stderr
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    unit.read_string((ROOT / "packaging" / "meshgw@.service").read_text())
+    svc = unit["Service"]
+    assert svc["Type"] == "notify" and svc["NotifyAccess"] == "main"
+    assert svc["RestartPreventExitStatus"] == "2" and svc["Restart"] == "on-failure"
+    assert svc["LogsDirectory"] == "meshgw"
+    assert "ExecStartPre" not in svc  # its exit 2 would not be covered by RestartPreventExitStatus
+
+
+def test_rendered_unit_lists_access_log_and_template_dirs_and_templates_resolve_by_name(tmp_path: Path) -> None:
+    (tmp_path / "catalog.yaml").write_text("services: {}\n")
+    (tmp_path / "intentions.yaml").write_text("[]\n")
+    (tmp_path / "t.j2").write_text("x\n")
+    (tmp_path / "m.yaml").write_text(
+        f"""
+service: {{name: web, port: 8080}}
+inbound: {{bind: 127.0.0.1:21000}}
+control_plane: {{type: local, local: {{catalog: catalog.yaml, intentions: intentions.yaml}}}}
+certificates: {{builtin: {{dir: ca, create: true}}}}
+access_log: {{enabled: true, type: file, path: {tmp_path}/logs/access.log}}
+templates: [{{source: t.j2, destination: {tmp_path}/haproxy/haproxy.cfg}}]
+"""
+    )
+    out = tmp_path / "meshgw-web.service"
+    # A bare name is one of the templates meshgw ships as package data (no checkout needed).
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "render",
+            "-c",
+            str(tmp_path / "m.yaml"),
+            "--once",
+            "--template",
+            f"meshgw.service.j2:{out}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    unit.read_string(out.read_text())
+    svc = unit["Service"]
+    assert svc["Type"] == "notify" and svc["RestartPreventExitStatus"] == "2" and svc["LogsDirectory"] == "meshgw"
+    rw = svc["ReadWritePaths"].split()
+    assert f"-{tmp_path}/logs" in rw and f"-{tmp_path}/haproxy" in rw and f"-{tmp_path}/ca" in rw, rw
