@@ -854,6 +854,8 @@ def _meshgw_facts(cfg: Config) -> Mapping[str, Any]:
             ),
             "admin": MappingProxyType({"address": cfg.admin.bind.host, "port": cfg.admin.bind.port}),
             "drain_timeout": cfg.drain_timeout,
+            "linked_services": tuple(ls.name for ls in cfg.linked_services),
+            "registers": bool(cfg.control_plane.consul is not None and cfg.control_plane.consul.register),
             "control_plane": cfg.control_plane.type,
             "certificates": cfg.certificates.type,
             # For a systemd unit: binding a port below 1024 is the only capability meshgw ever needs.

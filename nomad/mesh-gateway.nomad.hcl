@@ -16,9 +16,10 @@ variable "datacenters" {
   default = ["dc1"]
 }
 
-variable "meshgw" {
-  type    = string
-  default = "/usr/local/meshgw/bin/meshgw"
+variable "meshgw_wheel" {
+  type        = string
+  default     = "http://192.168.56.10:8000/meshgw-wheelhouse.tar.gz"
+  description = "URL of meshgw's wheel (or a .tar.gz wheelhouse with its dependencies), fetched by an artifact block"
 }
 
 variable "trust_domain" {
@@ -72,12 +73,41 @@ job "mesh-gateway" {
       }
     }
 
+    # meshgw is not preinstalled on the clients: the wheel comes by artifact and goes into a venv in the
+    # allocation directory (/alloc is the same path in every task's chroot, so the venv's scripts work there).
+    task "meshgw-install" {
+      driver = "exec"
+
+      lifecycle {
+        hook    = "prestart"
+        sidecar = false
+      }
+
+      artifact {
+        source      = var.meshgw_wheel
+        destination = "local/wheels"
+      }
+
+      config {
+        command = "/bin/sh"
+        # Once per allocation (a restarted task finds the venv); --find-links: a wheelhouse needs no index.
+        args = ["-c", "test -x \"$NOMAD_ALLOC_DIR/meshgw/bin/meshgw\" || { /usr/bin/python3 -m venv \"$NOMAD_ALLOC_DIR/meshgw\" && \"$NOMAD_ALLOC_DIR/meshgw/bin/pip\" install --quiet --find-links local/wheels local/wheels/meshgw-*.whl; } && \"$NOMAD_ALLOC_DIR/meshgw/bin/meshgw\" --version"]
+      }
+
+      resources {
+        cpu    = 200
+        memory = 256
+      }
+    }
+
     task "meshgw" {
       driver = "exec"
       kind   = "connect-mesh:mesh-gateway"
+      # Longer than drain_timeout: SIGTERM drains open connections before meshgw exits 0.
+      kill_timeout = "25s"
 
       config {
-        command = var.meshgw
+        command = "${NOMAD_ALLOC_DIR}/meshgw/bin/meshgw"
         args    = ["run", "-c", "local/meshgw.yaml"]
       }
 
@@ -89,6 +119,14 @@ job "mesh-gateway" {
       identity {
         name = "vault_default"
         aud  = ["vault.io"]
+        ttl  = "1h"
+      }
+
+      # Nomad 1.7+ workload identity for Consul: Nomad logs in to Consul with it and hands meshgw the token as
+      # secrets/consul_token and CONSUL_TOKEN, which meshgw reads (templates/consul-acl-policy.hcl.j2 renders the policy it needs).
+      identity {
+        name = "consul_default"
+        aud  = ["consul.io"]
         ttl  = "1h"
       }
 

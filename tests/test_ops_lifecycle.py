@@ -131,3 +131,57 @@ templates: [{{source: t.j2, destination: {tmp_path}/haproxy/haproxy.cfg}}]
     assert svc["Type"] == "notify" and svc["RestartPreventExitStatus"] == "2" and svc["LogsDirectory"] == "meshgw"
     rw = svc["ReadWritePaths"].split()
     assert f"-{tmp_path}/logs" in rw and f"-{tmp_path}/haproxy" in rw and f"-{tmp_path}/ca" in rw, rw
+
+
+def _render(tmp_path: Path, config: str, template: str) -> str:
+    (tmp_path / "m.yaml").write_text(config)
+    out = tmp_path / "out.txt"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "render",
+            "-c",
+            str(tmp_path / "m.yaml"),
+            "--once",
+            "--template",
+            f"{template}:{out}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    return out.read_text()
+
+
+def test_consul_acl_policy_template(tmp_path: Path) -> None:
+    import hcl2
+
+    consul = "control_plane: {type: consul, consul: {address: '127.0.0.1:1', register: true}}\n"
+    text = _render(
+        tmp_path,
+        "service: {name: web, port: 8080}\ninbound: {bind: 127.0.0.1:21000}\n"
+        + consul
+        + "certificates: {type: consul}\n",
+        "consul-acl-policy.hcl.j2",
+    )
+    opts = hcl2.SerializationOptions(strip_string_quotes=True, explicit_blocks=False)
+    doc = hcl2.loads(text, serialization_options=opts)
+    services = {k: v for b in doc["service"] for k, v in b.items()}
+    assert services["web"] == {"policy": "write", "intentions": "read"}
+    assert services["web-sidecar-proxy"]["policy"] == "write"
+    assert doc["service_prefix"][0][""]["policy"] == "read" and doc["node_prefix"][0][""]["policy"] == "read"
+    assert doc["agent_prefix"][0][""]["policy"] == "read"
+    text = _render(
+        tmp_path,
+        "mode: terminating-gateway\nservice: {name: tgw}\ngateway: {bind: 0.0.0.0:8444}\n"
+        "services: [{name: db, address: '10.0.0.9:5432'}]\n"
+        + consul.replace("register: true", "register: false")
+        + "certificates: {type: consul}\n",
+        "consul-acl-policy.hcl.j2",
+    )
+    services = {k: v for b in hcl2.loads(text, serialization_options=opts)["service"] for k, v in b.items()}
+    assert set(services) == {"tgw", "db"} and services["db"]["policy"] == "write"

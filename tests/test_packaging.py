@@ -131,8 +131,9 @@ def check_vault_access(task: dict[str, Any]) -> None:
     vault = one(task.get("vault"), "vault")
     assert vault.get("role"), "Nomad 1.10+ logs in with a role, not policies (vault-nomad.md §0.10)"
     assert "policies" not in vault
-    identity = one(task.get("identity"), "identity")
-    assert identity["name"] == "vault_default" and "vault.io" in identity["aud"]
+    # Issue #15 adds the consul_default identity, so the task has two identity blocks now.
+    identities = {i["name"]: i for i in task.get("identity", [])}
+    assert "vault.io" in identities["vault_default"]["aud"]
     env = one(task.get("env"), "env")
     assert "VAULT_ADDR" in env and env["CONSUL_HTTP_ADDR"].startswith("${attr.unique.network.ip-address}")
 
@@ -194,6 +195,39 @@ def test_every_nomad_job_parses() -> None:
             for _, task in labelled(group.get("task")):
                 assert task["driver"] in ("exec", "raw_exec", "docker")
                 assert one(task.get("resources"), "resources")["memory"] > 0
+
+
+def test_jobs_fetch_meshgw_by_artifact_give_it_a_consul_identity_and_time_to_drain() -> None:
+    from gateway.config import parse_duration
+
+    checked = 0
+    for path in NOMAD_JOBS:
+        job = Job(path)
+        assert "/usr/local/meshgw" not in path.read_text(), f"{path.name}: meshgw must not be preinstalled"
+        for _, group in job.groups():
+            tasks = dict(labelled(group.get("task")))
+            mesh = [(n, t) for n, t in tasks.items() if str(t.get("kind", "")).startswith("connect-")]
+            if not mesh:
+                continue
+            ((_, task),) = mesh
+            installers = [t for t in tasks.values() if t.get("artifact")]
+            assert len(installers) == 1, f"{path.name}: expected one task fetching meshgw by artifact"
+            inst = installers[0]
+            artifact = one(inst["artifact"], "artifact")
+            assert artifact["source"] == "${var.meshgw_wheel}" and str(job.vars["meshgw_wheel"]).startswith("http")
+            assert one(inst.get("lifecycle"), "lifecycle") == {"hook": "prestart", "sidecar": False}
+            script = one(inst.get("config"), "config")["args"][-1]
+            assert "pip" in script and "local/wheels" in script and "NOMAD_ALLOC_DIR/meshgw" in script
+            config = one(task.get("config"), "config")
+            assert config["command"] == "${NOMAD_ALLOC_DIR}/meshgw/bin/meshgw"
+            identities = {i["name"]: i for i in task.get("identity", [])}
+            assert "consul.io" in identities["consul_default"]["aud"], f"{path.name}: no consul_default identity"
+            _, cfg_yaml = task_config_yaml(job, group, task)
+            cfg = parse_config(cfg_yaml, job.path, env={"VAULT_TOKEN": "s.lab"})
+            kill = parse_duration(task["kill_timeout"])
+            assert kill > cfg.drain_timeout, f"{path.name}: kill_timeout {kill}s must exceed drain {cfg.drain_timeout}s"
+            checked += 1
+    assert checked >= 4  # api, web, the mesh gateway, the ingress gateway
 
 
 def test_service_job_sidecars_agree_with_meshgw_config() -> None:

@@ -27,10 +27,22 @@ JSON
 consul config write "$tmp"
 say "intention web -> api: allow"
 
-nomad job run -detach -var "trust_domain=$TRUST_DOMAIN" -var "vault_addr=$VAULT_ADDR" "$SRC/nomad/mesh-demo.nomad.hcl"
+# The jobs fetch meshgw by an artifact: a wheelhouse (meshgw and its dependencies) served from this host.
+WHEELS=/var/lib/meshgw-wheels
+rm -rf "$WHEELS" && mkdir -p "$WHEELS/out"
+/usr/local/meshgw/bin/python -m pip wheel -q --disable-pip-version-check -w "$WHEELS/build" "$SRC"
+tar -C "$WHEELS/build" -czf "$WHEELS/out/meshgw-wheelhouse.tar.gz" .
+systemctl stop meshgw-wheels 2>/dev/null || true
+systemd-run --unit meshgw-wheels /usr/bin/python3 -m http.server 8000 --directory "$WHEELS/out"
+WHEEL_URL=http://$SERVER_IP:8000/meshgw-wheelhouse.tar.gz
+say "meshgw wheelhouse served at $WHEEL_URL"
+
+nomad job run -detach -var "trust_domain=$TRUST_DOMAIN" -var "vault_addr=$VAULT_ADDR" \
+    -var "meshgw_wheel=$WHEEL_URL" "$SRC/nomad/mesh-demo.nomad.hcl"
 say "job mesh-demo submitted"
 
-nomad job run -detach -var "trust_domain=$TRUST_DOMAIN" -var "vault_addr=$VAULT_ADDR" "$SRC/nomad/mesh-gateway.nomad.hcl"
+nomad job run -detach -var "trust_domain=$TRUST_DOMAIN" -var "vault_addr=$VAULT_ADDR" \
+    -var "meshgw_wheel=$WHEEL_URL" "$SRC/nomad/mesh-gateway.nomad.hcl"
 say "job mesh-gateway submitted"
 
 cat <<NEXT
