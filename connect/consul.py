@@ -42,6 +42,7 @@ CHAIN_KINDS = ("service-router", "service-splitter", "service-resolver", "servic
 # again (ours does so at once): an empty upstream set inside this window keeps the last good one.
 RECOVERY_GRACE = 10.0
 DATACENTERS_POLL = 30.0  # /v1/catalog/datacenters cannot block
+AGENT_POLL = 60.0  # /v1/agent/self cannot block either
 UNSPECIFIED = ("0.0.0.0", "::", "")
 
 
@@ -229,6 +230,29 @@ def roots_pem_from_consul(body: Mapping[str, Any]) -> bytes:
     return "".join(parts).encode()
 
 
+def agent_default_allow(body: Any) -> bool | None:
+    """Consul's intention default from /v1/agent/self (consul.md §7.3; C:agent/agent_endpoint.go): the agent's
+    default_intention_policy when set, else allow with ACLs off and the ACL default_policy with them."""
+    if not isinstance(body, Mapping):
+        return None
+    dbg = body.get("DebugConfig") or {}
+    if not isinstance(dbg, Mapping):
+        return None
+    explicit = str(dbg.get("DefaultIntentionPolicy") or "").lower()
+    if explicit in ("allow", "deny"):
+        return explicit == "allow"
+    if not dbg.get("ACLsEnabled"):
+        return True
+    resolver = dbg.get("ACLResolverSettings") or {}
+    policy = str(resolver.get("ACLDefaultPolicy") or dbg.get("ACLDefaultPolicy") or "allow").lower()
+    return policy == "allow"
+
+
+async def fetch_default_allow(api: ConsulAPI) -> bool | None:
+    _, body = await api.request("GET", "/v1/agent/self")
+    return agent_default_allow(body)
+
+
 class ConsulControlPlane:
     def __init__(
         self,
@@ -301,6 +325,9 @@ class ConsulControlPlane:
             self._watched_services.add((gw, dc))
             self._spawn(loop, self._watch_upstream(gw, dc, "service"), f"watch-gateways-{dc}")
         self._spawn(loop, self._watch_intentions(), "watch-intentions")
+        if cfg.control_plane.default_intention_policy is None:
+            self._names.add("agent/self")
+            self._spawn(loop, self._watch_agent_policy(), "watch-agent-policy")
         if cfg.mode in ("ingress-gateway", "terminating-gateway") and self.on_entry is not None:
             self._names.add(f"config/{cfg.mode}")
             self._spawn(loop, self._watch_gateway_entry(), f"watch-{cfg.mode}")
@@ -321,6 +348,27 @@ class ConsulControlPlane:
         self._watch_linked(cfg.linked_services)
         if self.cfg.register:
             self._spawn(loop, self._registration(), "registration")
+
+    async def _watch_agent_policy(self) -> None:
+        """The agent's intention default; re-read now and then, since an agent reload may change it (it cannot
+        block). Until a first answer the builder denies, and /ready says what it waits for."""
+        failures = 0
+        last: bool | None = None
+        while True:
+            try:
+                allow = await fetch_default_allow(self.api)
+            except WatchError as e:
+                failures += 1
+                self.health.failure("agent/self", str(e))
+                await asyncio.sleep(backoff_delay(failures))
+                continue
+            failures = 0
+            self.health.success("agent/self")
+            if allow is not None and allow != last:
+                last = allow
+                log.info("intention default from consul: %s", "allow" if allow else "deny")
+                self.builder.set_default_allow(allow)
+            await asyncio.sleep(AGENT_POLL)
 
     def _gateway_dc(self, u: Any) -> str | None:
         """Which datacenter's mesh gateways an upstream dials, or None when it dials its target directly."""

@@ -161,8 +161,9 @@ class ControlPlaneConfig:
     type: str = "local"
     local: LocalControlPlaneConfig = field(default_factory=LocalControlPlaneConfig)
     consul: ConsulConfig | None = None
-    # Consul's agent setting of the same name: what happens when no intention matches.
-    default_intention_policy: str = "deny"
+    # Consul's agent setting of the same name: what happens when no intention matches. None (Consul only): what
+    # the agent says (ConsulControlPlane reads /v1/agent/self).
+    default_intention_policy: str | None = "deny"
 
 
 @dataclass(frozen=True)
@@ -614,8 +615,15 @@ def parse_config(data: Any, path: Path, env: Mapping[str, str] | None = None) ->
         type=cp_type,
         local=local,
         consul=consul,
-        default_intention_policy=r.get(cp, "control_plane", "default_intention_policy", choice("allow", "deny"), "deny")
-        or "deny",
+        # With Consul, unset means Consul's own answer (the agent's default_intention_policy, else allow with ACLs
+        # off and the ACL default_policy with them: consul.md §7.3), read from /v1/agent/self.
+        default_intention_policy=r.get(
+            cp,
+            "control_plane",
+            "default_intention_policy",
+            choice("allow", "deny"),
+            None if cp_type == "consul" else "deny",
+        ),
     )
 
     c = r.mapping(top.get("certificates"), "certificates", ("type", "builtin", "vault"))

@@ -58,6 +58,9 @@ class LocalStore:
         self.path = cfg.control_plane.local.intentions
         self.default_allow = cfg.control_plane.default_intention_policy == "allow"
 
+    async def get_default(self) -> bool:
+        return self.default_allow
+
     async def entries(self) -> tuple[ServiceIntentions, ...]:
         if not self.path.exists():
             return ()
@@ -131,9 +134,21 @@ class LocalStore:
 class ConsulStore:
     """Consul's intention endpoints (consul.md §7.4), as `consul intention` calls them."""
 
-    def __init__(self, api: Any, default_allow: bool):
+    def __init__(self, api: Any, default_allow: bool | None):
         self.api = api
         self.default_allow = default_allow
+
+    async def get_default(self) -> bool:
+        if self.default_allow is None:
+            from connect.consul import fetch_default_allow
+            from connect.watch import WatchError
+
+            try:
+                self.default_allow = bool(await fetch_default_allow(self.api))
+            except WatchError:
+                # A token without agent:read cannot ask; deny, as meshgw's sidecars do until they know.
+                self.default_allow = False
+        return self.default_allow
 
     async def _call(
         self, method: str, path: str, params: dict[str, str] | None = None, body: Any = None, allow_404: bool = False
@@ -199,7 +214,7 @@ async def _run(args: argparse.Namespace, store: Any) -> int:
                 await store.entries(),
                 args.src,
                 args.dst,
-                store.default_allow if args.default is None else args.default == "allow",
+                await store.get_default() if args.default is None else args.default == "allow",
                 method=args.method if l7 else None,
                 path=args.path if l7 else None,
                 headers=headers if l7 else None,
@@ -265,7 +280,8 @@ async def _with_store(args: argparse.Namespace) -> int:
         if cfg.control_plane.type == "local":
             return await _run(args, LocalStore(cfg))
         consul_cfg = cfg.control_plane.consul
-        default_allow = cfg.control_plane.default_intention_policy == "allow"
+        policy = cfg.control_plane.default_intention_policy
+        default_allow: bool | None = None if policy is None else policy == "allow"
     else:
         # Consul's HTTP flags (C:command/flags/http.go) override its environment variables, as for `consul`.
         raw: dict[str, Any] = {key: getattr(args, dest) for dest, key in _HTTP_FLAGS if getattr(args, dest, None)}
@@ -273,7 +289,7 @@ async def _with_store(args: argparse.Namespace) -> int:
         consul_cfg = _parse_consul(r, raw or None, Path.cwd(), os.environ)
         if r.problems:
             raise CommandError(r.problems[0])
-        default_allow = False
+        default_allow = None  # Consul's own: asked from the agent when a check needs it
     from connect.consul import ConsulAPI
 
     assert consul_cfg is not None
@@ -370,6 +386,8 @@ def add_parser(sub: Any) -> None:
         "--header", action="append", metavar="NAME=VALUE", help="L7: a request header (repeatable, also one name)"
     )
     q.add_argument(
-        "--default", choices=("allow", "deny"), help="policy when nothing matches (default: config's, else deny)"
+        "--default",
+        choices=("allow", "deny"),
+        help="policy when nothing matches (default: the config's, else Consul's agent's)",
     )
     common(q)

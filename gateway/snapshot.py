@@ -256,6 +256,7 @@ class SnapshotBuilder:
         # Roots trusted besides the leaf provider's own, e.g. Consul's during a move between CAs.
         self._extra_roots = b""
         self._version = 0
+        self._agent_default_allow: bool | None = None  # Consul's, when the config leaves the default to it
         # HTTP: discovery-chain config entries from Consul (the local ones are in the config), balancers kept
         # across builds while their endpoints stay, the access log writer kept while its settings stay.
         self._chain_entries: tuple[Any, ...] = ()
@@ -332,6 +333,17 @@ class SnapshotBuilder:
     def trust_domain(self) -> str | None:
         return self._tls.trust_domain if self._tls else None
 
+    def set_default_allow(self, allow: bool) -> None:
+        self._agent_default_allow = allow
+        self.publish()
+
+    def default_allow(self) -> bool:
+        """The config's default_intention_policy, else Consul's answer; deny until there is one."""
+        policy = self.config.control_plane.default_intention_policy
+        if policy is not None:
+            return policy == "allow"
+        return bool(self._agent_default_allow)
+
     def publish(self) -> None:
         self.holder.current = self._build()
 
@@ -385,7 +397,7 @@ class SnapshotBuilder:
             intentions=IntentionTable.build(
                 self._entries,
                 cfg.service.name,
-                default_allow=cfg.control_plane.default_intention_policy == "allow",
+                default_allow=self.default_allow(),
             ),
             intention_entries=self._entries,
             access_log=self._access_log,
@@ -418,9 +430,7 @@ class SnapshotBuilder:
                 service=ls.name,
                 sni=upstream_sni(ls.name, cfg.datacenter, td),
                 server_ctx=server_ctx,
-                intentions=IntentionTable.build(
-                    self._entries, ls.name, default_allow=cfg.control_plane.default_intention_policy == "allow"
-                ),
+                intentions=IntentionTable.build(self._entries, ls.name, default_allow=self.default_allow()),
                 endpoints=eps,
                 origination=origination,
                 origination_sni=ls.sni or (ls.address.host if ls.address is not None else None),

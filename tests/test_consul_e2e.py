@@ -154,7 +154,10 @@ def test_consul_intention_create_deny_replayed_refuses_new_connections(cmesh: Co
         assert api.metric("meshgw_connections_denied_total", reason="intention") >= 1
 
 
-def test_l7_permissions_from_a_consul_config_entry(cmesh: ConsulMesh) -> None:
+def test_l7_permissions_from_a_consul_config_entry(cmesh: ConsulMesh, consul: ConsulDoubleThread) -> None:
+    # A request no permission matches gets Consul's default (consul.md §7.3), which meshgw now reads from the
+    # agent (issue #15): an agent whose default_intention_policy is deny, as this test has always assumed.
+    consul.call(setattr, consul.state, "default_allow", False)
     cmesh.put(
         "/v1/config",
         {

@@ -378,3 +378,70 @@ def test_hcl_config_entry_files_in_meshgw_yaml(local: Path) -> None:
     local.write_text(LOCAL + "config_entries: [missing.hcl]\n")
     r = meshgw("validate", "-c", str(local))
     assert r.returncode == 2 and "config_entries[0]:" in r.stderr and "cannot read" in r.stderr, r.stderr
+
+
+# --------------------------------------------------------------------------- Consul semantics
+
+
+def test_agent_default_allow_follows_consul() -> None:
+    from connect.consul import agent_default_allow
+
+    assert agent_default_allow({"DebugConfig": {"ACLsEnabled": False}}) is True
+    on = {"ACLsEnabled": True, "ACLResolverSettings": {"ACLDefaultPolicy": "deny"}}
+    assert agent_default_allow({"DebugConfig": on}) is False
+    assert agent_default_allow({"DebugConfig": {**on, "ACLResolverSettings": {"ACLDefaultPolicy": "allow"}}}) is True
+    assert agent_default_allow({"DebugConfig": {"ACLsEnabled": True, "ACLDefaultPolicy": "deny"}}) is False  # older
+    assert agent_default_allow({"DebugConfig": {"ACLsEnabled": False, "DefaultIntentionPolicy": "deny"}}) is False
+
+
+def test_intention_default_comes_from_the_agent_unless_the_config_sets_it(tmp_path: Path) -> None:
+    with ConsulDoubleThread() as open_consul:  # ACLs off: Consul allows when nothing matches
+        env = {"CONSUL_HTTP_ADDR": open_consul.address}
+        r = meshgw("intention", "check", "web", "api", env=env)
+        assert r.returncode == 0 and "Allowed" in r.stdout, (r.stdout, r.stderr)
+        cfg = tmp_path / "m.yaml"
+        consul_cfg = LOCAL.replace(
+            "  type: local\n  local: {catalog: catalog.yaml, intentions: intentions.yaml}\n",
+            f"  type: consul\n  consul: {{address: '{open_consul.address}'}}\n",
+        )
+        cfg.write_text(consul_cfg)
+        assert meshgw("intention", "check", "-c", str(cfg), "web", "api").returncode == 0
+        cfg.write_text(consul_cfg.replace("  type: consul\n", "  type: consul\n  default_intention_policy: deny\n"))
+        assert meshgw("intention", "check", "-c", str(cfg), "web", "api").returncode == 1
+    with ConsulDoubleThread(acl_token="t", default_allow=False) as closed:  # ACLs on, default_policy deny
+        r = meshgw("intention", "check", "-token", "t", "web", "api", env={"CONSUL_HTTP_ADDR": closed.address})
+        assert r.returncode == 1 and "Denied" in r.stdout, (r.stdout, r.stderr)
+
+
+def test_sidecar_snapshot_takes_the_agent_default(tmp_path: Path) -> None:
+    import asyncio
+
+    from connect.consul import ConsulControlPlane
+    from gateway.config import load_config
+    from gateway.snapshot import SnapshotBuilder
+
+    with ConsulDoubleThread(acl_token="t", default_allow=True) as consul:
+        cfg_path = tmp_path / "m.yaml"
+        cfg_path.write_text(
+            "service: {name: api, port: 8080}\ninbound: {bind: 127.0.0.1:21000}\n"
+            f"control_plane: {{type: consul, consul: {{address: '{consul.address}', token: t, register: false}}}}\n"
+            "certificates: {type: consul}\n"
+        )
+        cfg = load_config(cfg_path, env={})
+        assert cfg.control_plane.default_intention_policy is None
+
+        async def main() -> bool:
+            builder = SnapshotBuilder(cfg)
+            assert builder.default_allow() is False  # fail closed until Consul answered
+            cp = ConsulControlPlane(cfg, builder, provide_certs=True, ready=lambda: (True, ""))
+            await cp.start()
+            try:
+                for _ in range(200):
+                    if "agent/self" in cp.health.answered:
+                        break
+                    await asyncio.sleep(0.05)
+                return builder.default_allow() and builder.holder.current.intentions.default_allow
+            finally:
+                await cp.stop()
+
+        assert asyncio.run(main()) is True

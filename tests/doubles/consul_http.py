@@ -218,7 +218,16 @@ class ConsulHTTP:
                "NodeID": s.node_id, "Server": True, "Version": "1.17.0", "Revision": "double"}  # fmt: skip
         member = {"Name": s.node_name, "Addr": s.node_address, "Port": 8301, "Status": 1,
                   "Tags": {"dc": s.datacenter, "role": "consul", "id": s.node_id}}  # fmt: skip
-        return json_response({"Config": cfg, "Member": member, "Meta": {}, "DebugConfig": {}, "Coord": None})
+        # What meshgw reads for the intention default (consul.md §7.3): the agent's own default_intention_policy
+        # when the test set one, else the ACL settings (allow without ACLs).
+        acl_on = self.acl_token is not None
+        acl_default = "allow" if s.default_allow else "deny"
+        debug = {
+            "ACLsEnabled": acl_on,
+            "ACLResolverSettings": {"ACLDefaultPolicy": acl_default if acl_on else "allow"},
+            "DefaultIntentionPolicy": "" if s.default_allow == (not acl_on or acl_default == "allow") else acl_default,
+        }
+        return json_response({"Config": cfg, "Member": member, "Meta": {}, "DebugConfig": debug, "Coord": None})
 
     async def agent_members(self, request: web.Request, _: tuple[str, ...]) -> web.Response:
         s = self.state
