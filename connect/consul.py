@@ -199,11 +199,19 @@ def endpoints_from_health(entries: list[dict[str, Any]], datacenter: str, local_
             port = svc.get("Port")
         if not address or not port:
             continue
-        weight = int(((svc.get("Weights") or {}).get("Passing")) or 1)
+        # Consul keeps warning instances, weighted by Weights.Warning; a weight of 0 takes the instance out, and
+        # any critical check (node checks included) does (C:agent/xds/endpoints.go; consul.md §4.1).
+        statuses = {str(c.get("Status")) for c in e.get("Checks") or ()}
+        health = "critical" if "critical" in statuses else "warning" if "warning" in statuses else "passing"
+        weights = svc.get("Weights") or {}
+        raw = weights.get("Warning" if health == "warning" else "Passing")
+        weight = int(1 if raw is None else raw)
+        if weight < 1:
+            health, weight = "critical", 1
         # Service.Meta/Tags for service-resolver subset filters (a sidecar inherits its service's, consul.md §3.2).
         meta = tuple(sorted((str(k), str(v)) for k, v in (svc.get("Meta") or {}).items()))
         tags = tuple(str(t) for t in svc.get("Tags") or ())
-        out.append(Endpoint(str(address), int(port), datacenter, "passing", max(1, weight), meta, tags))
+        out.append(Endpoint(str(address), int(port), datacenter, health, weight, meta, tags))
     # Sorted so that a reordered answer (Consul does not keep order, §4.1) is not a change.
     return tuple(sorted(out, key=lambda ep: (ep.address, ep.port)))
 
@@ -396,7 +404,9 @@ class ConsulControlPlane:
     async def _watch_upstream(self, service: str, dc: str, kind: str = "connect") -> None:
         """Healthy instances of ``service`` in ``dc``: connect-capable ones (sidecars), or with kind "service" the
         service's own instances (mesh gateways are not behind sidecars)."""
-        params = {"passing": "1", "dc": dc if dc != self.config.datacenter else None}
+        # Not ?passing: that would drop warning instances, which Consul keeps (weighted); critical ones are
+        # dropped by the builder (HEALTHY).
+        params = {"dc": dc if dc != self.config.datacenter else None}
         name = f"health/{kind}/{service}" + ("" if kind == "connect" else f"@{dc}")
 
         async def fetch(index: int) -> tuple[int, Any]:
@@ -414,7 +424,9 @@ class ConsulControlPlane:
             catalog: dict[str, tuple[Endpoint, ...]] = {}
             for (svc, _), e in sorted(self._endpoints.items()):
                 catalog[svc] = catalog.get(svc, ()) + e
-            log.info("%s in %s: %d healthy instance(s)", service, dc, len(eps))
+            log.info(
+                "%s in %s: %d healthy instance(s)", service, dc, sum(1 for ep in eps if ep.health != "critical")
+            )
             self.builder.set_catalog(catalog)
 
         await blocking_watch(name, fetch, on_data, self.health)

@@ -445,3 +445,53 @@ def test_sidecar_snapshot_takes_the_agent_default(tmp_path: Path) -> None:
                 await cp.stop()
 
         assert asyncio.run(main()) is True
+
+
+def test_warning_instances_are_kept_weighted_like_consul(tmp_path: Path) -> None:
+    import asyncio
+
+    import consul as pyconsul
+
+    from connect.consul import ConsulControlPlane
+    from gateway.config import load_config
+    from gateway.snapshot import SnapshotBuilder
+
+    with ConsulDoubleThread() as d:
+        c = pyconsul.Consul(host="127.0.0.1", port=d.port)
+        for n, weights in enumerate(({"passing": 5, "warning": 2}, {"passing": 5, "warning": 2}, None, None)):
+            c.agent.service.register(
+                "api-sidecar-proxy",
+                service_id=f"api-{n}-sidecar-proxy",
+                address="127.0.0.1",
+                port=21000 + n,
+                kind="connect-proxy",
+                proxy={"DestinationServiceName": "api", "LocalServicePort": 8080},
+                check=pyconsul.Check.ttl("60s"),
+                weights=weights,
+            )
+        d.set_check_status("api-0-sidecar-proxy", "passing")
+        d.set_check_status("api-1-sidecar-proxy", "warning")  # kept, weight Warning=2
+        d.set_check_status("api-2-sidecar-proxy", "critical")  # dropped
+        d.set_check_status("api-3-sidecar-proxy", "warning")  # kept, default weight 1
+        (tmp_path / "m.yaml").write_text(
+            "service: {name: web, port: 8080}\nupstreams: [{service: api, bind: 127.0.0.1:9191}]\n"
+            f"control_plane: {{type: consul, consul: {{address: '{d.address}', register: false}}}}\n"
+            "certificates: {type: consul}\n"
+        )
+        cfg = load_config(tmp_path / "m.yaml", env={})
+
+        async def main() -> dict[int, tuple[str, int]]:
+            builder = SnapshotBuilder(cfg)
+            cp = ConsulControlPlane(cfg, builder, provide_certs=True, ready=lambda: (True, ""))
+            await cp.start()
+            try:
+                for _ in range(200):
+                    (view,) = builder.holder.current.upstreams.values()
+                    if view.endpoints:
+                        break
+                    await asyncio.sleep(0.05)
+                return {ep.port: (ep.health, ep.weight) for ep in view.endpoints}
+            finally:
+                await cp.stop()
+
+        assert asyncio.run(main()) == {21000: ("passing", 5), 21001: ("warning", 2), 21003: ("warning", 1)}
