@@ -30,6 +30,7 @@ from gateway.config import (
     ConsulConfig,
     ingress_listeners_from_entry,
     linked_services_from_entry,
+    upstreams_from_registration,
 )
 from gateway.http.entries import EntryError, parse_entry, referenced_services
 from gateway.snapshot import Endpoint, SnapshotBuilder, gateway_mode
@@ -43,6 +44,7 @@ CHAIN_KINDS = ("service-router", "service-splitter", "service-resolver", "servic
 RECOVERY_GRACE = 10.0
 DATACENTERS_POLL = 30.0  # /v1/catalog/datacenters cannot block
 AGENT_POLL = 60.0  # /v1/agent/self cannot block either
+SIDECAR_POLL = 5.0  # /v1/agent/services (sidecar_for) cannot block
 UNSPECIFIED = ("0.0.0.0", "::", "")
 
 
@@ -256,6 +258,16 @@ def agent_default_allow(body: Any) -> bool | None:
     return policy == "allow"
 
 
+def find_sidecar_proxy(services: Mapping[str, Any], sidecar_for: str) -> Mapping[str, Any] | None:
+    """The Proxy block of the connect-proxy registered for ``sidecar_for`` (consul.md §3.2): by
+    DestinationServiceID as Consul's LookupProxyIDForSidecar, else by a unique DestinationServiceName."""
+    proxies = [s for s in services.values() if isinstance(s, Mapping) and s.get("Kind") == "connect-proxy"]
+    by_id = [p for p in proxies if (p.get("Proxy") or {}).get("DestinationServiceID") == sidecar_for]
+    by_name = [p for p in proxies if (p.get("Proxy") or {}).get("DestinationServiceName") == sidecar_for]
+    found = by_id if len(by_id) == 1 else by_name if len(by_name) == 1 else []
+    return (found[0].get("Proxy") or {}) if found else None
+
+
 async def fetch_default_allow(api: ConsulAPI) -> bool | None:
     _, body = await api.request("GET", "/v1/agent/self")
     return agent_default_allow(body)
@@ -339,7 +351,10 @@ class ConsulControlPlane:
         if cfg.mode in ("ingress-gateway", "terminating-gateway") and self.on_entry is not None:
             self._names.add(f"config/{cfg.mode}")
             self._spawn(loop, self._watch_gateway_entry(), f"watch-{cfg.mode}")
-        if cfg.upstreams or cfg.mode != "sidecar":
+        if cfg.mode == "sidecar" and self.cfg.sidecar_for and self.on_entry is not None:
+            self._names.add("agent/services")
+            self._spawn(loop, self._watch_sidecar_registration(self.cfg.sidecar_for), "watch-sidecar-registration")
+        if cfg.upstreams or cfg.mode != "sidecar" or self.cfg.sidecar_for:
             # The discovery chain's config entries (consul.md §8.1, §8.3-§8.5): resolvers for every upstream
             # (redirect, subsets, failover), routers and splitters for HTTP ones; a mesh gateway needs the
             # resolvers' subsets for subset SNI names.
@@ -356,6 +371,44 @@ class ConsulControlPlane:
         self._watch_linked(cfg.linked_services)
         if self.cfg.register:
             self._spawn(loop, self._registration(), "registration")
+
+    async def _watch_sidecar_registration(self, sidecar_for: str) -> None:
+        """The upstreams of the connect-proxy registered for ``sidecar_for`` on the local agent, as
+        `consul connect envoy -sidecar-for` finds it (the proxy whose DestinationServiceID matches; meshgw also
+        takes a unique DestinationServiceName match, since Nomad's service IDs are generated). The agent's service
+        list cannot block: it is polled, and a changed registration (Nomad job update) changes the listeners."""
+        where = f"consul agent service for {sidecar_for}"
+        failures = 0
+        last: Any = object()
+        while True:
+            try:
+                _, services = await self.api.request("GET", "/v1/agent/services")
+            except WatchError as e:
+                failures += 1
+                self.health.failure("agent/services", str(e))
+                await asyncio.sleep(backoff_delay(failures))
+                continue
+            failures = 0
+            proxy = find_sidecar_proxy(services or {}, sidecar_for)
+            if proxy is None:
+                self.health.failure("agent/services", f"{where}: no connect-proxy registered for it (yet)")
+            else:
+                self.health.success("agent/services")
+                if proxy != last:
+                    last = proxy
+                    try:
+                        value = upstreams_from_registration(proxy, where)
+                    except ConfigError as e:
+                        metrics.CONTROL_PLANE_ERRORS.labels("registration").inc()
+                        for line in e.problems:
+                            log.error("%s (unchanged)", line)
+                    else:
+                        for u in value:
+                            self._watch_service(u.service, u.datacenter or self.config.datacenter)
+                        log.info("%s: %d upstream(s)", where, len(value))
+                        assert self.on_entry is not None
+                        self.on_entry(value)
+            await asyncio.sleep(SIDECAR_POLL)
 
     async def _watch_agent_policy(self) -> None:
         """The agent's intention default; re-read now and then, since an agent reload may change it (it cannot
@@ -424,9 +477,7 @@ class ConsulControlPlane:
             catalog: dict[str, tuple[Endpoint, ...]] = {}
             for (svc, _), e in sorted(self._endpoints.items()):
                 catalog[svc] = catalog.get(svc, ()) + e
-            log.info(
-                "%s in %s: %d healthy instance(s)", service, dc, sum(1 for ep in eps if ep.health != "critical")
-            )
+            log.info("%s in %s: %d healthy instance(s)", service, dc, sum(1 for ep in eps if ep.health != "critical"))
             self.builder.set_catalog(catalog)
 
         await blocking_watch(name, fetch, on_data, self.health)

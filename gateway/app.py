@@ -40,6 +40,9 @@ def consul_supplied(cfg: Config) -> str | None:
         return "upstreams"
     if cfg.mode == "terminating-gateway" and not cfg.linked_services:
         return "linked_services"
+    consul = cfg.control_plane.consul
+    if cfg.mode == "sidecar" and consul is not None and consul.sidecar_for and not cfg.upstreams:
+        return "upstreams"  # from its connect-proxy registration (`consul connect envoy -sidecar-for`)
     return None
 
 

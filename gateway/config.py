@@ -148,6 +148,9 @@ class ConsulConfig:
     # Register the sidecar (Kind connect-proxy) and, if asked, the app service itself.
     register: bool = True
     register_service: bool = False
+    # `consul connect envoy -sidecar-for <id>`: take the upstreams from the connect-proxy registration on the local
+    # agent whose DestinationServiceID (else, when unique, DestinationServiceName) is this, instead of from YAML.
+    sidecar_for: str | None = None
 
     @property
     def address(self) -> str:
@@ -529,42 +532,12 @@ def parse_config(data: Any, path: Path, env: Mapping[str, str] | None = None) ->
             idle_timeout=r.get(i, "inbound", "idle_timeout", parse_duration, 3600.0) or 3600.0,
         )
 
-    upstreams: list[UpstreamConfig] = []
     raw_ups = top.get("upstreams") or []
     if not isinstance(raw_ups, list):
         r.problem("upstreams", f"expected a list of upstreams, got {type(raw_ups).__name__}")
         raw_ups = []
     binds: dict[Address, str] = {}
-    for n, raw in enumerate(raw_ups):
-        key = f"upstreams[{n}]"
-        u = r.mapping(
-            raw,
-            key,
-            (
-                "service",
-                "bind",
-                "datacenter",
-                "protocol",
-                "connect_timeout",
-                "request_timeout",
-                "mesh_gateway",
-                *_HTTP_UPSTREAM_KEYS,
-            ),
-        )
-        up = UpstreamConfig(
-            service=r.get(u, key, "service", parse_service_name, required=True) or "invalid",
-            bind=r.get(u, key, "bind", parse_address, required=True) or Address("127.0.0.1", 0),
-            datacenter=r.get(u, key, "datacenter", text, None),
-            protocol=r.get(u, key, "protocol", choice(*PROTOCOLS), "tcp") or "tcp",
-            connect_timeout=r.get(u, key, "connect_timeout", parse_duration, 5.0) or 5.0,
-            request_timeout=r.get(u, key, "request_timeout", parse_duration, 15.0) or 15.0,
-            mesh_gateway=r.get(u, key, "mesh_gateway", choice(*MESH_GATEWAY_MODES), None),
-            **_parse_http_upstream(r, u, key),
-        )
-        if up.bind.port and up.bind in binds:
-            r.problem(f"{key}.bind", f"{up.bind} is already used by {binds[up.bind]} (expected a unique address)")
-        binds[up.bind] = key
-        upstreams.append(up)
+    upstreams = _parse_upstreams(r, raw_ups, binds)
     if inbound is not None and inbound.bind.port and inbound.bind in binds:
         r.problem("inbound.bind", f"{inbound.bind} is also used by {binds[inbound.bind]}")
 
@@ -678,7 +651,14 @@ def parse_config(data: Any, path: Path, env: Mapping[str, str] | None = None) ->
             )
         if gateway_mode and consul.register_service:
             r.problem("control_plane.consul.register_service", f"a {mode} fronts no app service to register")
-    if mode == "sidecar" and inbound is None and not upstreams:
+    sidecar_for = consul.sidecar_for if consul is not None and cp_type == "consul" else None
+    if sidecar_for and mode != "sidecar":
+        r.problem(
+            "control_plane.consul.sidecar_for", f"only a sidecar takes its upstreams from a registration, not a {mode}"
+        )
+    if sidecar_for and upstreams:
+        r.problem("control_plane.consul.sidecar_for", "upstreams come from the registration: leave upstreams out")
+    if mode == "sidecar" and inbound is None and not upstreams and not sidecar_for:
         r.problem("inbound", "a sidecar needs an inbound listener or at least one upstream (expected inbound.bind)")
 
     if r.problems:
@@ -761,6 +741,71 @@ def linked_services_from_entry(entry: Mapping[str, Any], where: str) -> tuple[Li
     if r.problems:
         raise ConfigError(r.problems)
     return linked
+
+
+def _parse_upstreams(r: _Reader, raw_ups: list[Any], binds: dict[Address, str] | None = None) -> list[UpstreamConfig]:
+    binds = {} if binds is None else binds
+    upstreams: list[UpstreamConfig] = []
+    for n, raw in enumerate(raw_ups):
+        key = f"upstreams[{n}]"
+        u = r.mapping(
+            raw,
+            key,
+            (
+                "service",
+                "bind",
+                "datacenter",
+                "protocol",
+                "connect_timeout",
+                "request_timeout",
+                "mesh_gateway",
+                *_HTTP_UPSTREAM_KEYS,
+            ),
+        )
+        up = UpstreamConfig(
+            service=r.get(u, key, "service", parse_service_name, required=True) or "invalid",
+            bind=r.get(u, key, "bind", parse_address, required=True) or Address("127.0.0.1", 0),
+            datacenter=r.get(u, key, "datacenter", text, None),
+            protocol=r.get(u, key, "protocol", choice(*PROTOCOLS), "tcp") or "tcp",
+            connect_timeout=r.get(u, key, "connect_timeout", parse_duration, 5.0) or 5.0,
+            request_timeout=r.get(u, key, "request_timeout", parse_duration, 15.0) or 15.0,
+            mesh_gateway=r.get(u, key, "mesh_gateway", choice(*MESH_GATEWAY_MODES), None),
+            **_parse_http_upstream(r, u, key),
+        )
+        if up.bind.port and up.bind in binds:
+            r.problem(f"{key}.bind", f"{up.bind} is already used by {binds[up.bind]} (expected a unique address)")
+        binds[up.bind] = key
+        upstreams.append(up)
+    return upstreams
+
+
+def upstreams_from_registration(proxy: Mapping[str, Any], where: str) -> tuple[UpstreamConfig, ...]:
+    """A connect-proxy registration's ``Proxy.Upstreams`` (consul.md §3.1) as meshgw upstreams, as
+    `consul connect envoy -sidecar-for` builds Envoy's listeners from them. Raises ConfigError."""
+    r = _Reader(Path(where))
+    raw = []
+    for n, u in enumerate(proxy.get("Upstreams") or []):
+        if not isinstance(u, Mapping):
+            r.problem(f"Proxy.Upstreams[{n}]", "expected a mapping")
+            continue
+        if str(u.get("DestinationType") or "service") != "service":
+            r.problem(f"Proxy.Upstreams[{n}].DestinationType", "only service upstreams are supported by meshgw")
+            continue
+        address = str(u.get("LocalBindAddress") or "127.0.0.1")
+        port = u.get("LocalBindPort")
+        item: dict[str, Any] = {
+            "service": u.get("DestinationName"),
+            "bind": f"[{address}]:{port}" if ":" in address else f"{address}:{port}",
+        }
+        if u.get("Datacenter"):
+            item["datacenter"] = u["Datacenter"]
+        protocol = str((u.get("Config") or {}).get("protocol") or "tcp").lower()
+        item["protocol"] = "http" if protocol in ("http", "http2", "grpc") else "tcp"
+        raw.append(item)
+    ups = _parse_upstreams(r, raw) if raw else []
+    if r.problems:
+        raise ConfigError(r.problems)
+    return tuple(ups)
 
 
 def ingress_listeners_from_entry(entry: Mapping[str, Any], address: str, where: str) -> tuple[UpstreamConfig, ...]:
@@ -951,6 +996,7 @@ def _parse_consul(r: _Reader, raw: Any, base: Path, env: Mapping[str, str]) -> C
             "wait",
             "register",
             "register_service",
+            "sidecar_for",
         ),
     )
     ssl = _env_bool(env.get("CONSUL_HTTP_SSL"))
@@ -1006,6 +1052,7 @@ def _parse_consul(r: _Reader, raw: Any, base: Path, env: Mapping[str, str]) -> C
         wait=wait,
         register=bool(r.get(c, key, "register", _bool, True)),
         register_service=bool(r.get(c, key, "register_service", _bool, False)),
+        sidecar_for=r.get(c, key, "sidecar_for", text, None),
     )
 
 

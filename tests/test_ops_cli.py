@@ -495,3 +495,82 @@ def test_warning_instances_are_kept_weighted_like_consul(tmp_path: Path) -> None
                 await cp.stop()
 
         assert asyncio.run(main()) == {21000: ("passing", 5), 21001: ("warning", 2), 21003: ("warning", 1)}
+
+
+def test_sidecar_takes_its_upstreams_from_its_consul_registration(tmp_path: Path) -> None:
+    import json
+    import signal
+    import socket
+    import urllib.request
+
+    import consul as pyconsul
+    from mesh import free_port, wait_for
+
+    with ConsulDoubleThread() as d:
+        c = pyconsul.Consul(host="127.0.0.1", port=d.port)
+        up_port, admin = free_port(), free_port()
+        # What Nomad (or a service definition) registers: the sidecar with its upstreams.
+        c.agent.service.register("web", service_id="web-1", address="127.0.0.1", port=8080)
+        c.agent.service.register(
+            "web-sidecar-proxy",
+            service_id="web-1-sidecar-proxy",
+            port=21000,
+            kind="connect-proxy",
+            proxy={
+                "DestinationServiceName": "web",
+                "DestinationServiceID": "web-1",
+                "LocalServicePort": 8080,
+                "Upstreams": [{"DestinationName": "api", "LocalBindPort": up_port}],
+            },
+        )
+        (tmp_path / "web.yaml").write_text(
+            "service: {name: web, port: 8080}\n"
+            "control_plane: {type: consul, consul: "
+            f"{{address: '{d.address}', register: false, sidecar_for: web-1}}}}\n"
+            f"certificates: {{type: consul}}\nadmin: {{bind: '127.0.0.1:{admin}'}}\ndrain_timeout: 1s\n"
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONSUL_")}
+        assert meshgw("validate", "-c", str(tmp_path / "web.yaml"), env=env).returncode == 0
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "run", "-c", str(tmp_path / "web.yaml")],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+
+            def upstreams() -> list[dict[str, object]] | None:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/config", timeout=5) as r:
+                        return json.load(r)["config"]["upstreams"] or None
+                except OSError:
+                    return None
+
+            ups = wait_for(upstreams, 30, "upstreams from the registration")
+            assert [(u["service"], u["bind"]) for u in ups] == [("api", f"127.0.0.1:{up_port}")]
+
+            def listening() -> bool:
+                try:
+                    with socket.create_connection(("127.0.0.1", up_port), timeout=5):
+                        return True
+                except OSError:
+                    return False
+
+            wait_for(listening, 15, "the upstream listener opens")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
+
+
+def test_sidecar_for_is_a_sidecar_setting_without_yaml_upstreams(local: Path) -> None:
+    text = LOCAL.replace(
+        "  type: local\n  local: {catalog: catalog.yaml, intentions: intentions.yaml}\n",
+        "  type: consul\n  consul: {sidecar_for: web}\n",
+    ).replace("builtin: {dir: ca}", LOCAL_CA)
+    local.write_text(text + "upstreams: [{service: api, bind: 127.0.0.1:9191}]\n")
+    r = meshgw("validate", "-c", str(local))
+    assert r.returncode == 2 and "control_plane.consul.sidecar_for: upstreams come from the registration" in r.stderr
