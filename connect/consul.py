@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 from cryptography import x509
 
+from connect import consul_queries as queries
 from connect.ca import Leaf, colon_hex
 from connect.intentions import IntentionError, parse_entries
 from connect.watch import WatchError, WatchHealth, backoff_delay, blocking_watch
@@ -184,36 +185,14 @@ class ConsulAPI:
 
 
 def endpoints_from_health(entries: list[dict[str, Any]], datacenter: str, local_dc: str) -> tuple[Endpoint, ...]:
-    """CheckServiceNode list → endpoints, with Consul's BestAddress rule (consul.md §4.1)."""
+    """CheckServiceNode list → endpoints (decoded by connect.consul_queries, as the templates' instances).
+    Consul keeps warning instances, weighted by Weights.Warning; a weight of 0 takes the instance out, and any
+    critical check (node checks included) does (C:agent/xds/endpoints.go; consul.md §4.1). Service.Meta/Tags
+    are kept for service-resolver subset filters (a sidecar inherits its service's, consul.md §3.2)."""
     out = []
-    wan = datacenter != local_dc
-    for e in entries or []:
-        svc, node = e.get("Service") or {}, e.get("Node") or {}
-        s_tag = svc.get("TaggedAddresses") or {}
-        n_tag = node.get("TaggedAddresses") or {}
-        if wan:
-            address = (
-                (s_tag.get("wan") or {}).get("Address") or svc.get("Address") or n_tag.get("wan") or node.get("Address")
-            )
-            port = (s_tag.get("wan") or {}).get("Port") or svc.get("Port")
-        else:
-            address = svc.get("Address") or (s_tag.get("lan") or {}).get("Address") or node.get("Address")
-            port = svc.get("Port")
-        if not address or not port:
-            continue
-        # Consul keeps warning instances, weighted by Weights.Warning; a weight of 0 takes the instance out, and
-        # any critical check (node checks included) does (C:agent/xds/endpoints.go; consul.md §4.1).
-        statuses = {str(c.get("Status")) for c in e.get("Checks") or ()}
-        health = "critical" if "critical" in statuses else "warning" if "warning" in statuses else "passing"
-        weights = svc.get("Weights") or {}
-        raw = weights.get("Warning" if health == "warning" else "Passing")
-        weight = int(1 if raw is None else raw)
-        if weight < 1:
-            health, weight = "critical", 1
-        # Service.Meta/Tags for service-resolver subset filters (a sidecar inherits its service's, consul.md §3.2).
-        meta = tuple(sorted((str(k), str(v)) for k, v in (svc.get("Meta") or {}).items()))
-        tags = tuple(str(t) for t in svc.get("Tags") or ())
-        out.append(Endpoint(str(address), int(port), datacenter, health, weight, meta, tags))
+    for i in queries.parse_health(entries, wan=datacenter != local_dc, connect=False):
+        health, weight = (i.health, i.weight) if i.weight >= 1 else ("critical", 1)
+        out.append(Endpoint(i.address, i.port, datacenter, health, weight, i.meta, i.tags))
     # Sorted so that a reordered answer (Consul does not keep order, §4.1) is not a change.
     return tuple(sorted(out, key=lambda ep: (ep.address, ep.port)))
 
@@ -457,13 +436,12 @@ class ConsulControlPlane:
     async def _watch_upstream(self, service: str, dc: str, kind: str = "connect") -> None:
         """Healthy instances of ``service`` in ``dc``: connect-capable ones (sidecars), or with kind "service" the
         service's own instances (mesh gateways are not behind sidecars)."""
-        # Not ?passing: that would drop warning instances, which Consul keeps (weighted); critical ones are
-        # dropped by the builder (HEALTHY).
-        params = {"dc": dc if dc != self.config.datacenter else None}
-        name = f"health/{kind}/{service}" + ("" if kind == "connect" else f"@{dc}")
+        # Not ?passing (consul_queries.health): warning instances stay, weighted; the builder drops critical ones.
+        q = queries.health(kind, service, dc, self.config.datacenter)
+        name = f"health/{kind}/{service}" + ("" if kind == "connect" else f"@{dc}")  # as start() names them
 
         async def fetch(index: int) -> tuple[int, Any]:
-            return await self.api.blocking_get(f"/v1/health/{kind}/{service}", index, params)
+            return await q.fetch(self.api, index)
 
         def on_data(entries: Any) -> None:
             eps = endpoints_from_health(entries or [], dc, self.config.datacenter)
@@ -497,7 +475,7 @@ class ConsulControlPlane:
         where = f"consul config {kind}/{name}"
 
         async def fetch(index: int) -> tuple[int, Any]:
-            return await self.api.blocking_get(f"/v1/config/{kind}/{name}", index, allow_404=True)
+            return await queries.config_entry(kind, name).fetch(self.api, index)
 
         def on_data(entry: Any) -> None:
             try:
@@ -541,7 +519,7 @@ class ConsulControlPlane:
         own = {self.config.service.name, self.config.mesh_gateway.service, "consul"}
 
         async def fetch(index: int) -> tuple[int, Any]:
-            return await self.api.blocking_get("/v1/catalog/services", index)
+            return await queries.catalog_services(self.config.datacenter, self.config.datacenter).fetch(self.api, index)
 
         def on_data(services: Any) -> None:
             for name in sorted(services or {}):
@@ -573,7 +551,7 @@ class ConsulControlPlane:
     async def _watch_intentions(self) -> None:
         # Every service-intentions entry: the builder keeps those naming this service or '*' as destination.
         async def fetch(index: int) -> tuple[int, Any]:
-            return await self.api.blocking_get("/v1/config/service-intentions", index)
+            return await queries.intentions().fetch(self.api, index)
 
         def on_data(entries: Any) -> None:
             try:
@@ -588,7 +566,7 @@ class ConsulControlPlane:
 
     async def _watch_chain_kind(self, kind: str) -> None:
         async def fetch(index: int) -> tuple[int, Any]:
-            return await self.api.blocking_get(f"/v1/config/{kind}", index)
+            return await queries.config_kind(kind).fetch(self.api, index)
 
         def on_data(entries: Any) -> None:
             parsed = []
@@ -617,7 +595,7 @@ class ConsulControlPlane:
 
     async def _watch_roots(self) -> None:
         async def fetch(index: int) -> tuple[int, Any]:
-            return await self.api.blocking_get("/v1/agent/connect/ca/roots", index)
+            return await queries.roots().fetch(self.api, index)
 
         def on_data(body: Any) -> None:
             body = body or {}
@@ -635,10 +613,10 @@ class ConsulControlPlane:
     async def _watch_leaf(self, service: str | None = None) -> None:
         """This proxy's leaf, or (terminating gateway) the leaf of a linked ``service``."""
         name = service or self.config.service.name
-        path = f"/v1/agent/connect/ca/leaf/{name}"
+        q = queries.leaf(name)
 
         async def fetch(index: int) -> tuple[int, Any]:
-            return await self.api.blocking_get(path, index)
+            return await q.fetch(self.api, index)
 
         def on_data(body: Any) -> None:
             try:

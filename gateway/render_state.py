@@ -27,6 +27,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from connect import consul_queries as queries
 from connect.ca import Leaf
 from connect.intentions import IntentionError, ServiceIntentions, parse_entries
 from connect.local import SourceError, WatchedFile, load_structured, parse_catalog, read_intentions
@@ -38,7 +39,7 @@ log = logging.getLogger("meshgw.render")
 DepKey = tuple[str, ...]
 CERTS: DepKey = ("certs",)
 INTENTIONS: DepKey = ("intentions",)
-HEALTH_ORDER = {"passing": 0, "warning": 1, "critical": 2}
+HEALTH_ORDER = queries.HEALTH_ORDER
 # Keys a catalog instance may carry for templates besides the ones the sidecar's own parser knows.
 INSTANCE_EXTRAS = ("id", "node", "tags", "meta")
 
@@ -463,46 +464,25 @@ def _read(path: Path) -> bytes:
 
 
 def instances_from_health(entries: Any, datacenter: str, connect: bool, wan: bool = False) -> tuple[Instance, ...]:
-    """``/v1/health/service|connect/<name>`` (CheckServiceNode list) → instances with their aggregated health:
-    any critical check makes the instance critical, else any warning makes it warning (Consul's own rule,
-    C:api/health.go AggregatedStatus; maintenance is a critical check)."""
-    out = []
-    for e in entries or []:
-        svc, node = e.get("Service") or {}, e.get("Node") or {}
-        # Consul's BestAddress (consul.md §4.1): the WAN address for another datacenter, else the LAN one.
-        s_tag, n_tag = svc.get("TaggedAddresses") or {}, node.get("TaggedAddresses") or {}
-        if wan:
-            address = (s_tag.get("wan") or {}).get("Address") or svc.get("Address") or n_tag.get("wan")
-            port = (s_tag.get("wan") or {}).get("Port") or svc.get("Port")
-        else:
-            address, port = svc.get("Address") or (s_tag.get("lan") or {}).get("Address"), svc.get("Port")
-        address = address or node.get("Address")
-        if not address or not port:
-            continue
-        worst = 0
-        for check in e.get("Checks") or []:
-            worst = max(worst, HEALTH_ORDER.get(str(check.get("Status")), 2))
-        health = ("passing", "warning", "critical")[worst]
-        weights = svc.get("Weights") or {}
-        weight = int(weights.get("Warning" if health == "warning" else "Passing") or 1)
-        name = svc.get("Service") or ""
-        if connect and svc.get("Kind") == "connect-proxy":
-            name = (svc.get("Proxy") or {}).get("DestinationServiceName") or name
-        out.append(
+    """``/v1/health/service|connect/<name>`` (CheckServiceNode list) → instances with their aggregated health,
+    decoded by connect.consul_queries as the sidecar's endpoints are (C:api/health.go AggregatedStatus)."""
+    return _instances_sorted(
+        [
             Instance(
-                name=str(name),
-                id=str(svc.get("ID") or ""),
-                address=str(address),
-                port=int(port),
-                datacenter=str(node.get("Datacenter") or datacenter),
-                node=str(node.get("Node") or ""),
-                health=health,
-                tags=tuple(svc.get("Tags") or ()),
-                meta=MappingProxyType({str(k): str(v) for k, v in (svc.get("Meta") or {}).items()}),
-                weight=max(1, weight),
+                name=i.name,
+                id=i.id,
+                address=i.address,
+                port=i.port,
+                datacenter=i.node_datacenter or datacenter,
+                node=i.node,
+                health=i.health,
+                tags=i.tags,
+                meta=MappingProxyType(dict(i.meta)),
+                weight=max(1, i.weight),
             )
-        )
-    return _instances_sorted(out)
+            for i in queries.parse_health(entries, wan=wan, connect=connect)
+        ]
+    )
 
 
 class ConsulSource(StateSource):
@@ -543,23 +523,19 @@ class ConsulSource(StateSource):
             await self.api.close()
             self._opened = False
 
-    def _query(self, key: DepKey) -> tuple[str, dict[str, Any], Callable[[Any], Any]]:
-        """(path, params, decode) for a key."""
+    def _query(self, key: DepKey) -> tuple[queries.Query, Callable[[Any], Any]]:
+        """(query, decode) for a key: the same queries as the sidecar's (connect.consul_queries)."""
         kind = key[0]
         local_dc = self.config.datacenter
         if kind in ("service", "connect"):
             name, dc = key[1], key[2]
-            params = {"dc": dc if dc != local_dc else None}
             return (
-                f"/v1/health/{kind}/{name}",
-                params,
+                queries.health(kind, name, dc, local_dc),
                 lambda body: instances_from_health(body, dc, kind == "connect", wan=dc != local_dc),
             )
         if kind == "services":
-            dc = key[1]
             return (
-                "/v1/catalog/services",
-                {"dc": dc if dc != local_dc else None},
+                queries.catalog_services(key[1], local_dc),
                 lambda body: tuple(
                     ServiceSummary(str(n), tuple(sorted(str(t) for t in (tags or ()))))
                     for n, tags in sorted((body or {}).items())
@@ -567,8 +543,7 @@ class ConsulSource(StateSource):
             )
         if key == INTENTIONS:
             return (
-                "/v1/config/service-intentions",
-                {},
+                queries.intentions(),
                 lambda body: parse_entries(body or [], "consul /v1/config/service-intentions", from_server=True),
             )
         raise ValueError(f"no Consul query for {key}")
@@ -586,10 +561,11 @@ class ConsulSource(StateSource):
             self.tasks[key] = loop.create_task(self._watch(key), name=f"render-watch-{'-'.join(key)}")
 
     async def _watch(self, key: DepKey) -> None:
-        path, params, decode = self._query(key)
+        q, decode = self._query(key)
+        path = q.path
 
         async def fetch(index: int) -> tuple[int, Any]:
-            return await self.api.blocking_get(path, index, params)
+            return await q.fetch(self.api, index)
 
         def on_data(body: Any) -> None:
             try:
@@ -605,8 +581,9 @@ class ConsulSource(StateSource):
         await self._open()
 
         async def one(key: DepKey) -> None:
-            path, params, decode = self._query(key)
-            _, body = await self.api.request("GET", path, params)
+            q, decode = self._query(key)
+            path = q.path
+            _, body = await self.api.request("GET", path, q.params)
             try:
                 self.data[key] = decode(body)
             except (IntentionError, ValueError, TypeError, AttributeError) as e:
@@ -652,15 +629,12 @@ class ConsulCertWatch:
                 self._roots = (td, pem)
                 self._publish()
 
-        for path, cb in (
-            (f"/v1/agent/connect/ca/leaf/{self.config.service.name}", on_leaf),
-            ("/v1/agent/connect/ca/roots", on_roots),
-        ):
+        for q, cb in ((queries.leaf(self.config.service.name), on_leaf), (queries.roots(), on_roots)):
 
-            async def fetch(index: int, path: str = path) -> tuple[int, Any]:
-                return await self.api.blocking_get(path, index)
+            async def fetch(index: int, q: queries.Query = q) -> tuple[int, Any]:
+                return await q.fetch(self.api, index)
 
-            self.tasks.append(loop.create_task(blocking_watch(f"render {path}", fetch, cb, self.health)))
+            self.tasks.append(loop.create_task(blocking_watch(f"render {q.path}", fetch, cb, self.health)))
 
     def _publish(self) -> None:
         if self._leaf is not None and self._roots is not None:

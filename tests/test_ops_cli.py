@@ -574,3 +574,34 @@ def test_sidecar_for_is_a_sidecar_setting_without_yaml_upstreams(local: Path) ->
     local.write_text(text + "upstreams: [{service: api, bind: 127.0.0.1:9191}]\n")
     r = meshgw("validate", "-c", str(local))
     assert r.returncode == 2 and "control_plane.consul.sidecar_for: upstreams come from the registration" in r.stderr
+
+
+def test_each_consul_query_is_defined_once_for_sidecar_and_templates() -> None:
+    import re
+
+    from connect.consul import endpoints_from_health
+    from gateway.render_state import instances_from_health
+
+    root = Path(__file__).resolve().parents[1]
+    for rel in ("connect/consul.py", "gateway/render_state.py"):
+        code = "\n".join(
+            line for line in (root / rel).read_text().splitlines() if not line.lstrip().startswith(("#", '"""'))
+        )
+        hits = re.findall(r'"/v1/(?:health|config|catalog/services|agent/connect)[^"]*"', code)
+        assert not hits, f"{rel} spells Consul queries itself (use connect/consul_queries.py): {hits}"
+    entries = [
+        {
+            "Node": {"Node": "n1", "Address": "10.0.0.1", "Datacenter": "dc1"},
+            "Service": {"ID": "a", "Service": "api", "Address": "10.0.0.5", "Port": 21000,
+                        "Weights": {"Passing": 3, "Warning": 1}},
+            "Checks": [{"Status": "passing"}, {"Status": "warning"}],
+        },
+        {
+            "Node": {"Node": "n2", "Address": "10.0.0.2", "Datacenter": "dc1"},
+            "Service": {"ID": "b", "Service": "api", "Port": 21000},
+            "Checks": [{"Status": "critical"}],
+        },
+    ]  # fmt: skip
+    eps = {(e.address, e.port): (e.health, e.weight) for e in endpoints_from_health(entries, "dc1", "dc1")}
+    ins = {(i.address, i.port): (i.health, i.weight) for i in instances_from_health(entries, "dc1", connect=False)}
+    assert eps == ins == {("10.0.0.5", 21000): ("warning", 1), ("10.0.0.2", 21000): ("critical", 1)}
