@@ -713,6 +713,15 @@ class ConsulControlPlane:
             "Meta": {"meshgw": "sidecar"},
             "Checks": [self._ttl_check()],
         }
+        if cfg.expose:
+            # Tells the agent which paths its checks may use without mTLS (consul.md §3.1 Proxy.Expose).
+            body["Proxy"]["Expose"] = {
+                "Paths": [
+                    {"ListenerPort": p.listener_port, "Path": p.path, "LocalPathPort": p.local_path_port,
+                     "Protocol": p.protocol}
+                    for p in cfg.expose
+                ]
+            }  # fmt: skip
         if self.cfg.register_service:
             # As Consul's own sidecar_service does (consul.md §3.2): the proxy is only as healthy as its app.
             body["Checks"].append(

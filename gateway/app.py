@@ -113,6 +113,7 @@ class Sidecar:
         self._background: set[asyncio.Task[Any]] = set()
         self._listeners_lock = asyncio.Lock()
         self._from_consul: dict[str, Any] = {}  # the last value Consul supplied, per config field
+        self.expose: Any = None  # gateway.expose.ExposeServer, when the config exposes paths
 
     # ------------------------------------------------------------------ construction
 
@@ -225,6 +226,7 @@ class Sidecar:
             raise StartupError(
                 f"{self.config.path}: admin.bind: cannot listen on {self.config.admin.bind}: {e.strerror or e}"
             ) from None
+        await self._start_expose(self.config)
         log.info(
             "meshgw ready: service %s in %s, admin on %s:%s, %s",
             self.config.service.name,
@@ -265,6 +267,8 @@ class Sidecar:
         await self.control_plane.stop()
         for t in list(self._background):
             t.cancel()
+        if self.expose is not None:
+            await self.expose.stop()
         await self.admin.stop()
         log.info("stopped")
 
@@ -332,10 +336,30 @@ class Sidecar:
 
         async with self._listeners_lock:
             await self._sync_listeners(new)
+        if new.expose != old.expose or new.service.address != old.service.address:
+            if self.expose is not None:
+                await self.expose.stop()
+            await self._start_expose(new)
         if new.admin != old.admin:
             await self.admin.stop()
             self.admin = Admin(new.admin.bind, self.holder, self._config_json, self._not_ready)
             await self.admin.start()
+
+    async def _start_expose(self, cfg: Config) -> None:
+        """Consul's Expose paths (gateway/expose.py), bound where the inbound listener is."""
+        from gateway.expose import ExposePath, ExposeServer
+
+        self.expose = None
+        if not cfg.expose:
+            return
+        host = cfg.inbound.bind.host if cfg.inbound is not None else "0.0.0.0"
+        paths = tuple(ExposePath(p.listener_port, p.path, p.local_path_port, p.protocol) for p in cfg.expose)
+        server = ExposeServer(host, cfg.service.address, paths)
+        try:
+            await server.start()
+        except OSError as e:
+            raise StartupError(f"{cfg.path}: expose.paths: cannot listen on {host}: {e.strerror or e}") from None
+        self.expose = server
 
     async def _sync_listeners(self, new: Config, strict: bool = True) -> None:
         """Stop the listeners ``new`` no longer has (they drain), start the ones it adds. ``strict``: a port that

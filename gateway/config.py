@@ -261,6 +261,16 @@ class TemplateCertsConfig:
 
 
 @dataclass(frozen=True)
+class ExposePathConfig:
+    """One of Consul's ``Expose.Paths`` (consul.md §3.1): ListenerPort, Path, LocalPathPort, Protocol."""
+
+    listener_port: int
+    path: str
+    local_path_port: int
+    protocol: str = "http"
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     datacenter: str
@@ -283,6 +293,8 @@ class Config:
     gateway: GatewayConfig | None = None
     linked_services: tuple[LinkedServiceConfig, ...] = ()  # mode terminating-gateway
     mesh_gateway: MeshGatewayModeConfig = field(default_factory=MeshGatewayModeConfig)
+    # Consul's Proxy.Expose.Paths: plaintext paths of the app for the agent's health checks (gateway/expose.py).
+    expose: tuple[ExposePathConfig, ...] = ()
 
     @property
     def is_gateway(self) -> bool:
@@ -491,6 +503,7 @@ def parse_config(data: Any, path: Path, env: Mapping[str, str] | None = None) ->
             "mesh_gateway",
             "listeners",
             "services",
+            "expose",
         ),
     )
     if data is None or (isinstance(data, Mapping) and not data):
@@ -658,6 +671,7 @@ def parse_config(data: Any, path: Path, env: Mapping[str, str] | None = None) ->
         )
     if sidecar_for and upstreams:
         r.problem("control_plane.consul.sidecar_for", "upstreams come from the registration: leave upstreams out")
+    expose = _parse_expose(r, top.get("expose"), mode, binds, inbound)
     if mode == "sidecar" and inbound is None and not upstreams and not sidecar_for:
         r.problem("inbound", "a sidecar needs an inbound listener or at least one upstream (expected inbound.bind)")
 
@@ -683,6 +697,7 @@ def parse_config(data: Any, path: Path, env: Mapping[str, str] | None = None) ->
         gateway=gateway,
         linked_services=linked,
         mesh_gateway=mesh_gateway,
+        expose=expose,
     )
 
 
@@ -741,6 +756,43 @@ def linked_services_from_entry(entry: Mapping[str, Any], where: str) -> tuple[Li
     if r.problems:
         raise ConfigError(r.problems)
     return linked
+
+
+def _parse_expose(
+    r: _Reader, raw: Any, mode: str, binds: dict[Address, str], inbound: InboundConfig | None
+) -> tuple[ExposePathConfig, ...]:
+    if raw is None:
+        return ()
+    e = r.mapping(raw, "expose", ("paths",))
+    if mode != "sidecar":
+        r.problem("expose", f"only a sidecar exposes paths of its app (this is mode {mode})")
+    paths = e.get("paths") or []
+    if not isinstance(paths, list):
+        r.problem("expose.paths", "expected a list of {listener_port, path, local_path_port, protocol}")
+        return ()
+    out = []
+    used = {a.port for a in binds} | ({inbound.bind.port} if inbound is not None else set())
+    seen: set[tuple[int, str]] = set()
+    for n, item in enumerate(paths):
+        key = f"expose.paths[{n}]"
+        m = r.mapping(item, key, ("listener_port", "path", "local_path_port", "protocol"))
+        path = r.get(m, key, "path", text, required=True) or "/"
+        if not path.startswith("/"):
+            r.problem(f"{key}.path", f"{path!r} is not a path (expected it to start with /)")
+        p = ExposePathConfig(
+            listener_port=r.get(m, key, "listener_port", parse_port, required=True) or 0,
+            path=path,
+            local_path_port=r.get(m, key, "local_path_port", parse_port, required=True) or 0,
+            # Consul also allows http2 (gRPC checks); meshgw serves HTTP/1.1 checks only.
+            protocol=r.get(m, key, "protocol", choice("http"), "http") or "http",
+        )
+        if p.listener_port in used:
+            r.problem(f"{key}.listener_port", f"{p.listener_port} is already a listener of this sidecar")
+        if (p.listener_port, p.path) in seen:
+            r.problem(f"{key}.path", f"{p.path} is already exposed on {p.listener_port}")
+        seen.add((p.listener_port, p.path))
+        out.append(p)
+    return tuple(out)
 
 
 def _parse_upstreams(r: _Reader, raw_ups: list[Any], binds: dict[Address, str] | None = None) -> list[UpstreamConfig]:

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -185,3 +186,87 @@ def test_consul_acl_policy_template(tmp_path: Path) -> None:
     )
     services = {k: v for b in hcl2.loads(text, serialization_options=opts)["service"] for k, v in b.items()}
     assert set(services) == {"tgw", "db"} and services["db"]["policy"] == "write"
+
+
+def test_consul_expose_paths_are_served_plaintext(tmp_path: Path) -> None:
+    from http_app import http_app
+
+    (tmp_path / "catalog.yaml").write_text("services: {}\n")
+    (tmp_path / "intentions.yaml").write_text("[]\n")
+    expose_port, admin = free_port(), free_port()
+    with http_app("web") as app:
+        (tmp_path / "m.yaml").write_text(
+            f"""
+service: {{name: web, port: {app.port}, protocol: http}}
+inbound: {{bind: 127.0.0.1:{free_port()}}}
+control_plane: {{type: local, local: {{catalog: catalog.yaml, intentions: intentions.yaml}}}}
+certificates: {{builtin: {{dir: ca, create: true, leaf_ttl: 1h}}}}
+admin: {{bind: 127.0.0.1:{admin}}}
+expose: {{paths: [{{listener_port: {expose_port}, path: /health, local_path_port: {app.port}}}]}}
+drain_timeout: 1s
+"""
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "run", "-c", str(tmp_path / "m.yaml")],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+
+            def get(path: str) -> tuple[int, str] | None:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{expose_port}{path}", timeout=5) as r:
+                        return r.status, r.read().decode()
+                except urllib.error.HTTPError as e:
+                    return e.code, e.read().decode()
+                except OSError:
+                    return None
+
+            from mesh import wait_for
+
+            status, body = wait_for(lambda: get("/health?full=1"), 30, "expose listener")
+            assert status == 200 and json.loads(body)["path"] == "/health?full=1"  # the app answered, plaintext
+            assert get("/admin")[0] == 404  # type: ignore[index]  # only the exposed path
+            assert [r["path"] for r in app.requests] == ["/health?full=1"]
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
+
+
+def test_expose_paths_are_registered_and_validated(tmp_path: Path) -> None:
+    from connect.consul import ConsulControlPlane
+    from gateway.config import load_config
+    from gateway.snapshot import SnapshotBuilder
+
+    base = (
+        "service: {name: web, port: 8080}\ninbound: {bind: 127.0.0.1:21000}\n"
+        "control_plane: {type: consul, consul: {address: '127.0.0.1:1'}}\ncertificates: {type: consul}\n"
+    )
+    (tmp_path / "m.yaml").write_text(
+        base + "expose: {paths: [{listener_port: 21500, path: /health, local_path_port: 8080}]}\n"
+    )
+    cfg = load_config(tmp_path / "m.yaml", env={})
+    cp = ConsulControlPlane(cfg, SnapshotBuilder(cfg), provide_certs=True, ready=lambda: (True, ""))
+    assert cp.sidecar_registration()["Proxy"]["Expose"] == {
+        "Paths": [{"ListenerPort": 21500, "Path": "/health", "LocalPathPort": 8080, "Protocol": "http"}]
+    }
+    (tmp_path / "m.yaml").write_text(
+        base + "expose: {paths: [{listener_port: 21000, path: health, local_path_port: 8080, protocol: http2}]}\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "validate", "-c", str(tmp_path / "m.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2, r.stderr
+    for needle in (
+        "expose.paths[0].path: 'health' is not a path",
+        "expose.paths[0].protocol: 'http2' is not allowed",
+        "expose.paths[0].listener_port: 21000 is already a listener",
+    ):
+        assert needle in r.stderr, r.stderr
