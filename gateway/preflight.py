@@ -85,8 +85,8 @@ def _named_files(cfg: Config) -> list[str]:
             (f"services[{n}].cert_file", ls.cert_file),
             (f"services[{n}].key_file", ls.key_file),
         ]
-    for n, t in enumerate(cfg.templates):
-        files.append((f"templates.files[{n}].source", t.source))
+    for t in cfg.templates:
+        files.append(("templates: source", t.source))  # list or files: form, the path names it
     out = []
     for key, path in files:
         if path is None:

@@ -605,3 +605,12 @@ def test_each_consul_query_is_defined_once_for_sidecar_and_templates() -> None:
     eps = {(e.address, e.port): (e.health, e.weight) for e in endpoints_from_health(entries, "dc1", "dc1")}
     ins = {(i.address, i.port): (i.health, i.weight) for i in instances_from_health(entries, "dc1", connect=False)}
     assert eps == ins == {("10.0.0.5", 21000): ("warning", 1), ("10.0.0.2", 21000): ("critical", 1)}
+
+
+def test_validate_names_a_missing_template_source(local: Path) -> None:
+    local.write_text(
+        LOCAL.replace("builtin: {dir: ca}", LOCAL_CA) + "templates: [{source: nope.j2, destination: out.txt}]\n"
+    )
+    r = meshgw("validate", "-c", str(local))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert f"{local}: templates: source: {local.parent / 'nope.j2'}: No such file or directory" in r.stderr
