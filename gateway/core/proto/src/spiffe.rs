@@ -1,1 +1,364 @@
-//! (being written)
+//! SPIFFE IDs and Consul SNI names (consul.md §5; C:agent/connect/uri_service.go, C:agent/connect/sni.go).
+//!
+//! Port of `connect/spiffe.py` and of `parse_mesh_sni` in `gateway/sni.py`, with the same results for the
+//! same input, except where noted (an empty `/ap/` partition, which Consul refuses too).
+
+#![deny(clippy::indexing_slicing)]
+
+/// A service identity: the URI SAN of a leaf certificate (consul.md §5.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceId {
+    /// Lower-cased: trust-domain comparison is case-insensitive (C:agent/connect/uri_signing.go).
+    pub trust_domain: String,
+    pub namespace: String,
+    pub datacenter: String,
+    pub service: String,
+    /// `"default"` when the URI has no `/ap/<partition>` prefix.
+    pub partition: String,
+}
+
+impl ServiceId {
+    /// The URI this identity is written as, by `service_uri`.
+    pub fn uri(&self) -> String {
+        service_uri(
+            &self.trust_domain,
+            &self.datacenter,
+            &self.service,
+            &self.namespace,
+            &self.partition,
+        )
+    }
+}
+
+fn or_default(s: &str) -> &str {
+    if s.is_empty() {
+        "default"
+    } else {
+        s
+    }
+}
+
+/// `spiffe://<td>[/ap/<partition>]/ns/<ns>/dc/<dc>/svc/<service>`: the prefix only for a partition other
+/// than `default`; an empty namespace is `default` (consul.md §5.1; C:agent/connect/uri_service.go).
+pub fn service_uri(
+    trust_domain: &str,
+    datacenter: &str,
+    service: &str,
+    namespace: &str,
+    partition: &str,
+) -> String {
+    let ns = or_default(namespace);
+    if partition.is_empty() || partition == "default" {
+        format!("spiffe://{trust_domain}/ns/{ns}/dc/{datacenter}/svc/{service}")
+    } else {
+        format!("spiffe://{trust_domain}/ap/{partition}/ns/{ns}/dc/{datacenter}/svc/{service}")
+    }
+}
+
+/// The service identity in a leaf's URI SAN, or `None` for anything that is not a service URI (an agent,
+/// server or mesh-gateway URI, another scheme). The path is compared as written, without percent-decoding,
+/// as `connect/spiffe.py` does.
+pub fn parse_service_uri(uri: &str) -> Option<ServiceId> {
+    let rest = uri.strip_prefix("spiffe://")?;
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    if host.is_empty() {
+        return None;
+    }
+    let parts: Vec<&str> = path.split('/').collect();
+    // C:agent/connect/uri.go matches `^(?:/ap/([^/]+))?/ns/([^/]+)/dc/([^/]+)/svc/([^/]+)$`: every value,
+    // the partition's too, is non-empty. (connect/spiffe.py accepted `/ap//ns/...` as partition "", which
+    // service_uri then writes without the prefix: a different identity on the way back.)
+    let (partition, parts) = match parts.as_slice() {
+        ["ap", p, rest @ ..] if rest.len() == 6 => (*p, rest),
+        all => ("default", all),
+    };
+    match parts {
+        ["ns", ns, "dc", dc, "svc", svc]
+            if !partition.is_empty() && !ns.is_empty() && !dc.is_empty() && !svc.is_empty() =>
+        {
+            Some(ServiceId {
+                // Python's str.lower and Rust's to_lowercase both apply Unicode's full lower-case mapping;
+                // Consul's trust domains are ASCII (`<uuid>.consul`, consul.md §5.1).
+                trust_domain: host.to_lowercase(),
+                namespace: (*ns).to_owned(),
+                datacenter: (*dc).to_owned(),
+                service: (*svc).to_owned(),
+                partition: partition.to_owned(),
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Consul's ServiceSNI (consul.md §5.2; C:agent/connect/sni.go): `[<subset>.]<service>.<ns>.<dc>.internal.<td>`
+/// in the default partition, `[<subset>.]<service>.<ns>.<partition>.<dc>.internal-v1.<td>` in another.
+/// An empty namespace or partition is `default`.
+pub fn service_sni(
+    service: &str,
+    subset: &str,
+    namespace: &str,
+    partition: &str,
+    datacenter: &str,
+    trust_domain: &str,
+) -> String {
+    let ns = or_default(namespace);
+    let subset_dot = if subset.is_empty() {
+        String::new()
+    } else {
+        format!("{subset}.")
+    };
+    match or_default(partition) {
+        "default" => format!("{subset_dot}{service}.{ns}.{datacenter}.internal.{trust_domain}"),
+        p => format!("{subset_dot}{service}.{ns}.{p}.{datacenter}.internal-v1.{trust_domain}"),
+    }
+}
+
+/// `<service>.<namespace>.<dc>.internal.<trust-domain>` (consul.md §5.2; C:agent/connect/sni.go ServiceSNI),
+/// in `connect/spiffe.py`'s argument order.
+pub fn upstream_sni(
+    service: &str,
+    datacenter: &str,
+    trust_domain: &str,
+    namespace: &str,
+) -> String {
+    service_sni(service, "", namespace, "", datacenter, trust_domain)
+}
+
+/// `<dc>.internal.<trust-domain>`: the name mesh gateways route a whole datacenter by (consul.md §5.2, §6;
+/// C:agent/connect/sni.go DatacenterSNI).
+pub fn datacenter_sni(datacenter: &str, trust_domain: &str) -> String {
+    format!("{datacenter}.internal.{trust_domain}")
+}
+
+/// Where a mesh SNI name points (consul.md §5.2). `service` is empty for a datacenter name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeshTarget {
+    pub datacenter: String,
+    pub service: String,
+    pub subset: String,
+    pub namespace: String,
+    pub partition: String,
+}
+
+impl MeshTarget {
+    fn new(
+        datacenter: &str,
+        service: &str,
+        subset: &str,
+        namespace: &str,
+        partition: &str,
+    ) -> Self {
+        MeshTarget {
+            datacenter: datacenter.to_owned(),
+            service: service.to_owned(),
+            subset: subset.to_owned(),
+            namespace: namespace.to_owned(),
+            partition: partition.to_owned(),
+        }
+    }
+
+    /// The SNI name Consul gives this target: `datacenter_sni` for a datacenter, `service_sni` otherwise.
+    pub fn sni(&self, trust_domain: &str) -> String {
+        if self.service.is_empty() {
+            datacenter_sni(&self.datacenter, trust_domain)
+        } else {
+            service_sni(
+                &self.service,
+                &self.subset,
+                &self.namespace,
+                &self.partition,
+                &self.datacenter,
+                trust_domain,
+            )
+        }
+    }
+}
+
+/// The target of a Consul SNI name in `trust_domain`, or `None` for a name of another trust domain or form:
+/// `<svc>.<ns>.<dc>.internal.<td>`, `<subset>.<svc>.<ns>.<dc>.internal.<td>`, the `internal-v1` forms with a
+/// partition, and `<dc>.internal.<td>` (consul.md §5.2; C:agent/connect/sni.go). Case-insensitive; trailing
+/// dots (a fully-qualified name) are ignored.
+///
+/// Exactly `gateway/sni.py`'s rules, including one quirk: the name is split at the *first* `.internal.`
+/// (then the first `.internal-v1.`), so a name with an earlier label `internal` (a namespace, subset or
+/// datacenter of that name) does not parse in the `internal` form.
+pub fn parse_mesh_sni(sni: &str, trust_domain: &str) -> Option<MeshTarget> {
+    let lowered = sni.to_lowercase();
+    let sni = lowered.trim_end_matches('.');
+    let td = trust_domain.to_lowercase();
+    let (head, with_partition) = match sni.split_once(".internal.") {
+        Some((head, tail)) if tail == td => (head, false),
+        _ => match sni.split_once(".internal-v1.") {
+            Some((head, tail)) if tail == td => (head, true),
+            _ => return None,
+        },
+    };
+    let labels: Vec<&str> = head.split('.').collect();
+    if labels.iter().any(|l| l.is_empty()) {
+        return None;
+    }
+    let t = MeshTarget::new;
+    match (with_partition, labels.as_slice()) {
+        (true, [svc, ns, part, dc]) => Some(t(dc, svc, "", ns, part)),
+        (true, [subset, svc, ns, part, dc]) => Some(t(dc, svc, subset, ns, part)),
+        (false, [dc]) => Some(t(dc, "", "", "default", "default")),
+        (false, [svc, ns, dc]) => Some(t(dc, svc, "", ns, "default")),
+        (false, [subset, svc, ns, dc]) => Some(t(dc, svc, subset, ns, "default")),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const TD: &str = "test.consul";
+
+    fn t(dc: &str, svc: &str, subset: &str, ns: &str, part: &str) -> Option<MeshTarget> {
+        Some(MeshTarget::new(dc, svc, subset, ns, part))
+    }
+
+    // tests/test_mesh_gateway.py test_parse_mesh_sni
+    #[test]
+    fn mesh_sni_cases() {
+        let up = TD.to_uppercase();
+        let cases = [
+            (
+                format!("api.default.dc2.internal.{TD}"),
+                t("dc2", "api", "", "default", "default"),
+            ),
+            (
+                format!("v2.api.default.dc1.internal.{TD}"),
+                t("dc1", "api", "v2", "default", "default"),
+            ),
+            (
+                format!("api.ns1.part1.dc3.internal-v1.{TD}"),
+                t("dc3", "api", "", "ns1", "part1"),
+            ),
+            (
+                format!("v1.api.ns1.part1.dc3.internal-v1.{TD}"),
+                t("dc3", "api", "v1", "ns1", "part1"),
+            ),
+            (
+                format!("dc2.internal.{TD}"),
+                t("dc2", "", "", "default", "default"),
+            ),
+            (
+                format!("API.Default.DC2.internal.{up}"),
+                t("dc2", "api", "", "default", "default"),
+            ),
+            ("api.default.dc2.internal.other.consul".to_owned(), None),
+            (format!("api.default.dc2.query.{TD}"), None),
+            ("example.com".to_owned(), None),
+            (format!("a.b.c.d.e.dc2.internal.{TD}"), None),
+            (format!(".default.dc2.internal.{TD}"), None),
+            // beyond the Python cases: a fully-qualified name, and the forms' label counts
+            (
+                format!("api.default.dc2.internal.{TD}.."),
+                t("dc2", "api", "", "default", "default"),
+            ),
+            (format!("default.dc2.internal.{TD}"), None),
+            (format!("dc2.internal-v1.{TD}"), None),
+            (format!("a.b.c.d.e.f.internal-v1.{TD}"), None),
+            (format!("api..dc2.internal.{TD}"), None),
+            (format!("internal.{TD}"), None),
+            (String::new(), None),
+            // the first-`.internal.` quirk kept from gateway/sni.py
+            (format!("api.internal.dc2.internal.{TD}"), None),
+        ];
+        for (sni, want) in cases {
+            assert_eq!(parse_mesh_sni(&sni, TD), want, "{sni}");
+        }
+        assert_eq!(
+            parse_mesh_sni("dc2.internal.TEST.consul", "Test.Consul"),
+            t("dc2", "", "", "default", "default")
+        );
+    }
+
+    #[test]
+    fn mesh_sni_round_trip() {
+        for target in [
+            MeshTarget::new("dc2", "api", "", "default", "default"),
+            MeshTarget::new("dc2", "api", "v2", "ns1", "default"),
+            MeshTarget::new("dc3", "api", "", "ns1", "part1"),
+            MeshTarget::new("dc3", "api", "v1", "ns1", "part1"),
+            MeshTarget::new("dc2", "", "", "default", "default"),
+        ] {
+            assert_eq!(parse_mesh_sni(&target.sni(TD), TD), Some(target.clone()));
+        }
+    }
+
+    // tests/test_config_cli.py test_spiffe_and_sni_formats
+    #[test]
+    fn spiffe_and_sni_formats() {
+        let td = "11111111-2222-3333-4444-555555555555.consul";
+        assert_eq!(
+            upstream_sni("db", "dc1", td, "default"),
+            format!("db.default.dc1.internal.{td}")
+        );
+        assert_eq!(
+            upstream_sni("db", "dc1", td, ""),
+            format!("db.default.dc1.internal.{td}")
+        );
+        assert_eq!(datacenter_sni("dc2", td), format!("dc2.internal.{td}"));
+        let uri = service_uri(td, "dc1", "web", "default", "default");
+        assert_eq!(uri, format!("spiffe://{td}/ns/default/dc/dc1/svc/web"));
+        assert_eq!(service_uri(td, "dc1", "web", "", ""), uri);
+        let sid = parse_service_uri(&uri).unwrap();
+        assert_eq!(
+            (
+                sid.service.as_str(),
+                sid.datacenter.as_str(),
+                sid.namespace.as_str()
+            ),
+            ("web", "dc1", "default")
+        );
+        assert_eq!(sid.partition, "default");
+        assert_eq!(sid.uri(), uri);
+        let part = parse_service_uri(&format!(
+            "spiffe://{td}/ap/finance/ns/default/dc/dc1/svc/web"
+        ))
+        .unwrap();
+        assert_eq!(part.partition, "finance");
+        assert_eq!(
+            part.uri(),
+            format!("spiffe://{td}/ap/finance/ns/default/dc/dc1/svc/web")
+        );
+        assert_eq!(
+            parse_service_uri(&format!("spiffe://{td}/agent/client/dc/dc1/id/x")),
+            None
+        );
+        assert_eq!(
+            parse_service_uri("https://example.com/ns/default/dc/dc1/svc/web"),
+            None
+        );
+        let upper = parse_service_uri("spiffe://EXAMPLE.consul/ns/default/dc/dc1/svc/web").unwrap();
+        assert_eq!(upper.trust_domain, "example.consul");
+    }
+
+    #[test]
+    fn service_uri_edges() {
+        let td = "example.consul";
+        for bad in [
+            "spiffe:///ns/default/dc/dc1/svc/web".to_owned(),
+            format!("spiffe://{td}"),
+            format!("spiffe://{td}/"),
+            format!("spiffe://{td}/ns//dc/dc1/svc/web"),
+            format!("spiffe://{td}/ns/default/dc/dc1/svc/"),
+            format!("spiffe://{td}/ns/default/dc/dc1/svc/web/"),
+            format!("spiffe://{td}/ap//ns/default/dc/dc1/svc/web"),
+            format!("spiffe://{td}/ap/p/ns/default/dc/dc1"),
+            format!("spiffe://{td}/xx/p/ns/default/dc/dc1/svc/web"),
+            format!("spiffe://{td}/gateway/mesh/dc/dc1"),
+            format!("SPIFFE://{td}/ns/default/dc/dc1/svc/web"),
+            format!("spiffe://{td}//ns/default/dc/dc1/svc/web"),
+        ] {
+            assert_eq!(parse_service_uri(&bad), None, "{bad}");
+        }
+        // An explicit default partition is the default partition.
+        let id = parse_service_uri(&format!("spiffe://{td}/ap/default/ns/n/dc/d/svc/s")).unwrap();
+        assert_eq!(id.partition, "default");
+        assert_eq!(id.uri(), format!("spiffe://{td}/ns/n/dc/d/svc/s"));
+    }
+}
