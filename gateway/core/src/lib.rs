@@ -1,13 +1,27 @@
 //! meshgw's data-plane core, the Python extension `gateway._core` (design.md: "Python compiles, the core decides
-//! and carries"). Only this file and the `py_*` modules touch Python; the rest is plain Rust.
+//! and carries"). Only this file and the `py_*` modules touch Python; the rest is plain Rust on tokio.
 
 use pyo3::prelude::*;
 
+pub mod cluster;
+pub mod gateways;
+pub mod identity;
+pub mod inbound;
+pub mod listener;
+pub mod outbound;
+pub mod policy;
+mod py_core;
 mod py_intentions;
+pub mod relay;
+pub mod snapshot;
+pub mod state;
+pub mod stats;
+pub mod tls;
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<py_core::Core>()?;
     py_intentions::register(m)?;
     Ok(())
 }

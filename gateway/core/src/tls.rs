@@ -1,0 +1,304 @@
+//! mTLS with SPIFFE identities on rustls (aws-lc-rs): the proxy's server and client configurations, built once
+//! per snapshot, and the peer identity read after a handshake (consul.md §5: the URI SAN is the identity).
+
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{aws_lc_rs, CryptoProvider};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+
+use crate::snapshot::{Origination, TlsMaterial};
+
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(aws_lc_rs::default_provider())
+}
+
+pub fn certs(pem: &str, what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let mut rd = pem.as_bytes();
+    let out: Result<Vec<_>, _> = rustls_pemfile::certs(&mut rd).collect();
+    let out = out.map_err(|e| format!("{what}: unreadable PEM: {e}"))?;
+    if out.is_empty() {
+        return Err(format!("{what}: no certificate in the PEM"));
+    }
+    Ok(out)
+}
+
+fn key(pem: &str, what: &str) -> Result<PrivateKeyDer<'static>, String> {
+    let mut rd = pem.as_bytes();
+    match rustls_pemfile::private_key(&mut rd) {
+        Ok(Some(k)) => Ok(k),
+        Ok(None) => Err(format!("{what}: no private key in the PEM")),
+        Err(e) => Err(format!("{what}: unreadable private key: {e}")),
+    }
+}
+
+pub fn roots(pem: &str, what: &str) -> Result<Arc<RootCertStore>, String> {
+    let mut store = RootCertStore::empty();
+    for c in certs(pem, what)? {
+        store
+            .add(c)
+            .map_err(|e| format!("{what}: unusable CA certificate: {e}"))?;
+    }
+    Ok(Arc::new(store))
+}
+
+pub fn certified_key(
+    cert_pem: &str,
+    key_pem: &str,
+    what: &str,
+) -> Result<Arc<CertifiedKey>, String> {
+    let chain = certs(cert_pem, what)?;
+    let k = key(key_pem, what)?;
+    let signing = provider()
+        .key_provider
+        .load_private_key(k)
+        .map_err(|e| format!("{what}: unusable private key: {e}"))?;
+    Ok(Arc::new(CertifiedKey::new(chain, signing)))
+}
+
+/// The proxy's mTLS material, compiled: what inbound listeners accept with and upstream dials connect with.
+pub struct MeshTls {
+    pub server: Arc<ServerConfig>,
+    pub client: Arc<ClientConfig>,
+    pub roots: Arc<RootCertStore>,
+    pub not_before: f64,
+    pub not_after: f64,
+}
+
+impl MeshTls {
+    pub fn build(m: &TlsMaterial) -> Result<MeshTls, String> {
+        let roots = roots(&m.roots_pem, "tls.roots_pem")?;
+        let ck = certified_key(&m.cert_pem, &m.key_pem, "tls.leaf")?;
+        let server = server_config(roots.clone(), Arc::new(SingleCert(ck.clone())))?;
+        let client = client_config(
+            Arc::new(SpiffeServerVerifier {
+                roots: roots.clone(),
+            }),
+            Some(ck),
+        )?;
+        Ok(MeshTls {
+            server,
+            client,
+            roots,
+            not_before: m.not_before,
+            not_after: m.not_after,
+        })
+    }
+
+    /// A leaf outside its validity refuses everything: fail safe, never plaintext (design.md).
+    pub fn valid_now(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        self.not_before <= now && now < self.not_after
+    }
+}
+
+#[derive(Debug)]
+struct SingleCert(Arc<CertifiedKey>);
+
+impl rustls::server::ResolvesServerCert for SingleCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+/// Mesh servers require a client certificate chaining to the roots (inbound, terminating gateway).
+pub fn server_config(
+    roots: Arc<RootCertStore>,
+    resolver: Arc<dyn rustls::server::ResolvesServerCert>,
+) -> Result<Arc<ServerConfig>, String> {
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
+        .build()
+        .map_err(|e| format!("tls: client verifier: {e}"))?;
+    let mut cfg = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("tls: {e}"))?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(resolver);
+    // Resumption keeps reconnect cost down between sidecars (tickets, as Envoy and linkerd2-proxy use).
+    if let Ok(t) = aws_lc_rs::Ticketer::new() {
+        cfg.ticketer = t;
+    }
+    cfg.send_tls13_tickets = 2;
+    Ok(Arc::new(cfg))
+}
+
+/// A terminating gateway presents each linked service's own leaf, chosen by the SNI the caller sent. The leaves
+/// carry only a SPIFFE URI SAN, so the lookup is by the configured name, not by the certificate's DNS names
+/// (rustls' own SNI resolver checks those); an unknown name fails the handshake.
+pub fn sni_server_config(
+    roots: Arc<RootCertStore>,
+    by_sni: &[(String, Arc<CertifiedKey>)],
+) -> Result<Arc<ServerConfig>, String> {
+    let map = by_sni.iter().cloned().collect();
+    server_config(roots, Arc::new(BySni(map)))
+}
+
+#[derive(Debug)]
+struct BySni(std::collections::HashMap<String, Arc<CertifiedKey>>);
+
+impl rustls::server::ResolvesServerCert for BySni {
+    fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let name = hello.server_name()?.to_ascii_lowercase();
+        self.0.get(&name).cloned()
+    }
+}
+
+fn client_config(
+    verifier: Arc<dyn ServerCertVerifier>,
+    client_cert: Option<Arc<CertifiedKey>>,
+) -> Result<Arc<ClientConfig>, String> {
+    let b = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("tls: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let cfg = match client_cert {
+        Some(ck) => b.with_client_cert_resolver(Arc::new(ClientCert(ck))),
+        None => b.with_no_client_auth(),
+    };
+    Ok(Arc::new(cfg))
+}
+
+#[derive(Debug)]
+struct ClientCert(Arc<CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for ClientCert {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// TLS origination from a terminating gateway to an external service: ordinary WebPKI server verification
+/// against the configured CA (host name = the configured SNI or the endpoint address).
+pub fn origination_config(o: &Origination) -> Result<Arc<ClientConfig>, String> {
+    let roots = roots(&o.ca_pem, "ca_file")?;
+    let b = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("tls: {e}"))?
+        .with_root_certificates(roots);
+    let cfg = match (&o.cert_pem, &o.key_pem) {
+        (Some(c), Some(k)) => b
+            .with_client_auth_cert(certs(c, "cert_file")?, key(k, "key_file")?)
+            .map_err(|e| format!("cert_file/key_file: {e}"))?,
+        _ => b.with_no_client_auth(),
+    };
+    Ok(Arc::new(cfg))
+}
+
+/// Mesh servers are identified by their URI SAN, not by a DNS name: the chain is verified here (WebPKI path
+/// building to the mesh roots, serverAuth usage, validity), and the caller compares the SPIFFE ID after the
+/// handshake (consul.md §5; what Envoy's SAN matcher does in Consul's upstream clusters).
+#[derive(Debug)]
+struct SpiffeServerVerifier {
+    roots: Arc<RootCertStore>,
+}
+
+impl ServerCertVerifier for SpiffeServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let cert = webpki::EndEntityCert::try_from(end_entity).map_err(|_| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
+        })?;
+        let algs = provider().signature_verification_algorithms;
+        cert.verify_for_usage(
+            algs.all,
+            &self.roots.roots,
+            intermediates,
+            now,
+            webpki::KeyUsage::server_auth(),
+            None,
+            None,
+        )
+        .map_err(|e| rustls::Error::InvalidCertificate(cert_error(e)))?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+fn cert_error(e: webpki::Error) -> rustls::CertificateError {
+    match e {
+        webpki::Error::CertExpired { .. } => rustls::CertificateError::Expired,
+        webpki::Error::CertNotValidYet { .. } => rustls::CertificateError::NotValidYet,
+        webpki::Error::UnknownIssuer => rustls::CertificateError::UnknownIssuer,
+        webpki::Error::InvalidSignatureForPublicKey => rustls::CertificateError::BadSignature,
+        _ => rustls::CertificateError::ApplicationVerificationFailure,
+    }
+}
+
+/// The first URI SAN of a DER certificate (a SPIFFE ID for mesh peers).
+pub fn uri_san(der: &[u8]) -> Option<String> {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|n| match n {
+        GeneralName::URI(u) => Some((*u).to_string()),
+        _ => None,
+    })
+}
+
+/// Why a handshake failed, as the `reason` label of `meshgw_connections_denied_total` (README's list).
+pub fn failure_reason(e: &std::io::Error) -> &'static str {
+    let inner = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
+    match inner {
+        Some(rustls::Error::NoCertificatesPresented) => "no_client_cert",
+        Some(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::Expired
+            | rustls::CertificateError::ExpiredContext { .. }
+            | rustls::CertificateError::NotValidYet
+            | rustls::CertificateError::NotValidYetContext { .. },
+        )) => "cert_expired",
+        Some(rustls::Error::InvalidCertificate(_)) => "untrusted_cert",
+        Some(rustls::Error::AlertReceived(rustls::AlertDescription::CertificateExpired)) => {
+            "cert_expired"
+        }
+        _ => "tls_error",
+    }
+}
