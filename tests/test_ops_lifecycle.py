@@ -197,7 +197,7 @@ def test_consul_expose_paths_are_served_plaintext(tmp_path: Path) -> None:
     with http_app("web") as app:
         (tmp_path / "m.yaml").write_text(
             f"""
-service: {{name: web, port: {app.port}, protocol: http}}
+service: {{name: web, port: {app.port}}}
 inbound: {{bind: 127.0.0.1:{free_port()}}}
 control_plane: {{type: local, local: {{catalog: catalog.yaml, intentions: intentions.yaml}}}}
 certificates: {{builtin: {{dir: ca, create: true, leaf_ttl: 1h}}}}
