@@ -1,0 +1,193 @@
+//! Envoy refuses any `#` in a request target with 400 (`http_reject_path_with_fragment`, l7-security.md §1.2
+//! step 1, §6.3), but the `http` crate under hyper silently cuts the fragment off while parsing the target, so
+//! the service never sees it. This tap keeps the most recent bytes the caller sent (bounded) and the service
+//! looks its request line up there: `METHOD SP target` followed by `#` is a fragment.
+//!
+//! Security does not rest on this: without it the fragment-free target is what is both authorized and forwarded
+//! (l7-security.md §6.7). It makes the answer Envoy's (400) instead of forwarding the target without fragment.
+
+use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+struct Ring {
+    bytes: VecDeque<u8>,
+    cap: usize,
+    /// Where the search for the next request line starts (index into `bytes`).
+    cursor: usize,
+    on: bool,
+    /// Bytes read and written while the connection speaks HTTP (a tunnel counts its own in `relay`).
+    rx: u64,
+    tx: u64,
+    last: tokio::time::Instant,
+}
+
+#[derive(Clone)]
+pub struct Recent(Arc<Mutex<Ring>>);
+
+impl Recent {
+    /// `cap` must hold a whole head plus what hyper may read ahead of it (its read buffer bound).
+    pub fn new(cap: usize) -> Recent {
+        Recent(Arc::new(Mutex::new(Ring {
+            bytes: VecDeque::new(),
+            cap,
+            cursor: 0,
+            on: true,
+            rx: 0,
+            tx: 0,
+            last: tokio::time::Instant::now(),
+        })))
+    }
+
+    fn record(&self, data: &[u8]) {
+        let mut r = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if !r.on {
+            return;
+        }
+        r.rx += data.len() as u64;
+        r.last = tokio::time::Instant::now();
+        r.bytes.extend(data);
+        let over = r.bytes.len().saturating_sub(r.cap);
+        if over > 0 {
+            r.bytes.drain(..over);
+            r.cursor = r.cursor.saturating_sub(over);
+        }
+    }
+
+    fn wrote(&self, n: usize) {
+        let mut r = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if r.on {
+            r.tx += n as u64;
+            r.last = tokio::time::Instant::now();
+        }
+    }
+
+    /// (bytes read, bytes written) while the connection spoke HTTP.
+    pub fn counts(&self) -> (u64, u64) {
+        let r = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        (r.rx, r.tx)
+    }
+
+    /// When a byte last went either way.
+    pub fn last_activity(&self) -> tokio::time::Instant {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).last
+    }
+
+    /// An upgraded connection carries no more requests: stop copying its bytes.
+    pub fn stop(&self) {
+        let mut r = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        r.on = false;
+        r.bytes = VecDeque::new();
+    }
+
+    /// Whether the request line `method target` as received went on with `#`. Requests are looked up in the
+    /// order hyper hands them over, each search starting after the previous request line.
+    pub fn had_fragment(&self, method: &str, target: &str) -> bool {
+        let mut r = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let needle: Vec<u8> = [method.as_bytes(), b" ", target.as_bytes()].concat();
+        let cursor = r.cursor.min(r.bytes.len());
+        let hay = r.bytes.make_contiguous();
+        let Some(hay) = hay.get(cursor..) else {
+            return false;
+        };
+        let found = hay
+            .windows(needle.len() + 1)
+            .position(|w| w.starts_with(&needle) && matches!(w.last(), Some(b'#') | Some(b' ')));
+        match found {
+            Some(at) => {
+                let fragment = hay.get(at + needle.len()) == Some(&b'#');
+                r.cursor = cursor + at + needle.len();
+                fragment
+            }
+            None => false,
+        }
+    }
+}
+
+pub struct Tap<T> {
+    inner: T,
+    recent: Recent,
+}
+
+impl<T> Tap<T> {
+    pub fn new(inner: T, recent: Recent) -> Tap<T> {
+        Tap { inner, recent }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Tap<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = r {
+            if let Some(new) = buf.filled().get(before..) {
+                self.recent.record(new);
+            }
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Tap<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            self.recent.wrote(n);
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = r {
+            self.recent.wrote(n);
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_fragments_in_order_and_stays_bounded() {
+        let r = Recent::new(64);
+        r.record(b"GET /admin#x HTTP/1.1\r\nHost: a\r\n\r\nGET /admin HTTP/1.1\r\n\r\n");
+        assert!(r.had_fragment("GET", "/admin"));
+        assert!(!r.had_fragment("GET", "/admin"));
+        assert!(!r.had_fragment("GET", "/nothing"));
+        r.record(&[b'x'; 200]);
+        assert!(r.0.lock().unwrap().bytes.len() <= 64);
+        r.record(b"POST /p?q#f HTTP/1.1\r\n");
+        assert!(r.had_fragment("POST", "/p?q"));
+    }
+}
