@@ -98,7 +98,8 @@ impl Conn<'_> {
                 .map_or_else(|| req.uri().to_string(), |p| p.as_str().to_owned()),
         };
         // Every request line is looked up, in order, so the next lookup starts after this one (tap.rs).
-        let fragment = self.recent.had_fragment(req.method().as_str(), &target);
+        let chunked = req.headers().contains_key(http::header::TRANSFER_ENCODING);
+        let raw = self.recent.lookup(req.method().as_str(), &target, chunked);
         let ex = Exchange {
             started: Some(started),
             listener: self.stats.name.to_string(),
@@ -117,7 +118,7 @@ impl Conn<'_> {
         };
         let on_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
-        let resp = match self.admit(&parts, &target, fragment, websocket) {
+        let resp = match self.admit(&parts, &target, raw, websocket) {
             Err(r) => self.refuse(r, head, ex),
             Ok(a) => self.forward(&parts, a, body, on_upgrade, head, ex).await,
         };
@@ -132,7 +133,7 @@ impl Conn<'_> {
         &self,
         parts: &Parts,
         target: &str,
-        fragment: bool,
+        raw: super::tap::Raw,
         websocket: bool,
     ) -> Result<Admitted, Refusal> {
         // Consul leaves accept_http_10 false: 426 from the codec (l7-security.md §4, §6.16).
@@ -145,6 +146,11 @@ impl Conn<'_> {
                 location: None,
             });
         }
+        // hyper drops a Content-Length beside Transfer-Encoding (and closes after the answer); Consul's Envoy
+        // refuses the request (allow_chunked_length false, l7-security.md §4, §6.16).
+        if raw.content_length {
+            return Err(head_error(HeadError::ContentLengthWithTransferEncoding));
+        }
         let received = received(&parts.headers);
         let verdict: HeaderVerdict = check_request_headers(
             &received,
@@ -153,7 +159,7 @@ impl Conn<'_> {
         .map_err(head_error)?;
         // Absolute-form: origin form, and the URL's authority replaces Host (l7-security.md §4, §6.17).
         let t = split_target(target).map_err(head_error)?;
-        if fragment {
+        if raw.fragment {
             return Err(Refusal::bad(REJECT_FRAGMENT, false));
         }
         let path = match normalize_path(&t.path_and_query, &self.policy.normalization) {

@@ -1,7 +1,8 @@
 //! Envoy refuses any `#` in a request target with 400 (`http_reject_path_with_fragment`, l7-security.md §1.2
 //! step 1, §6.3), but the `http` crate under hyper silently cuts the fragment off while parsing the target, so
 //! the service never sees it. This tap keeps the most recent bytes the caller sent (bounded) and the service
-//! looks its request line up there: `METHOD SP target` followed by `#` is a fragment.
+//! looks its request line up there: `METHOD SP target` followed by `#` is a fragment. The same lookup finds a
+//! `Content-Length` that hyper removed because `Transfer-Encoding` came with it (Envoy: 400).
 //!
 //! Security does not rest on this: without it the fragment-free target is what is both authorized and forwarded
 //! (l7-security.md §6.7). It makes the answer Envoy's (400) instead of forwarding the target without fragment.
@@ -84,28 +85,56 @@ impl Recent {
         r.bytes = VecDeque::new();
     }
 
-    /// Whether the request line `method target` as received went on with `#`. Requests are looked up in the
-    /// order hyper hands them over, each search starting after the previous request line.
-    pub fn had_fragment(&self, method: &str, target: &str) -> bool {
+    /// What hyper's parsing hides about the head of `method target` as received: whether the target went on
+    /// with `#`, and (asked only with `Transfer-Encoding`) whether the head also had a `Content-Length`, which
+    /// hyper removes before the service sees it (l7-security.md §4, §6.16 want 400 for both). Requests are
+    /// looked up in the order hyper hands them over, each search starting after the previous request line.
+    pub fn lookup(&self, method: &str, target: &str, want_length: bool) -> Raw {
         let mut r = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let needle: Vec<u8> = [method.as_bytes(), b" ", target.as_bytes()].concat();
         let cursor = r.cursor.min(r.bytes.len());
         let hay = r.bytes.make_contiguous();
         let Some(hay) = hay.get(cursor..) else {
-            return false;
+            return Raw::default();
         };
         let found = hay
             .windows(needle.len() + 1)
             .position(|w| w.starts_with(&needle) && matches!(w.last(), Some(b'#') | Some(b' ')));
-        match found {
-            Some(at) => {
-                let fragment = hay.get(at + needle.len()) == Some(&b'#');
-                r.cursor = cursor + at + needle.len();
-                fragment
-            }
-            None => false,
-        }
+        let Some(at) = found else {
+            return Raw::default();
+        };
+        let line_end = at + needle.len();
+        let raw = Raw {
+            fragment: hay.get(line_end) == Some(&b'#'),
+            content_length: want_length && head_has_length(hay.get(line_end..).unwrap_or_default()),
+        };
+        r.cursor = cursor + line_end;
+        raw
     }
+}
+
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Raw {
+    pub fragment: bool,
+    pub content_length: bool,
+}
+
+/// A `content-length:` line before the head's end (names carry no whitespace before the colon: hyper
+/// refuses them).
+fn head_has_length(rest: &[u8]) -> bool {
+    let end = rest
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(rest.len());
+    rest.get(..end)
+        .unwrap_or_default()
+        .split(|&b| b == b'\n')
+        .any(|line| {
+            line.len() >= 15
+                && line
+                    .get(..15)
+                    .is_some_and(|n| n.eq_ignore_ascii_case(b"content-length:"))
+        })
 }
 
 pub struct Tap<T> {
@@ -182,12 +211,21 @@ mod tests {
     fn finds_fragments_in_order_and_stays_bounded() {
         let r = Recent::new(64);
         r.record(b"GET /admin#x HTTP/1.1\r\nHost: a\r\n\r\nGET /admin HTTP/1.1\r\n\r\n");
-        assert!(r.had_fragment("GET", "/admin"));
-        assert!(!r.had_fragment("GET", "/admin"));
-        assert!(!r.had_fragment("GET", "/nothing"));
+        assert!(r.lookup("GET", "/admin", false).fragment);
+        assert!(!r.lookup("GET", "/admin", false).fragment);
+        assert!(!r.lookup("GET", "/nothing", false).fragment);
         r.record(&[b'x'; 200]);
         assert!(r.0.lock().unwrap().bytes.len() <= 64);
         r.record(b"POST /p?q#f HTTP/1.1\r\n");
-        assert!(r.had_fragment("POST", "/p?q"));
+        assert!(r.lookup("POST", "/p?q", false).fragment);
+        let r = Recent::new(4096);
+        r.record(b"POST /b HTTP/1.1\r\nHost: a\r\nContent-length: 5\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(
+            r.lookup("POST", "/b", true),
+            Raw {
+                fragment: false,
+                content_length: true
+            }
+        );
     }
 }
