@@ -51,13 +51,13 @@ fn describe(e: &regex::Error) -> String {
                 .find_map(|l| l.trim().strip_prefix("error: "))
                 .map(str::to_owned)
                 .unwrap_or_else(|| text.split_whitespace().collect::<Vec<_>>().join(" "));
-            format!("is not a valid RE2 regular expression: {line}")
+            format!("does not compile: {line} (expected RE2 syntax)")
         }
     }
 }
 
 /// Compiles `pattern` for a full match (`^(?:pattern)$`, as Envoy's safe_regex matches the whole value).
-/// The error is one line, without the pattern, e.g. `is not a valid RE2 regular expression: unclosed group`.
+/// The error is one line to follow the quoted pattern, e.g. `does not compile: unclosed group (expected RE2 syntax)`.
 pub fn compile_regex(pattern: &str) -> Result<Regex, String> {
     if pattern.len() > REGEX_MAX_PATTERN_LEN {
         return Err(format!(
@@ -329,10 +329,8 @@ mod tests {
         for bad in ["(", "*x", "(?=x)", "a\\", "[z-a]", "\\pL"] {
             let e = compile_regex(bad).unwrap_err();
             assert!(!e.contains('\n'), "{e:?}");
-            assert!(
-                e.starts_with("is not a valid RE2 regular expression: "),
-                "{e:?}"
-            );
+            assert!(e.starts_with("does not compile: "), "{e:?}");
+            assert!(e.ends_with(" (expected RE2 syntax)"), "{e:?}");
         }
         let long = "a".repeat(REGEX_MAX_PATTERN_LEN + 1);
         assert!(compile_regex(&long).unwrap_err().contains("bytes long"));
