@@ -351,3 +351,20 @@ async fn access_log_records_with_python_field_names() {
         (Some(403), Some("RBAC"))
     );
 }
+
+/// Drain closes an idle keep-alive connection at once (gateway/http/proxy.py `ServerConnection.drain`).
+#[tokio::test]
+async fn drain_closes_idle_keep_alive_connections() {
+    let (_app, p) = setup(Value::Null).await;
+    let mut s = p.connect("web").await;
+    s.write_all(get("/ok").as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    assert_eq!(
+        read_response(&mut s, &mut buf, false).await.unwrap().status,
+        200
+    );
+    p.shared.draining.send_replace(true);
+    let mut rest = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(r.is_ok(), "closed by drain");
+}

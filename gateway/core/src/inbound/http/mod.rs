@@ -120,11 +120,17 @@ pub async fn serve(
         .serve_connection(io, service_fn(|req| conn.handle(req)))
         .with_upgrades();
     tokio::pin!(served);
+    let mut draining = stats.shared().draining.subscribe();
     let mut closing = false;
     let result = loop {
         let deadline = policy.idle_timeout.map(|t| recent.last_activity() + t);
         tokio::select! {
             r = served.as_mut() => break r,
+            Ok(_) = draining.wait_for(|d| *d), if !closing => {
+                // Drain: the exchange in flight finishes, then the connection closes (idle ones at once).
+                served.as_mut().graceful_shutdown();
+                closing = true;
+            }
             _ = sleep_until(deadline), if !closing => {
                 if deadline.is_some_and(|d| d <= tokio::time::Instant::now()) {
                     // No byte either way for idle_timeout (gateway/listeners.py `_sweep`): closed, counted.
