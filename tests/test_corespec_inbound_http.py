@@ -34,9 +34,7 @@ MESH = {
 
 def test_mesh_entry_is_parsed_in_both_key_styles() -> None:
     e = parse_entry(MESH, "x")
-    assert e == MeshEntry(
-        "mesh", False, RequestNormalization(False, True, "UNESCAPE_AND_REDIRECT", "REJECT_REQUEST")
-    )
+    assert e == MeshEntry("mesh", False, RequestNormalization(False, True, "UNESCAPE_AND_REDIRECT", "REJECT_REQUEST"))
     snake = parse_entry(
         {
             "kind": "mesh",
@@ -65,7 +63,8 @@ def test_bad_enums_get_consuls_words_on_one_line_each() -> None:
     assert e.value.problems == [
         f"{key}.PathWithEscapedSlashesAction: error in HTTP incoming request normalization configuration: no "
         "matching PathWithEscapedSlashesAction value found for X, please specify one of "
-        "[IMPLEMENTATION_SPECIFIC_DEFAULT, KEEP_UNCHANGED, REJECT_REQUEST, UNESCAPE_AND_REDIRECT, UNESCAPE_AND_FORWARD]",
+        "[IMPLEMENTATION_SPECIFIC_DEFAULT, KEEP_UNCHANGED, REJECT_REQUEST, UNESCAPE_AND_REDIRECT, "
+        "UNESCAPE_AND_FORWARD]",
         f"{key}.HeadersWithUnderscoresAction: error in HTTP incoming request normalization configuration: no "
         "matching HeadersWithUnderscoresAction value found for Y, please specify one of "
         "[ALLOW, REJECT_REQUEST, DROP_HEADER]",
@@ -81,7 +80,9 @@ def _config(tmp_path: Path, extra: str = "") -> Config:
         "certificates: {type: builtin, builtin: {dir: ca}}\n" + extra
     )
     (tmp_path / "catalog.yaml").write_text("services: {}\n")
-    (tmp_path / "intentions.yaml").write_text("Kind: service-intentions\nName: api\nSources: [{Name: web, Action: allow}]\n")
+    (tmp_path / "intentions.yaml").write_text(
+        "Kind: service-intentions\nName: api\nSources: [{Name: web, Action: allow}]\n"
+    )
     return load_config(tmp_path / "meshgw.yaml")
 
 
