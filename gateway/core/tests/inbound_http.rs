@@ -368,3 +368,24 @@ async fn drain_closes_idle_keep_alive_connections() {
     let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
     assert!(r.is_ok(), "closed by drain");
 }
+
+/// An intention change applies to the next request of a kept-alive connection (design.md; the Python path).
+#[tokio::test]
+async fn intention_change_applies_to_the_next_request_on_the_same_connection() {
+    let (_app, p) = setup(Value::Null).await;
+    let mut s = p.connect("web").await;
+    let mut buf = Vec::new();
+    s.write_all(get("/ok").as_bytes()).await.unwrap();
+    assert_eq!(
+        read_response(&mut s, &mut buf, false).await.unwrap().status,
+        200
+    );
+    p.set_intentions(
+        json!({"destination": {"name": "api"}, "default_allow": false, "intentions": []}),
+    );
+    s.write_all(get("/ok").as_bytes()).await.unwrap();
+    assert_eq!(
+        read_response(&mut s, &mut buf, false).await.unwrap().status,
+        403
+    );
+}

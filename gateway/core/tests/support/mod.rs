@@ -218,6 +218,7 @@ async fn serve_app(
 }
 
 pub struct Proxy {
+    pub snapshot: Value,
     pub shared: Arc<Shared>,
     pub port: u16,
     pub pki: Arc<Pki>,
@@ -241,6 +242,7 @@ pub async fn proxy(pki: Arc<Pki>, app_port: u16, http: Value) -> Proxy {
             "limits": {"connect_timeout_ms": 1000}
         }]
     });
+    let json = snap.clone();
     let snap: Snapshot = serde_json::from_value(snap).unwrap();
     let shared = Shared::new();
     shared
@@ -258,6 +260,7 @@ pub async fn proxy(pki: Arc<Pki>, app_port: u16, http: Value) -> Proxy {
     )
     .unwrap();
     Proxy {
+        snapshot: json,
         shared,
         port: running.port,
         pki,
@@ -266,6 +269,17 @@ pub async fn proxy(pki: Arc<Pki>, app_port: u16, http: Value) -> Proxy {
 }
 
 impl Proxy {
+    /// Swaps in the same snapshot with other intentions (what `Core.apply` does).
+    pub fn set_intentions(&self, intentions: Value) {
+        let mut v = self.snapshot.clone();
+        v["version"] = json!(2);
+        v["listeners"][0]["intentions"] = intentions;
+        let snap: Snapshot = serde_json::from_value(v).unwrap();
+        self.shared
+            .current
+            .store(Arc::new(Compiled::build(&snap, &self.shared)));
+    }
+
     /// An mTLS connection as `service`.
     pub async fn connect(&self, service: &str) -> TlsStream<TcpStream> {
         let leaf = self.pki.leaf(service);

@@ -26,7 +26,7 @@ use super::metrics::Timeout;
 use super::pool::DialError;
 use super::Conn;
 use crate::relay::relay;
-use crate::state::Level;
+use crate::state::{Level, Plan as State};
 
 /// A request that passed every check: what goes to the app.
 struct Admitted {
@@ -46,6 +46,17 @@ struct Refusal {
 }
 
 impl Refusal {
+    /// RBAC deny (l7-security.md §6.15).
+    fn denied() -> Refusal {
+        Refusal {
+            status: StatusCode::FORBIDDEN,
+            text: local::RBAC_DENIED,
+            reason: "intention",
+            close: false,
+            location: None,
+        }
+    }
+
     fn bad(reason: &'static str, close: bool) -> Refusal {
         Refusal {
             status: StatusCode::BAD_REQUEST,
@@ -151,18 +162,33 @@ impl Conn<'_> {
         if raw.content_length {
             return Err(head_error(HeadError::ContentLengthWithTransferEncoding));
         }
+        // Per request, as the Python path did: an intention (or mesh entry) change applies to the next request
+        // of a kept-alive connection too, not only to new connections (design.md "decides per request").
+        let snap = self.stats.shared().current.load();
+        let current = match snap.plans.get(&*self.stats.name).map(|p| &**p) {
+            Some(State::Inbound(p)) => Some(p),
+            _ => None,
+        };
+        let (plan, norm) = match current {
+            Some(p) => (
+                p,
+                p.http
+                    .as_ref()
+                    .map_or(self.policy.normalization, |h| h.normalization),
+            ),
+            // The listener has no usable plan now: its connections are refused (fail closed).
+            None => return Err(Refusal::denied()),
+        };
         let received = received(&parts.headers);
-        let verdict: HeaderVerdict = check_request_headers(
-            &received,
-            self.policy.normalization.headers_with_underscores_action,
-        )
-        .map_err(head_error)?;
+        let verdict: HeaderVerdict =
+            check_request_headers(&received, norm.headers_with_underscores_action)
+                .map_err(head_error)?;
         // Absolute-form: origin form, and the URL's authority replaces Host (l7-security.md §4, §6.17).
         let t = split_target(target).map_err(head_error)?;
         if raw.fragment {
             return Err(Refusal::bad(REJECT_FRAGMENT, false));
         }
-        let path = match normalize_path(&t.path_and_query, &self.policy.normalization) {
+        let path = match normalize_path(&t.path_and_query, &norm) {
             PathOutcome::Forward(p) => p,
             PathOutcome::Redirect(location) => {
                 return Err(Refusal {
@@ -195,7 +221,7 @@ impl Conn<'_> {
         if let Some(a) = &t.authority {
             seen.push(("host", a.as_bytes()));
         }
-        let d = self.plan.intentions.authorize_http(
+        let d = plan.intentions.authorize_http(
             &self.peer.id,
             &AuthzRequest {
                 method: parts.method.as_str(),
@@ -215,13 +241,7 @@ impl Conn<'_> {
                     d.reason
                 ),
             );
-            return Err(Refusal {
-                status: StatusCode::FORBIDDEN,
-                text: local::RBAC_DENIED,
-                reason: "intention",
-                close: false,
-                location: None,
-            });
+            return Err(Refusal::denied());
         }
         let sent = headers::request(
             &received,
