@@ -389,3 +389,56 @@ async fn intention_change_applies_to_the_next_request_on_the_same_connection() {
         403
     );
 }
+
+/// A caller that stops sending its body gets 408 after the stream idle timeout (l7-security.md §4).
+#[tokio::test]
+async fn stalled_request_body_gets_408() {
+    let (app, p) = setup(json!({"stream_idle_timeout_ms": 300})).await;
+    let mut s = p.connect("web").await;
+    s.write_all(b"POST /ok HTTP/1.1\r\nHost: api\r\nContent-Length: 10\r\n\r\nhello")
+        .await
+        .unwrap();
+    let r = read_response(&mut s, &mut Vec::new(), false).await.unwrap();
+    assert_eq!((r.status, r.body.as_slice()), (408, &b"stream timeout"[..]));
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(app.seen().is_empty());
+    assert_eq!(
+        p.counter("meshgw_http_timeouts_total", ("kind", "stream_idle")),
+        1
+    );
+}
+
+/// A kept-alive connection with nothing to do is closed after idle_timeout and counted.
+#[tokio::test]
+async fn idle_keep_alive_connection_is_closed_and_counted() {
+    let (_app, p) = setup(json!({"idle_timeout_ms": 200})).await;
+    let mut s = p.connect("web").await;
+    s.write_all(get("/ok").as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    assert_eq!(
+        read_response(&mut s, &mut buf, false).await.unwrap().status,
+        200
+    );
+    let mut rest = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(r.is_ok(), "closed when idle");
+    assert_eq!(p.counter("meshgw_http_timeouts_total", ("kind", "idle")), 1);
+}
+
+/// Refused requests never cost an app connection (the pool is touched only after authorization).
+#[tokio::test]
+async fn refused_requests_open_no_app_connection() {
+    let (app, p) = setup(Value::Null).await;
+    for raw in [
+        get("/admin"),
+        get("/ok#f"),
+        "GET /ok HTTP/1.1\r\n\r\n".to_string(),
+    ] {
+        p.once(&raw).await;
+    }
+    assert_eq!(app.connections(), 0);
+    assert_eq!(
+        p.counter("meshgw_http_responses_total", ("code_class", "4xx")),
+        3
+    );
+}
