@@ -165,6 +165,11 @@ async fn headers_over_60_kib_get_431() {
         .await;
     assert_eq!(r.status, 431);
     assert!(app.seen().is_empty());
+    wait_for(
+        || p.counter("meshgw_http_responses_total", ("code_class", "4xx")) == 2,
+        "hyper's 431s counted",
+    )
+    .await;
 }
 
 #[tokio::test]

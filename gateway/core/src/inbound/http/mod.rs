@@ -5,6 +5,10 @@
 //! gateway/listeners.py (`InboundListener._serve_http`, `_request`, `_open_app`), gateway/http/proxy.py and
 //! gateway/_httpcore.c.
 //!
+//! Intentions and normalization settings come from the snapshot current at each request (an intention change
+//! applies to the next request of a kept-alive connection, as in the Python path); limits, timeouts and the
+//! app pool are the connection's plan's.
+//!
 //! # The listener's `http` section (emitted by gateway/corespec/inbound_http.py)
 //!
 //! Every key is optional; unknown keys are refused (the plan is not built, the listener refuses connections).
@@ -67,7 +71,7 @@ pub use config::Policy;
 use super::Plan;
 use crate::identity::Peer;
 use crate::listener::ListenerStats;
-use crate::state::Compiled;
+use crate::state::{Compiled, Level};
 use crate::stats::GaugeGuard;
 use metrics::Timeout;
 
@@ -145,6 +149,18 @@ pub async fn serve(
         if e.is_timeout() {
             // hyper's header_read_timeout: the caller did not send a whole head in time.
             policy.stats.timeout(Timeout::RequestHeaders);
+        } else if e.is_parse_too_large() || e.is_parse() {
+            // hyper answered a head it could not take itself (431 over the head bounds, else 400) and closed;
+            // counted as the Python path counted its malformed-request 400s.
+            let status = if e.is_parse_too_large() { 431 } else { 400 };
+            policy.stats.response(status, std::time::Duration::ZERO);
+            stats.shared().log(
+                Level::Info,
+                format!(
+                    "{}: malformed request from {}: {e}",
+                    stats.name, conn.peer.uri
+                ),
+            );
         }
     }
     let (rx, tx) = recent.counts();
