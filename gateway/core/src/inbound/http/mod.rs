@@ -101,8 +101,9 @@ pub async fn serve(
 ) {
     stats.accepted.inc();
     let _active = GaugeGuard::new(&stats.active);
-    // Two heads' worth: the current one and what hyper may have read past it (tap.rs).
-    let recent = tap::Recent::new(2 * (policy.max_head_bytes + READ_AHEAD));
+    // hyper's read buffer bound: when it hands a request over, its head and everything read past it are
+    // within the last max_buf_size bytes read (tap.rs).
+    let recent = tap::Recent::new(max_buf(policy) + 4096);
     let io = TokioIo::new(tap::Tap::new(tls, recent.clone()));
     let conn = Conn {
         peer,
@@ -118,7 +119,7 @@ pub async fn serve(
         .header_read_timeout(policy.request_headers_timeout)
         .max_headers(policy.max_headers)
         .max_header_size(policy.max_head_bytes)
-        .max_buf_size((policy.max_head_bytes + READ_AHEAD).max(8192))
+        .max_buf_size(max_buf(policy))
         .keep_alive(true);
     let served = b
         .serve_connection(io, service_fn(|req| conn.handle(req)))
@@ -170,6 +171,10 @@ pub async fn serve(
     if let Some(t) = tunnel {
         let _ = t.await;
     }
+}
+
+fn max_buf(policy: &Policy) -> usize {
+    (policy.max_head_bytes + READ_AHEAD).max(8192)
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {

@@ -15,6 +15,9 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+/// What a connection of small requests keeps allocated.
+const SMALL: usize = 4096;
+
 struct Ring {
     bytes: VecDeque<u8>,
     cap: usize,
@@ -108,7 +111,15 @@ impl Recent {
             fragment: hay.get(line_end) == Some(&b'#'),
             content_length: want_length && head_has_length(hay.get(line_end..).unwrap_or_default()),
         };
-        r.cursor = cursor + line_end;
+        // What came before this request line is of no more use: keep the ring small between requests (an
+        // upload's bytes otherwise stay allocated for the connection's life).
+        let used = (cursor + line_end).min(r.bytes.len());
+        r.bytes.drain(..used);
+        r.cursor = 0;
+        let (len, cap) = (r.bytes.len(), r.bytes.capacity());
+        if cap > SMALL && len < cap / 4 {
+            r.bytes.shrink_to(SMALL.max(len));
+        }
         raw
     }
 }
@@ -206,6 +217,16 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tap<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_upload_does_not_stay_allocated() {
+        let r = Recent::new(80 * 1024);
+        r.record(&vec![b'u'; 200 * 1024]);
+        r.record(b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert!(!r.lookup("GET", "/next", false).fragment);
+        let ring = r.0.lock().unwrap();
+        assert!(ring.bytes.capacity() <= 2 * SMALL, "{}", ring.bytes.capacity());
+    }
 
     #[test]
     fn finds_fragments_in_order_and_stays_bounded() {
