@@ -218,6 +218,30 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tap<T> {
 mod tests {
     use super::*;
 
+    /// No panic on any byte soup (the fuzz crate links only meshgw-proto; this parser lives with its I/O).
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let alphabet = b"GET /#? \r\nContent-Length:ab%";
+        for round in 0..2000 {
+            let r = Recent::new(64 + round % 300);
+            for _ in 0..8 {
+                let len = (x % 97) as usize;
+                let bytes: Vec<u8> = (0..len)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        alphabet[(x % alphabet.len() as u64) as usize]
+                    })
+                    .collect();
+                r.record(&bytes);
+                let _ = r.lookup("GET", "/", x.is_multiple_of(2));
+                let _ = r.lookup("GET", "/a#", true);
+            }
+        }
+    }
+
     #[test]
     fn an_upload_does_not_stay_allocated() {
         let r = Recent::new(80 * 1024);
@@ -225,7 +249,11 @@ mod tests {
         r.record(b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n");
         assert!(!r.lookup("GET", "/next", false).fragment);
         let ring = r.0.lock().unwrap();
-        assert!(ring.bytes.capacity() <= 2 * SMALL, "{}", ring.bytes.capacity());
+        assert!(
+            ring.bytes.capacity() <= 2 * SMALL,
+            "{}",
+            ring.bytes.capacity()
+        );
     }
 
     #[test]
