@@ -249,7 +249,7 @@ pub async fn proxy(pki: Arc<Pki>, app_port: u16, http: Value) -> Proxy {
         .current
         .store(Arc::new(Compiled::build(&snap, &shared)));
     assert!(
-        shared.current.load().plans.contains_key("inbound"),
+        shared.current.load().plans.contains_key("127.0.0.1:0"),
         "{:?}",
         shared.take_logs()
     );

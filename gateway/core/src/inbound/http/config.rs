@@ -82,6 +82,8 @@ pub struct Policy {
     pub pool: Arc<AppPool>,
     /// Set by `with_stats` at plan-build time; until then the series are detached (counted nowhere).
     pub stats: HttpStats,
+    /// This listener's key in `Compiled::plans`, to find its current plan per request.
+    pub plan_key: String,
 }
 
 fn ms(v: u64) -> Option<Duration> {
@@ -133,12 +135,15 @@ impl Policy {
                 Duration::from_millis(limits.connect_timeout_ms.max(1)),
             ),
             stats: HttpStats::detached(),
+            plan_key: String::new(),
         })
     }
 
-    /// Pre-creates this listener's labelled series (design.md: labels from the snapshot, never a request).
-    pub fn with_stats(mut self, shared: &Shared, listener: &str) -> Policy {
+    /// Pre-creates this listener's labelled series (design.md: labels from the snapshot, never a request) and
+    /// remembers the key of its plan in later snapshots (`Compiled::plans` is keyed by bind address).
+    pub fn with_stats(mut self, shared: &Shared, listener: &str, bind: &str) -> Policy {
         self.stats = HttpStats::new(shared, listener);
+        self.plan_key = bind.to_owned();
         self
     }
 }

@@ -165,7 +165,7 @@ impl Conn<'_> {
         // Per request, as the Python path did: an intention (or mesh entry) change applies to the next request
         // of a kept-alive connection too, not only to new connections (design.md "decides per request").
         let snap = self.stats.shared().current.load();
-        let current = match snap.plans.get(&*self.stats.name).map(|p| &**p) {
+        let current = match snap.plans.get(&self.policy.plan_key).map(|p| &**p) {
             Some(State::Inbound(p)) => Some(p),
             _ => None,
         };
