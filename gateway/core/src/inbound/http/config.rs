@@ -78,7 +78,7 @@ pub struct Policy {
     pub stream_idle_timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
     /// Access-log fields in order; None when the access log is off.
-    pub access_log: Option<Vec<Field>>,
+    pub access_log: Option<Arc<[Field]>>,
     pub pool: Arc<AppPool>,
     /// Set by `with_stats` at plan-build time; until then the series are detached (counted nowhere).
     pub stats: HttpStats,
@@ -116,7 +116,7 @@ impl Policy {
                     })
                     .collect::<Result<Vec<_>, _>>()?
             };
-            Some(fields)
+            Some(Arc::from(fields))
         } else {
             None
         };

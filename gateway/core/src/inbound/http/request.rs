@@ -111,17 +111,22 @@ impl Conn<'_> {
         // Every request line is looked up, in order, so the next lookup starts after this one (tap.rs).
         let chunked = req.headers().contains_key(http::header::TRANSFER_ENCODING);
         let raw = self.recent.lookup(req.method().as_str(), &target, chunked);
-        let ex = Exchange {
-            started: Some(started),
-            listener: self.stats.name.to_string(),
-            method: req.method().as_str().to_owned(),
-            path: target.clone(),
-            version: version_name(req.version()),
-            downstream_address: self.client_ip.clone(),
-            source_service: self.peer.id.service.clone(),
-            authority: header_str(&req, HOST),
-            user_agent: header_str(&req, USER_AGENT),
-            ..Exchange::default()
+        // Filled only while the access log is on: nothing else reads it.
+        let ex = if self.policy.access_log.is_none() {
+            Exchange::default()
+        } else {
+            Exchange {
+                started: Some(started),
+                listener: self.stats.name.to_string(),
+                method: req.method().as_str().to_owned(),
+                path: target.clone(),
+                version: version_name(req.version()),
+                downstream_address: self.client_ip.clone(),
+                source_service: self.peer.id.service.clone(),
+                authority: header_str(&req, HOST),
+                user_agent: header_str(&req, USER_AGENT),
+                ..Exchange::default()
+            }
         };
         let websocket = {
             let received = received(req.headers());
@@ -260,7 +265,7 @@ impl Conn<'_> {
     fn finish(&self, ex: Exchange, req: Option<Arc<ReqState>>) -> Finish {
         Finish {
             exchange: ex,
-            fields: self.policy.access_log.clone().map(Arc::from),
+            fields: self.policy.access_log.clone(),
             stats: self.stats.clone(),
             http: self.policy.stats.clone(),
             req,
