@@ -128,10 +128,24 @@ async fn fake(pki: &Pki, name: &'static str) -> Arc<Fake> {
                     return; // dropped: the proxy sees the connection end before a response
                 }
                 let f3 = f.clone();
-                let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let svc = service_fn(move |mut req: Request<hyper::body::Incoming>| {
                     let f = f3.clone();
                     async move {
                         f.requests.fetch_add(1, Ordering::SeqCst);
+                        if req.headers().contains_key("upgrade") {
+                            let on = hyper::upgrade::on(&mut req);
+                            tokio::spawn(async move {
+                                let Ok(io) = on.await else { return };
+                                let (mut r, mut w) = tokio::io::split(TokioIo::new(io));
+                                let _ = tokio::io::copy(&mut r, &mut w).await;
+                            });
+                            let mut r = Response::new(Full::new(Bytes::new()));
+                            *r.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+                            r.headers_mut().insert("upgrade", "echo".parse().unwrap());
+                            r.headers_mut()
+                                .insert("connection", "upgrade".parse().unwrap());
+                            return Ok(r);
+                        }
                         if req.uri().path() == "/slow" {
                             f.release.notified().await;
                         }
@@ -161,6 +175,7 @@ async fn fake(pki: &Pki, name: &'static str) -> Arc<Fake> {
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(tls), svc)
+                    .with_upgrades()
                     .await;
             });
         }
@@ -568,4 +583,30 @@ async fn wait_for(mut f: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("condition not met in 5 s");
+}
+
+#[tokio::test]
+async fn upgrade_becomes_a_tunnel() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new();
+    let (a, b) = (fake(&pki, "a").await, fake(&pki, "b").await);
+    let routes = vec![route("default", Value::Null, vec![("a", 100.0)], json!({}))];
+    let p = proxy(&pki, two_clusters(&a, &b, routes, json!({}))).await;
+    let mut s = TcpStream::connect(("127.0.0.1", p.port)).await.unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: api\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo"), "{head}");
+    s.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    s.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"ping");
 }

@@ -186,7 +186,7 @@ impl RespBody {
     pub fn local(b: Bytes, ex: Option<Box<Exchange>>) -> RespBody {
         RespBody {
             sent: 0,
-            inner: Inner::Local(Some(b)),
+            inner: Inner::Local((!b.is_empty()).then_some(b)),
             conn: None,
             ex,
         }

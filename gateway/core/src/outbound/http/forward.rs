@@ -93,7 +93,7 @@ pub async fn serve_connection(
         tx: 0,
         stats,
     });
-    let _ = b.serve_connection(io, svc).await;
+    let _ = b.serve_connection(io, svc).with_upgrades().await;
 }
 
 /// One exchange's accounting: metrics at the response head, the rest (per-route and per-cluster metrics,
@@ -278,8 +278,40 @@ struct Fail {
     overloaded: Option<&'static str>,
 }
 
-async fn handle(req: Request<Incoming>, cx: Arc<ConnCtx>) -> Response<RespBody> {
+/// An Upgrade request (WebSocket): after a 101 the connection becomes a tunnel (RFC 9110 §7.8).
+fn upgrade_of(h: &HeaderMap) -> Option<HeaderValue> {
+    let conn_upgrade = h.get_all(http::header::CONNECTION).iter().any(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
+    });
+    if conn_upgrade {
+        h.get(http::header::UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+/// Both sides upgraded: bytes both ways until either ends (the one relay's half-close semantics).
+async fn tunnel(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) {
+    let (Ok(d), Ok(u)) = tokio::join!(down, up) else {
+        return;
+    };
+    let mut d = TokioIo::new(d);
+    let mut u = TokioIo::new(u);
+    let _ = tokio::io::copy_bidirectional_with_sizes(
+        &mut d,
+        &mut u,
+        crate::relay::BUFFER,
+        crate::relay::BUFFER,
+    )
+    .await;
+}
+
+async fn handle(mut req: Request<Incoming>, cx: Arc<ConnCtx>) -> Response<RespBody> {
     let (snap, plan) = cx.current();
+    let upgrade = upgrade_of(req.headers());
+    let down_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let mut ex = Box::new(Exchange::new(&plan, &cx, &req));
     let Some(tls) = snap.tls.clone().filter(|t| t.valid_now()) else {
         cx.stats.upstream_error("not_ready", || {
@@ -366,6 +398,13 @@ async fn handle(req: Request<Incoming>, cx: Arc<ConnCtx>) -> Response<RespBody> 
     // hyper answers Expect: 100-continue itself when the body is read; the upstream must not wait for it.
     hdrs.remove(http::header::EXPECT);
     let sent = headers::forward_request(&mut hdrs, &cx.peer_ip, &split.request);
+    if let Some(u) = &upgrade {
+        hdrs.insert(
+            http::header::CONNECTION,
+            HeaderValue::from_static("upgrade"),
+        );
+        hdrs.insert(http::header::UPGRADE, u.clone());
+    }
     if let Some(l) = &mut ex.log {
         l.request_id = sent.request_id;
         l.traceparent = sent.traceparent;
@@ -389,7 +428,7 @@ async fn handle(req: Request<Incoming>, cx: Arc<ConnCtx>) -> Response<RespBody> 
         headers: hdrs,
         hash,
     };
-    let replay = a.policy.wants_replay(&a.method);
+    let replay = upgrade.is_none() && a.policy.wants_replay(&a.method);
     let counted = ex.req_bytes.clone();
     let run = async {
         let payload = Payload::prepare(body, replay, &counted).await;
@@ -402,7 +441,25 @@ async fn handle(req: Request<Incoming>, cx: Arc<ConnCtx>) -> Response<RespBody> 
             local(ex, 504, "upstream request timeout", "UT", None)
         }
         Ok(Err(f)) => local(ex, f.status, f.text, f.flags, f.overloaded),
-        Ok(Ok((resp, conn))) => {
+        Ok(Ok((mut resp, conn))) => {
+            if let (StatusCode::SWITCHING_PROTOCOLS, Some(down)) = (resp.status(), down_upgrade) {
+                let up = hyper::upgrade::on(&mut resp);
+                let value = resp.headers().get(http::header::UPGRADE).cloned();
+                let (mut rp, _) = resp.into_parts();
+                headers::forward_response(&mut rp.headers, &split.response);
+                rp.headers.insert(
+                    http::header::CONNECTION,
+                    HeaderValue::from_static("upgrade"),
+                );
+                if let Some(v) = value {
+                    rp.headers.insert(http::header::UPGRADE, v);
+                }
+                ex.head(101);
+                // The upstream connection is the tunnel's now: it never goes back to the pool.
+                drop(conn);
+                tokio::spawn(tunnel(down, up));
+                return Response::from_parts(rp, RespBody::local(Bytes::new(), Some(ex)));
+            }
             let (mut rp, rbody) = resp.into_parts();
             headers::forward_response(&mut rp.headers, &split.response);
             rp.version = Version::HTTP_11;
@@ -659,7 +716,7 @@ impl Attempts<'_> {
         let open = c.rt.pool.opened();
         tokio::spawn(async move {
             let _open = open;
-            let _ = conn.await;
+            let _ = conn.with_upgrades().await;
         });
         Ok(Conn {
             tx,
