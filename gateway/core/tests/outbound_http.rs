@@ -610,3 +610,28 @@ async fn upgrade_becomes_a_tunnel() {
     s.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"ping");
 }
+
+#[tokio::test]
+async fn idle_keepalive_connections_close_and_are_counted() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new();
+    let (a, b) = (fake(&pki, "a").await, fake(&pki, "b").await);
+    let routes = vec![route("default", Value::Null, vec![("a", 100.0)], json!({}))];
+    let p = proxy(
+        &pki,
+        two_clusters(&a, &b, routes, json!({"idle_timeout_ms": 200})),
+    )
+    .await;
+    let mut s = TcpStream::connect(("127.0.0.1", p.port)).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: api\r\n\r\n")
+        .await
+        .unwrap();
+    let mut all = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut all)).await;
+    assert!(n.is_ok(), "closed by the proxy");
+    assert!(String::from_utf8_lossy(&all).starts_with("HTTP/1.1 200"));
+    assert_eq!(
+        counter(&p.shared, "meshgw_http_timeouts_total", &[("kind", "idle")]),
+        1
+    );
+}

@@ -39,7 +39,15 @@ use crate::state::{self, Compiled, Shared};
 use crate::stats::GaugeGuard;
 use crate::tls::MeshTls;
 
+/// Requests in flight on one downstream connection and when it last had one: the idle-timeout watchdog's view.
+#[derive(Default)]
+struct IdleTrack {
+    inflight: std::sync::atomic::AtomicUsize,
+    last_ns: AtomicU64,
+}
+
 struct ConnCtx {
+    idle: Arc<IdleTrack>,
     shared: Arc<Shared>,
     accept_plan: Arc<Plan>,
     peer_ip: String,
@@ -72,12 +80,18 @@ pub async fn serve_connection(
     let shared = stats.shared().clone();
     plan.registry.ensure_sweeper(&shared);
     let mut b = hyper::server::conn::http1::Builder::new();
-    // The idle keep-alive bound: a connection that sends no next request head in time closes.
+    // hyper's own header-read timer would also close idle keep-alive connections, uncounted: the watchdog below
+    // does it instead, counted as meshgw_http_timeouts_total{kind="idle"} as the Python listener's sweep did.
     b.timer(TokioTimer::new())
         .keep_alive(true)
         .max_headers(plan.max_headers)
-        .header_read_timeout(plan.idle_timeout);
+        .header_read_timeout(None);
+    let idle_timeout = plan.idle_timeout;
+    let idle = Arc::new(IdleTrack::default());
+    idle.last_ns.store(now_ns(), Ordering::Relaxed);
+    let m_idle = plan.m.timeouts[2].clone();
     let cx = Arc::new(ConnCtx {
+        idle: idle.clone(),
         shared,
         accept_plan: plan,
         peer_ip: peer.ip().to_string(),
@@ -93,7 +107,28 @@ pub async fn serve_connection(
         tx: 0,
         stats,
     });
-    let _ = b.serve_connection(io, svc).with_upgrades().await;
+    let conn = b.serve_connection(io, svc).with_upgrades();
+    tokio::pin!(conn);
+    let check = (idle_timeout / 4).clamp(
+        std::time::Duration::from_millis(10),
+        std::time::Duration::from_secs(1),
+    );
+    let idle_ns = u64::try_from(idle_timeout.as_nanos()).unwrap_or(u64::MAX);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            _ = &mut conn => return,
+            _ = tokio::time::sleep(check), if !closing => {
+                let quiet = idle.inflight.load(Ordering::Relaxed) == 0
+                    && now_ns().saturating_sub(idle.last_ns.load(Ordering::Relaxed)) >= idle_ns;
+                if quiet {
+                    m_idle.inc();
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
 }
 
 /// One exchange's accounting: metrics at the response head, the rest (per-route and per-cluster metrics,
@@ -118,6 +153,7 @@ pub struct Exchange {
     req_bytes: Arc<AtomicU64>,
     sent: u64,
     log: Option<Record>,
+    idle: Arc<IdleTrack>,
 }
 
 impl Exchange {
@@ -164,6 +200,10 @@ impl Exchange {
             req_bytes: Arc::new(AtomicU64::new(0)),
             sent: 0,
             log,
+            idle: {
+                cx.idle.inflight.fetch_add(1, Ordering::Relaxed);
+                cx.idle.clone()
+            },
         }
     }
 
@@ -195,6 +235,8 @@ impl Exchange {
 impl Drop for Exchange {
     fn drop(&mut self) {
         self.detach();
+        self.idle.last_ns.store(now_ns(), Ordering::Relaxed);
+        self.idle.inflight.fetch_sub(1, Ordering::Relaxed);
         let elapsed = self.started.elapsed();
         if let Some(c) = &self.cluster {
             if self.active {
