@@ -1,17 +1,19 @@
-"""Consul intentions: the ``service-intentions`` config entry, precedence, and L4/L7 evaluation.
+"""Consul intentions: the ``service-intentions`` config entry, precedence, and the compile step to the core.
 
 Pure values and functions, no I/O (consul.md §7). ``parse_entry``/``parse_entries`` validate entries the
 way Consul's ``normalize``/``validate`` do (C:agent/structs/config_entry_intentions.go) and report the
-first problem as one line, ``WHERE: key.path: what is wrong (expected ...)``. ``IntentionTable`` is
-compiled once per snapshot for one destination service, so that a connection or request costs a dict
-lookup (plus, for an L7 intention, one pass over its permissions).
+first problem as one line, ``WHERE: key.path: what is wrong (expected ...)``. ``IntentionTable`` selects
+and orders the intentions of one destination service and compiles them (``to_core``) into the Rust core's
+table (gateway/core/proto/src/intentions.rs), the one evaluator: a connection or request costs a few map
+lookups there (plus, for an L7 intention, one pass over its permissions). Regexes are checked at parse time
+by the core too, with the RE2 rules it compiles them by (``_core`` is the one import of the extension).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -38,37 +40,21 @@ class IntentionError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class HeaderMatch:
-    """One ``Permissions[].HTTP.Header[]`` item; exactly one of present/exact/prefix/suffix/regex is set."""
+    """One ``Permissions[].HTTP.Header[]`` item; exactly one of present/exact/prefix/suffix/contains/regex is set.
+
+    Matching is the core's (gateway/core/proto/src/matchers.rs): values of a repeated header joined with ",",
+    ``ignore_case`` for exact/prefix/suffix/contains only, regex RE2 full match (l7-security.md §2.3, §6 9-10).
+    """
 
     name: str  # lower-cased: HTTP header names are case-insensitive and Envoy matches them lower-cased
     present: bool | None = None
     exact: str | None = None
     prefix: str | None = None
     suffix: str | None = None
-    regex: re.Pattern[str] | None = None
+    regex: str | None = None  # RE2 syntax, checked by the core at parse time
     invert: bool = False
-
-    def matches(self, headers: Mapping[str, str]) -> bool:
-        """``headers`` has lower-cased names; a repeated header is expected joined with "," as Envoy does."""
-        value = headers.get(self.name)
-        if value is None:
-            # Envoy on a missing header: only a present matcher can match, and only inverted ("not present");
-            # an inverted value matcher does NOT match a missing header
-            # (envoy source/common/http/header_utility.cc matchHeaders).
-            return self.invert and bool(self.present)
-        if self.present:
-            matched = True
-        elif self.exact is not None:
-            matched = value == self.exact
-        elif self.prefix is not None:
-            matched = value.startswith(self.prefix)
-        elif self.suffix is not None:
-            matched = value.endswith(self.suffix)
-        elif self.regex is not None:
-            matched = self.regex.fullmatch(value) is not None  # Envoy safe_regex matches the whole value
-        else:
-            matched = False
-        return matched != self.invert
+    contains: str | None = None
+    ignore_case: bool = False
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"Name": self.name}
@@ -80,45 +66,46 @@ class HeaderMatch:
             out["Prefix"] = self.prefix
         if self.suffix is not None:
             out["Suffix"] = self.suffix
+        if self.contains is not None:
+            out["Contains"] = self.contains
         if self.regex is not None:
-            out["Regex"] = self.regex.pattern
+            out["Regex"] = self.regex
+        if self.ignore_case:
+            out["IgnoreCase"] = True
         if self.invert:
             out["Invert"] = True
+        return out
+
+    def to_core(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name}
+        for key, value in (
+            ("exact", self.exact),
+            ("prefix", self.prefix),
+            ("suffix", self.suffix),
+            ("contains", self.contains),
+            ("regex", self.regex),
+        ):
+            if value is not None:
+                out[key] = value
+        if self.present:
+            out["present"] = True
+        if self.invert:
+            out["invert"] = True
+        if self.ignore_case:
+            out["ignore_case"] = True
         return out
 
 
 @dataclass(frozen=True, slots=True)
 class HTTPMatch:
     """``Permissions[].HTTP``: every given part must match (Consul ANDs them into one Envoy permission,
-    C:agent/xds/rbac.go convertPermission)."""
+    C:agent/xds/rbac.go convertPermission). Evaluated by the core."""
 
     path_exact: str | None = None
     path_prefix: str | None = None
-    path_regex: re.Pattern[str] | None = None  # full match, like Envoy's safe_regex
+    path_regex: str | None = None  # RE2, full match, like Envoy's safe_regex
     methods: frozenset[str] | None = None
     headers: tuple[HeaderMatch, ...] = ()
-
-    def matches(self, method: str, path: str, headers: Mapping[str, str]) -> bool:
-        if self.methods is not None and method not in self.methods:
-            return False
-        if self.path_exact is not None or self.path_prefix is not None or self.path_regex is not None:
-            # Envoy's url_path matcher sees the path without query string and fragment.
-            for sep in "?#":
-                cut = path.find(sep)
-                if cut >= 0:
-                    path = path[:cut]
-            if self.path_exact is not None:
-                if path != self.path_exact:
-                    return False
-            elif self.path_prefix is not None:
-                if not path.startswith(self.path_prefix):
-                    return False
-            elif self.path_regex is not None and self.path_regex.fullmatch(path) is None:
-                return False
-        for h in self.headers:
-            if not h.matches(headers):
-                return False
-        return True
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -127,11 +114,26 @@ class HTTPMatch:
         if self.path_prefix is not None:
             out["PathPrefix"] = self.path_prefix
         if self.path_regex is not None:
-            out["PathRegex"] = self.path_regex.pattern
+            out["PathRegex"] = self.path_regex
         if self.headers:
             out["Header"] = [h.to_json() for h in self.headers]
         if self.methods is not None:
             out["Methods"] = sorted(self.methods)
+        return out
+
+    def to_core(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in (
+            ("path_exact", self.path_exact),
+            ("path_prefix", self.path_prefix),
+            ("path_regex", self.path_regex),
+        ):
+            if value is not None:
+                out[key] = value
+        if self.methods is not None:
+            out["methods"] = sorted(self.methods)
+        if self.headers:
+            out["headers"] = [h.to_core() for h in self.headers]
         return out
 
 
@@ -313,7 +315,7 @@ _SOURCE_KEYS = (
 )
 _PERMISSION_KEYS = ("Action", "HTTP", "JWT")
 _HTTP_KEYS = ("PathExact", "PathPrefix", "PathRegex", "Header", "Methods")
-_HEADER_KEYS = ("Name", "Present", "Exact", "Prefix", "Suffix", "Regex", "Invert")
+_HEADER_KEYS = ("Name", "Present", "Exact", "Prefix", "Suffix", "Contains", "Regex", "Invert", "IgnoreCase")
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -392,11 +394,13 @@ class _Parser:
             self.fail(path, f"{_q(value)} is not allowed (expected allow or deny)")
         return str(value)
 
-    def regex(self, value: str, path: str) -> re.Pattern[str]:
-        try:
-            return re.compile(value)
-        except re.error as e:
-            self.fail(path, f"{_q(value)} does not compile: {e} (expected a regular expression)")
+    def regex(self, value: str, path: str) -> str:
+        # The core's check (RE2 syntax and size limits, as it will compile it), not Python's re: a pattern
+        # only Python accepts would otherwise deny every caller of the destination (fail closed).
+        problem = _core().check_regex(value)
+        if problem is not None:
+            self.fail(path, f"{_q(value)} {problem}")
+        return value
 
     def wildcards(self, path: str, ns: str, name: str, peer: str = "") -> None:
         # Same checks and order as validateIntentionWildcards (C:agent/structs/config_entry_intentions.go).
@@ -593,7 +597,7 @@ class _Parser:
                 )
         if sum(1 for v in (exact, prefix, regex) if v) > 1:
             self.fail(path, "sets more than one of PathExact, PathPrefix, PathRegex (expected at most one)")
-        compiled = self.regex(regex, _join(path, "PathRegex")) if regex else None
+        checked = self.regex(regex, _join(path, "PathRegex")) if regex else None
 
         headers = tuple(
             self.header(h, f"{_join(path, 'Header')}[{k}]") for k, h in enumerate(self.seq(f, "Header", path))
@@ -628,7 +632,7 @@ class _Parser:
         return HTTPMatch(
             path_exact=exact or None,
             path_prefix=prefix or None,
-            path_regex=compiled,
+            path_regex=checked,
             methods=methods,
             headers=headers,
         )
@@ -642,20 +646,27 @@ class _Parser:
         exact = self.string(f, "Exact", path)
         prefix = self.string(f, "Prefix", path)
         suffix = self.string(f, "Suffix", path)
+        contains = self.string(f, "Contains", path)
         regex = self.string(f, "Regex", path)
         invert = self.boolean(f, "Invert", path)
+        # Consul ≥ 1.20.1 (l7-security.md §2.1); it only affects Exact/Prefix/Suffix/Contains and, like Envoy
+        # via rbac.go, is ignored beside Regex or Present.
+        ignore_case = self.boolean(f, "IgnoreCase", path)
         # Zero values count as unset, as in Go (Present: false, Exact: "").
         parts = (
             ("Present", present),
             ("Exact", exact),
             ("Prefix", prefix),
             ("Suffix", suffix),
+            ("Contains", contains),
             ("Regex", regex),
         )
         given = [k for k, v in parts if v]
         if len(given) != 1:
             what = "none" if not given else " and ".join(given)
-            self.fail(path, f"sets {what} (expected exactly one of Present, Exact, Prefix, Suffix, Regex)")
+            self.fail(
+                path, f"sets {what} (expected exactly one of Present, Exact, Prefix, Suffix, Contains, Regex)"
+            )
         return HeaderMatch(
             name=name.lower(),
             present=True if present else None,
@@ -664,6 +675,8 @@ class _Parser:
             suffix=suffix or None,
             regex=self.regex(regex, _join(path, "Regex")) if regex else None,
             invert=invert,
+            contains=contains or None,
+            ignore_case=ignore_case,
         )
 
 
@@ -699,37 +712,35 @@ def parse_entries(obj: Any, where: str, *, from_server: bool = False) -> tuple[S
     return tuple(out)
 
 
-# --------------------------------------------------------------------------- evaluation
+# --------------------------------------------------------------------------- evaluation (in the core)
+
+# What authorize_http takes as headers: a mapping (lower-case or any-case names), (name, value) pairs with
+# repeated names allowed (the wire's list, str or bytes), or a callable giving such pairs, called only when
+# some permission of the table reads a header.
+Headers = Mapping[str, str] | Iterable[tuple[str | bytes, str | bytes]] | Callable[[], Iterable[Any]] | None
 
 
-@dataclass(frozen=True, slots=True)
-class _Rule:
-    """What one intention (or the default) decides, with every Decision allocated at build time."""
+def _core() -> Any:
+    """The Rust core (gateway._core), the one evaluator of intentions (design.md "one of each").
 
-    l4: Decision
-    permissions: tuple[tuple[HTTPMatch, Decision], ...]  # empty for an L4 intention
-    fallthrough: Decision  # HTTP: an L4 intention's decision, or the default when no permission matched
+    The only place connect/ reaches into the data plane's extension: imported on first use, so that parsing
+    stays importable without it until a regex or a table needs checking.
+    """
+    from gateway import _core
+
+    return _core
 
 
 class IntentionTable:
-    """The intentions that apply to ONE destination service, compiled for constant-time lookups.
+    """The intentions that apply to ONE destination service, in evaluation order.
 
-    Evaluation is Consul's: the first intention in precedence order whose source matches decides; nothing
-    matching means the default policy (consul.md §7.3; C:agent/connect/authz.go, C:agent/xds/rbac.go).
+    Python selects and orders them (precedence, consul.md §7.2) and compiles them into the core's TableSpec
+    (``to_core``); the core decides: the first intention in precedence order whose source matches, else the
+    default policy (consul.md §7.3; C:agent/connect/authz.go, C:agent/xds/rbac.go). The core table is built on
+    first use, once; every Decision it can return is built then too, so ``authorize_*`` allocate nothing.
     """
 
-    __slots__ = (
-        "_by_ns",
-        "_by_peer",
-        "_default",
-        "_exact",
-        "_local",
-        "_local_fallback",
-        "default_allow",
-        "destination",
-        "intentions",
-        "namespace",
-    )
+    __slots__ = ("_compiled", "_decisions", "_reads_headers", "default_allow", "destination", "intentions", "namespace")
 
     def __init__(
         self, destination: str, namespace: str, default_allow: bool, intentions: tuple[Intention, ...]
@@ -738,36 +749,9 @@ class IntentionTable:
         self.namespace = namespace
         self.default_allow = default_allow
         self.intentions = intentions  # in evaluation order
-        policy = "allow" if default_allow else "deny"
-        default = Decision(default_allow, f"default policy {policy}")
-        self._default = _Rule(default, (), default)
-        rules = [self._compile(ix) for ix in intentions]
-
-        # First index, in evaluation order, of each kind of source. For a caller (peer, ns, name) the only
-        # intentions that can match are its exact one, its namespace's "*", and "*/*" (same peer), so the
-        # first match is the smallest of those three indexes.
-        exact: dict[tuple[str, str, str], int] = {}
-        by_ns: dict[tuple[str, str], int] = {}
-        by_peer: dict[str, int] = {}
-        for i, ix in enumerate(intentions):
-            s = ix.source
-            if s.namespace == WILDCARD:
-                by_peer.setdefault(s.peer, i)
-            elif s.name == WILDCARD:
-                by_ns.setdefault((s.peer, s.namespace), i)
-            else:
-                exact.setdefault((s.peer, s.namespace, s.name), i)
-        none = len(rules)
-        rules.append(self._default)
-        self._by_peer = {peer: rules[i] for peer, i in by_peer.items()}
-        self._by_ns = {k: rules[min(i, by_peer.get(k[0], none))] for k, i in by_ns.items()}
-        self._exact = {
-            k: rules[min(i, by_ns.get((k[0], k[1]), none), by_peer.get(k[0], none))] for k, i in exact.items()
-        }
-        # Hot path: local callers in the default namespace are looked up by name alone.
-        self._local = {k[2]: r for k, r in self._exact.items() if k[0] == "" and k[1] == DEFAULT_NAMESPACE}
-        local_ns = self._by_ns.get(("", DEFAULT_NAMESPACE))
-        self._local_fallback = local_ns if local_ns is not None else self._by_peer.get("", self._default)
+        self._compiled: Any = None
+        self._decisions: tuple[Decision, ...] = ()
+        self._reads_headers = False
 
     @classmethod
     def build(
@@ -786,64 +770,67 @@ class IntentionTable:
         )
         return cls(destination, namespace, default_allow, tuple(sort_intentions(applicable)))
 
-    def _compile(self, ix: Intention) -> _Rule:
-        s = ix.source
-        src = s.label
-        label = f"intention {src} => {_label(ix.destination_ns, ix.destination)}"
-        if not s.is_l7:
-            d = Decision(s.action == "allow", f"{label} ({s.action})", src, s.precedence)
-            return _Rule(d, (), d)
-        # On a TCP listener an L7 intention denies: the agent's authorize endpoint and Envoy's network RBAC
-        # both treat it as deny (consul.md §7.3; C:agent/xds/rbac.go intentionToIntermediateRBACForm).
-        l4 = Decision(False, f"{label} has L7 permissions, denied on a TCP listener", src, s.precedence)
-        perms = tuple(
-            (
-                p.http,
-                Decision(p.action == "allow", f"{label} permission[{j}] ({p.action})", src, s.precedence),
-            )
-            for j, p in enumerate(s.permissions)
-        )
-        # The request matched the intention's source but none of its permissions: the default applies, not a
-        # lower-precedence intention (rbac.go subtracts the L7 source from every later intention).
-        policy = "allow" if self.default_allow else "deny"
-        fall = Decision(
-            self.default_allow, f"{label}: no permission matched, default policy {policy}", src, s.precedence
-        )
-        return _Rule(l4, perms, fall)
+    def to_core(self) -> dict[str, Any]:
+        """The core's TableSpec (schema: gateway/core/proto/src/intentions.rs module doc)."""
+        out: list[dict[str, Any]] = []
+        for ix in self.intentions:
+            s = ix.source
+            item: dict[str, Any] = {
+                "source": {"name": s.name, "namespace": s.namespace, "partition": s.partition, "peer": s.peer},
+                "destination": {"name": ix.destination, "namespace": ix.destination_ns},
+                "precedence": s.precedence,
+            }
+            if s.is_l7:
+                item["permissions"] = [{"action": p.action, "http": p.http.to_core()} for p in s.permissions]
+            else:
+                item["action"] = s.action
+            out.append(item)
+        return {
+            "destination": {"name": self.destination, "namespace": self.namespace},
+            "default_allow": self.default_allow,
+            "intentions": out,
+        }
 
-    def _rule(self, source: str, source_ns: str, source_peer: str) -> _Rule:
-        if not source_peer and (source_ns == DEFAULT_NAMESPACE or not source_ns):
-            return self._local.get(source, self._local_fallback)
-        ns = source_ns or DEFAULT_NAMESPACE
-        rule = self._exact.get((source_peer, ns, source))
-        if rule is None:
-            rule = self._by_ns.get((source_peer, ns))
-            if rule is None:
-                rule = self._by_peer.get(source_peer, self._default)
-        return rule
+    def core(self) -> Any:
+        """The compiled ``gateway._core.IntentionTable`` (built on first use)."""
+        compiled = self._compiled
+        if compiled is None:
+            compiled = _core().IntentionTable.from_json(json.dumps(self.to_core()))
+            self._decisions = tuple(
+                Decision(d.allowed, d.reason, d.source, d.precedence) for d in compiled.decisions()
+            )
+            self._reads_headers = bool(compiled.header_names)
+            self._compiled = compiled
+        return compiled
+
+    @property
+    def problem(self) -> str | None:
+        """Why the core could not compile the table (it then denies every caller), else None."""
+        return self.core().problem  # type: ignore[no-any-return]
 
     def authorize_l4(
         self, source: str, source_ns: str = DEFAULT_NAMESPACE, *, source_peer: str = ""
     ) -> Decision:
         """A connection from ``source`` on a TCP listener (L7 intentions deny)."""
-        return self._rule(source, source_ns, source_peer).l4
+        core = self.core()
+        return self._decisions[core.authorize_l4(source, source_ns, source_peer).index]
 
     def authorize_http(
         self,
         source: str,
         method: str,
         path: str,
-        headers: Mapping[str, str],
+        headers: Headers,
         source_ns: str = DEFAULT_NAMESPACE,
         *,
         source_peer: str = "",
     ) -> Decision:
-        """One request on an HTTP listener; ``headers`` must have lower-cased names."""
-        rule = self._rule(source, source_ns, source_peer)
-        for match, decision in rule.permissions:
-            if match.matches(method, path, headers):
-                return decision
-        return rule.fallthrough
+        """One request on an HTTP listener; ``path`` is the normalized path (a ``?query`` is ignored)."""
+        core = self.core()
+        given = None
+        if self._reads_headers and headers is not None:
+            given = headers() if callable(headers) else headers
+        return self._decisions[core.authorize_http(source, method, path, given, source_ns, source_peer).index]
 
     def rules(self) -> list[dict[str, Any]]:
         """JSON-able summary in evaluation order (the default policy applies after the last one)."""
@@ -882,13 +869,16 @@ def check(
     default_allow: bool,
     method: str | None = None,
     path: str | None = None,
-    headers: Mapping[str, str] | None = None,
+    headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
 ) -> Decision:
-    """Would ``source`` reach ``destination``? L4 unless a method, path or headers are given."""
+    """Would ``source`` reach ``destination``? L4 unless a method, path or headers are given.
+
+    ``headers``: a mapping or (name, value) pairs; a repeated name is matched joined with "," as on the wire.
+    """
     src_ns, src = _split(source, "source")
     dst_ns, dst = _split(destination, "destination")
     table = IntentionTable.build(entries, dst, default_allow, dst_ns)
     if method is None and path is None and headers is None:
         return table.authorize_l4(src, src_ns)
-    lowered = {k.lower(): v for k, v in (headers or {}).items()}
-    return table.authorize_http(src, (method or "GET").upper(), path or "/", lowered, src_ns)
+    pairs = list(headers.items()) if isinstance(headers, Mapping) else list(headers or ())
+    return table.authorize_http(src, (method or "GET").upper(), path or "/", pairs, src_ns)

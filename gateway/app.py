@@ -16,7 +16,8 @@ from typing import Any
 
 from connect.builtin_certs import BuiltinCertProvider
 from connect.local import LocalControlPlane
-from gateway import metrics, native
+from gateway import dataplane, metrics, native
+from gateway import corespec
 from gateway.admin import Admin
 from gateway.config import Config, ConfigError, load_config
 from gateway.listeners import InboundListener, IngressHTTPListener, Listener, UpstreamListener
@@ -105,7 +106,13 @@ class Sidecar:
         self._consul_field = consul_supplied(config)
         self.control_plane = self._make_control_plane(config)
         self.certs = self._make_certs(config)
-        self.listeners: dict[tuple[Any, ...], Listener] = {}
+        self.listeners: dict[tuple[Any, ...], Any] = {}
+        # MESHGW_DATA_PLANE=core: the Rust core serves every listener (gateway/dataplane.py).
+        self.plane = dataplane.CoreDataPlane(self.holder, config) if dataplane.enabled() else None
+        if self.plane is not None:
+            from gateway import core_metrics
+
+            core_metrics.install(self.plane.core)
         self.admin = Admin(config.admin.bind, self.holder, self._config_json, self._not_ready)
         self.draining = False
         self._background: set[asyncio.Task[Any]] = set()
@@ -148,6 +155,8 @@ class Sidecar:
                 await self.certs.stop()
                 self.certs = certs
             self.config = new
+            if self.plane is not None:
+                self.plane.set_config(new)
             self.builder.reconfigure(new)
             await self._sync_listeners(new, strict=False)
 
@@ -191,7 +200,10 @@ class Sidecar:
         assert cfg.certificates.builtin is not None
         return BuiltinCertProvider(cfg.certificates.builtin, service, cfg.datacenter, on_tls)
 
-    def _make_listener(self, key: tuple[Any, ...], cfg: Config) -> Listener:
+    def _make_listener(self, key: tuple[Any, ...], cfg: Config) -> Any:
+        if self.plane is not None:
+            spec = corespec.listener_spec(cfg, self.holder.current, key)
+            return dataplane.CoreListener(self.plane, key, spec["name"], spec["bind"])
         if key[0] == "inbound":
             return InboundListener(cfg, self.holder)
         if key[0] == "mesh-gateway":
@@ -253,9 +265,15 @@ class Sidecar:
         self.draining = True
         for listener in self.listeners.values():
             listener.stop_accepting()
-        open_now = sum(len(lis.relays) for lis in self.listeners.values())
-        log.info("draining %d open connection(s) for up to %.0fs", open_now, self.config.drain_timeout)
-        results = await asyncio.gather(*(lis.drain(self.config.drain_timeout) for lis in self.listeners.values()))
+        if self.plane is not None:
+            open_now = self.plane.core.open_connections()
+            log.info("draining %d open connection(s) for up to %.0fs", open_now, self.config.drain_timeout)
+            results = [await self.plane.drain(self.config.drain_timeout)]
+            await self.plane.close()
+        else:
+            open_now = sum(len(lis.relays) for lis in self.listeners.values())
+            log.info("draining %d open connection(s) for up to %.0fs", open_now, self.config.drain_timeout)
+            results = await asyncio.gather(*(lis.drain(self.config.drain_timeout) for lis in self.listeners.values()))
         if sum(results):
             log.warning("drain timeout: closed %d connection(s) still open", sum(results))
         await self._stop_templates(self.templates)
@@ -326,6 +344,8 @@ class Sidecar:
         elif self.templates is not None:
             self.templates.rerender_all()  # SIGHUP: the template files themselves may have changed
         self.config = new
+        if self.plane is not None:
+            self.plane.set_config(new)
         self.builder.reconfigure(new)
 
         async with self._listeners_lock:

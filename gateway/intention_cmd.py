@@ -183,12 +183,13 @@ async def _run(args: argparse.Namespace, store: Any) -> int:
             print(_describe(ix.source, ix.destination))
         return 0
     if cmd == "check":
-        headers = {}
+        # A list, not a dict: a repeated --header is matched joined with "," as on the wire (l7-security.md §2.3).
+        headers: list[tuple[str, str]] = []
         for h in args.header or []:
             name, sep, value = h.partition("=")
             if not sep or not name:
                 raise CommandError(f"--header {h!r}: expected NAME=VALUE")
-            headers[name] = value
+            headers.append((name, value))
         l7 = args.method is not None or args.path is not None or bool(headers)
         try:
             d = check(
@@ -323,7 +324,9 @@ def add_parser(sub: Any) -> None:
     q.add_argument("dst")
     q.add_argument("--method", help="L7: the HTTP method")
     q.add_argument("--path", help="L7: the request path")
-    q.add_argument("--header", action="append", metavar="NAME=VALUE", help="L7: a request header (repeatable)")
+    q.add_argument(
+        "--header", action="append", metavar="NAME=VALUE", help="L7: a request header (repeatable, also one name)"
+    )
     q.add_argument(
         "--default", choices=("allow", "deny"), help="policy when nothing matches (default: config's, else deny)"
     )

@@ -20,7 +20,7 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from gateway import metrics
@@ -157,41 +157,6 @@ def _nodelay(transport: asyncio.BaseTransport) -> None:
 
 
 _NO_DROP: frozenset[bytes] = frozenset()
-
-
-class _LazyHeaders(Mapping[str, str]):
-    """Request headers as intentions read them (lower-case str names, repeated ones joined with ","), decoded on
-    the first lookup: most requests meet no header permission and never pay for it."""
-
-    __slots__ = ("_d", "_raw")
-
-    def __init__(self, raw: list[tuple[bytes, bytes]] | Callable[[], list[tuple[bytes, bytes]]]):
-        self._raw = raw
-        self._d: dict[str, str] | None = None
-
-    def _dict(self) -> dict[str, str]:
-        d = self._d
-        if d is None:
-            d = {}
-            raw = self._raw
-            for n, v in raw() if callable(raw) else raw:
-                k = n.decode("latin-1").lower()
-                val = v.decode("latin-1")
-                d[k] = f"{d[k]},{val}" if k in d else val
-            self._d = d
-        return d
-
-    def __getitem__(self, key: str) -> str:
-        return self._dict()[key]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self._dict().get(key, default)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._dict())
-
-    def __len__(self) -> int:
-        return len(self._dict())
 
 
 class Listener(abc.ABC):
@@ -546,8 +511,8 @@ class InboundListener(Listener):
     ) -> None:
         snap = self.holder.current
         path = url.split(b"?", 1)[0].decode("latin-1")
-        headers = _LazyHeaders(conn.headers)
-        decision = snap.intentions.authorize_http(source, method.decode("latin-1"), path, headers, source_ns)
+        # The raw (name, value) list, fetched by the core's table only if some permission reads a header.
+        decision = snap.intentions.authorize_http(source, method.decode("latin-1"), path, conn.headers, source_ns)
         if not decision.allowed:
             self.m_http_denied.inc()
             log.info("inbound: denied %s %s from %s: %s", method.decode("latin-1"), path, source, decision.reason)
@@ -568,8 +533,8 @@ class InboundListener(Listener):
         # Per request (design.md): an intention change applies to the next request of a kept-alive connection too.
         snap = self.holder.current
         path = ex.url.split(b"?", 1)[0].decode("latin-1")
-        headers = _LazyHeaders(ex.headers)  # decoded only if a permission looks at a header
-        decision = snap.intentions.authorize_http(source, ex.method.decode("latin-1"), path, headers, source_ns)
+        # Raw bytes as received: the core joins repeated names with "," and matches bytes (l7-security.md §2.3).
+        decision = snap.intentions.authorize_http(source, ex.method.decode("latin-1"), path, ex.headers, source_ns)
         if not decision.allowed:
             self.m_http_denied.inc()
             log.info("inbound: denied %s %s from %s: %s", ex.method.decode(), path, source, decision.reason)

@@ -24,6 +24,7 @@ DENY_REASONS = (
     "not_tls",  # the first bytes are not a TLS ClientHello
     "no_sni",  # a ClientHello without a server name
     "unknown_sni",  # a server name that is not a mesh name of this trust domain
+    "max_connections",  # the listener's connection limit is reached (the Rust core's listeners)
 )
 
 UPSTREAM_ERRORS = (

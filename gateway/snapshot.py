@@ -136,6 +136,7 @@ class LinkedView:
     origination: ssl.SSLContext | None = None
     origination_sni: str | None = None
     tls_required: bool = False  # ca_file was set: without a usable context, refuse (never plaintext instead)
+    leaf: Leaf | None = None  # the service's own leaf while valid (the core builds its server config from it)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -236,10 +237,22 @@ def _merge_pem(a: bytes, b: bytes) -> bytes:
 
 
 class SnapshotHolder:
-    """The one piece of shared mutable state in the data plane: a reference, swapped atomically."""
+    """The one piece of shared mutable state in the data plane: a reference, swapped atomically. Observers (the
+    Rust core's hand-over) are told of every new snapshot."""
 
     def __init__(self, snapshot: Snapshot):
-        self.current = snapshot
+        self._current = snapshot
+        self.observers: list[Callable[[Snapshot], None]] = []
+
+    @property
+    def current(self) -> Snapshot:
+        return self._current
+
+    @current.setter
+    def current(self, snapshot: Snapshot) -> None:
+        self._current = snapshot
+        for observe in self.observers:
+            observe(snapshot)
 
 
 class SnapshotBuilder:
@@ -418,6 +431,7 @@ class SnapshotBuilder:
                 service=ls.name,
                 sni=upstream_sni(ls.name, cfg.datacenter, td),
                 server_ctx=server_ctx,
+                leaf=state.leaf if server_ctx is not None and state is not None else None,
                 intentions=IntentionTable.build(
                     self._entries, ls.name, default_allow=cfg.control_plane.default_intention_policy == "allow"
                 ),

@@ -19,6 +19,7 @@ from connect.intentions import (
     Intention,
     IntentionError,
     IntentionTable,
+    Permission,
     ServiceIntentions,
     SourceIntention,
     check,
@@ -277,7 +278,30 @@ INVALID: list[tuple[str, Any, str]] = [
     (
         "header-two",
         _perm({"Header": [{"Name": "a", "Exact": "x", "Prefix": "y"}]}),
-        f"{HTTP}.Header[0]: sets Exact and Prefix (expected exactly one of Present, Exact, Prefix, Suffix, Regex)",
+        f"{HTTP}.Header[0]: sets Exact and Prefix "
+        "(expected exactly one of Present, Exact, Prefix, Suffix, Contains, Regex)",
+    ),
+    (
+        "header-contains-and-exact",
+        _perm({"Header": [{"Name": "a", "Exact": "x", "Contains": "y"}]}),
+        f"{HTTP}.Header[0]: sets Exact and Contains (expected exactly one of",
+    ),
+    ("header-contains-empty", _perm({"Header": [{"Name": "a", "Contains": ""}]}), f"{HTTP}.Header[0]: sets none"),
+    ("header-ignore-case-only", _perm({"Header": [{"Name": "a", "IgnoreCase": True}]}), f"{HTTP}.Header[0]: sets none"),
+    (
+        "header-contains-type",
+        _perm({"Header": [{"Name": "a", "Contains": 1}]}),
+        f"{HTTP}.Header[0].Contains: expected a string, got 1 (int)",
+    ),
+    (
+        "header-ignore-case-type",
+        _perm({"Header": [{"Name": "a", "Exact": "x", "IgnoreCase": "yes"}]}),
+        f"{HTTP}.Header[0].IgnoreCase: expected true or false",
+    ),
+    (
+        "header-ignore-case-twice",
+        _perm({"Header": [{"Name": "a", "Exact": "x", "IgnoreCase": True, "ignore_case": True}]}),
+        f'{HTTP}.Header[0].IgnoreCase: given twice, as "IgnoreCase" and "ignore_case"',
     ),
     ("header-none", _perm({"Header": [{"Name": "a"}]}), f"{HTTP}.Header[0]: sets none"),
     ("header-present-false", _perm({"Header": [{"Name": "a", "Present": False}]}), f"{HTTP}.Header[0]: sets none"),
@@ -287,7 +311,15 @@ INVALID: list[tuple[str, Any, str]] = [
         f"{HTTP}.Header[0].Present: expected true or false",
     ),
     ("header-regex-bad", _perm({"Header": [{"Name": "a", "Regex": "*x"}]}), f'{HTTP}.Header[0].Regex: "*x" does not'),
-    ("header-unknown", _perm({"Header": [{"Name": "a", "Contains": "x"}]}), f"{HTTP}.Header[0].Contains: unknown key"),
+    # RE2 is what counts: Python's re accepts look-arounds and backreferences, the core (like Envoy) does not.
+    (
+        "header-regex-lookahead",
+        _perm({"Header": [{"Name": "a", "Regex": "(?=x)x"}]}),
+        f'{HTTP}.Header[0].Regex: "(?=x)x" does not compile: look-around',
+    ),
+    ("path-regex-backref", _perm({"PathRegex": "(a)\\1"}), f"{HTTP}.PathRegex: "),
+    ("path-regex-huge", _perm({"PathRegex": "(?:a{1000}){1000}"}), f"{HTTP}.PathRegex: "),
+    ("header-unknown", _perm({"Header": [{"Name": "a", "Equals": "x"}]}), f"{HTTP}.Header[0].Equals: unknown key"),
     ("top-level-list", [entry("api", SRC)], "(top level): expected a mapping, got a list"),
 ]
 
@@ -726,6 +758,28 @@ HEADER_CASES: list[tuple[str, dict[str, Any], dict[str, str], bool]] = [
     ("regex-not-partial", {"Name": "x-v", "Regex": "v[0-9]+"}, {"x-v": "v12-beta"}, False),
     ("regex-invert", {"Name": "x-v", "Regex": "v[0-9]+", "Invert": True}, {"x-v": "beta"}, True),
     ("regex-invert-missing", {"Name": "x-v", "Regex": "v[0-9]+", "Invert": True}, {}, False),
+    # Consul >= 1.20.1: Contains and IgnoreCase (l7-security.md §2.1, §6 item 9).
+    ("contains-yes", {"Name": "x-role", "Contains": "adm"}, {"x-role": "sysadmin"}, True),
+    ("contains-no", {"Name": "x-role", "Contains": "adm"}, {"x-role": "user"}, False),
+    ("contains-case-sensitive", {"Name": "x-role", "Contains": "adm"}, {"x-role": "ADMIN"}, False),
+    ("contains-literal", {"Name": "x-role", "Contains": "a.b"}, {"x-role": "axb"}, False),
+    ("contains-invert", {"Name": "x-role", "Contains": "adm", "Invert": True}, {"x-role": "user"}, True),
+    ("contains-invert-missing", {"Name": "x-role", "Contains": "adm", "Invert": True}, {}, False),
+    ("ignore-case-exact", {"Name": "x-role", "Exact": "admin", "IgnoreCase": True}, {"x-role": "AdMiN"}, True),
+    ("ignore-case-exact-other", {"Name": "x-role", "Exact": "admin", "IgnoreCase": True}, {"x-role": "admins"}, False),
+    ("ignore-case-prefix", {"Name": "x-role", "Prefix": "ad", "ignore_case": True}, {"x-role": "ADMIN"}, True),
+    ("ignore-case-suffix", {"Name": "x-role", "Suffix": "MIN", "IgnoreCase": True}, {"x-role": "admin"}, True),
+    ("ignore-case-contains", {"Name": "x-role", "Contains": "DM", "IgnoreCase": True}, {"x-role": "admin"}, True),
+    (
+        "ignore-case-invert",
+        {"Name": "x-role", "Exact": "a", "IgnoreCase": True, "Invert": True},
+        {"x-role": "A"},
+        False,
+    ),
+    # IgnoreCase does not apply to Regex (C:agent/xds/rbac.go) nor Present; (?i) in the pattern does.
+    ("ignore-case-not-regex", {"Name": "x-role", "Regex": "admin", "IgnoreCase": True}, {"x-role": "ADMIN"}, False),
+    ("regex-inline-flag", {"Name": "x-role", "Regex": "(?i)admin"}, {"x-role": "ADMIN"}, True),
+    ("ignore-case-present", {"Name": "x-role", "Present": True, "IgnoreCase": True}, {"x-role": "x"}, True),
 ]
 
 
@@ -734,17 +788,168 @@ def test_header_matchers(hdr: dict[str, Any], headers: dict[str, str], matches: 
     t = table(entry("api", l7("web", ("allow", {"Header": [hdr]}))), default_allow=False)
     d = t.authorize_http("web", "GET", "/", headers)
     assert d.allowed is matches, d
-    h = parse_entry(entry("api", l7("web", ("allow", {"Header": [hdr]}))), "f").sources[0].permissions[0].http
-    assert h.headers[0].matches(headers) is matches
+    # The same through the other shapes the callers use: (name, value) pairs of str or bytes, a callable.
+    assert t.authorize_http("web", "GET", "/", list(headers.items())) is d
+    raw = [(k.upper().encode(), v.encode()) for k, v in headers.items()]
+    assert t.authorize_http("web", "GET", "/", raw) is d
+    assert t.authorize_http("web", "GET", "/", lambda: raw) is d
+    ents = parse_entries(entry("api", l7("web", ("allow", {"Header": [hdr]}))), "f")
+    assert check(ents, "web", "api", False, "GET", "/", headers) == d
+
+
+def test_repeated_headers_are_joined() -> None:
+    # l7-security.md §2.3: every value of a repeated header matched as one value joined with "," (no space).
+    exact = table(entry("api", l7("web", ("allow", {"Header": [{"Name": "X-Role", "Exact": "admin"}]}))))
+    contains = table(entry("api", l7("web", ("allow", {"Header": [{"Name": "X-Role", "Contains": "admin"}]}))))
+    joined = table(entry("api", l7("web", ("allow", {"Header": [{"Name": "X-Role", "Exact": "user,admin"}]}))))
+    two = [(b"X-Role", b"user"), (b"host", b"api"), (b"x-role", b"admin")]
+    assert not exact.authorize_http("web", "PUT", "/", two).allowed
+    assert contains.authorize_http("web", "PUT", "/", two).allowed
+    assert joined.authorize_http("web", "PUT", "/", two).allowed
+    assert exact.authorize_http("web", "PUT", "/", two[2:]).allowed
+
+
+def test_headers_not_read_without_header_rules() -> None:
+    t = table(entry("api", l7("web", ("allow", {"PathPrefix": "/"}))))
+
+    def boom() -> list[tuple[bytes, bytes]]:
+        raise AssertionError("headers read by a table without header rules")
+
+    assert t.authorize_http("web", "GET", "/x", boom).allowed
+    assert t.core().header_names == []
+    t2 = table(entry("api", l7("web", ("allow", {"Header": [{"Name": "X-A", "Present": True}]}))))
+    assert t2.core().header_names == ["x-a"]
+    assert t2.authorize_http("web", "GET", "/x", lambda: [(b"x-a", b"")]).allowed
+    with pytest.raises(TypeError):
+        t2.authorize_http("web", "GET", "/x", [(b"x-a", 1)])
+
+
+def _match_table(m: HTTPMatch) -> IntentionTable:
+    src = SourceIntention("web", permissions=(Permission("allow", m),), precedence=9)
+    return IntentionTable("api", "default", False, (Intention("default", "api", src),))
 
 
 def test_http_match_direct() -> None:
-    m = HTTPMatch(path_prefix="/api", methods=frozenset({"GET"}), headers=(HeaderMatch("x-a", exact="1"),))
-    assert m.matches("GET", "/api/x?q=/other", {"x-a": "1"})
-    assert not m.matches("get", "/api/x", {"x-a": "1"})  # methods compare as sent; parsing upper-cases the config
-    assert not m.matches("GET", "/other?/api", {"x-a": "1"})
-    assert HTTPMatch(path_exact="/a").matches("POST", "/a#frag", {})
-    assert HTTPMatch(methods=frozenset({"GET"})).matches("GET", "?weird", {})
+    # The model's HTTPMatch, evaluated by the core (the one evaluator).
+    m = _match_table(
+        HTTPMatch(path_prefix="/api", methods=frozenset({"GET"}), headers=(HeaderMatch("x-a", exact="1"),))
+    )
+    assert m.authorize_http("web", "GET", "/api/x?q=/other", {"x-a": "1"}).allowed
+    # Methods compare as sent; parsing upper-cases the config.
+    assert not m.authorize_http("web", "get", "/api/x", {"x-a": "1"}).allowed
+    assert not m.authorize_http("web", "GET", "/other?/api", {"x-a": "1"}).allowed
+    assert _match_table(HTTPMatch(path_exact="/a")).authorize_http("web", "POST", "/a#frag", {}).allowed
+    assert _match_table(HTTPMatch(methods=frozenset({"GET"}))).authorize_http("web", "GET", "?weird", {}).allowed
+
+
+def test_to_core_shape() -> None:
+    t = table(
+        entry(
+            "api",
+            l7(
+                "web",
+                ("deny", {"PathRegex": "/a/[0-9]+", "Methods": ["post", "GET"]}),
+                ("allow", {"Header": [{"Name": "X-Role", "Contains": "adm", "IgnoreCase": True, "Invert": True}]}),
+            ),
+            allow("*", Peer="p1"),
+        ),
+        entry("*", deny("*", Namespace="*")),
+        default_allow=True,
+    )
+    assert t.to_core() == {
+        "destination": {"name": "api", "namespace": "default"},
+        "default_allow": True,
+        "intentions": [
+            {
+                "source": {"name": "web", "namespace": "default", "partition": "default", "peer": ""},
+                "destination": {"name": "api", "namespace": "default"},
+                "precedence": 9,
+                "permissions": [
+                    {"action": "deny", "http": {"path_regex": "/a/[0-9]+", "methods": ["GET", "POST"]}},
+                    {
+                        "action": "allow",
+                        "http": {
+                            "headers": [{"name": "x-role", "contains": "adm", "invert": True, "ignore_case": True}]
+                        },
+                    },
+                ],
+            },
+            {
+                "source": {"name": "*", "namespace": "default", "partition": "default", "peer": "p1"},
+                "destination": {"name": "api", "namespace": "default"},
+                "precedence": 8,
+                "action": "allow",
+            },
+            {
+                "source": {"name": "*", "namespace": "*", "partition": "default", "peer": ""},
+                "destination": {"name": "*", "namespace": "default"},
+                "precedence": 4,
+                "action": "deny",
+            },
+        ],
+    }
+    assert t.problem is None
+    assert t.authorize_l4("x", source_peer="p1").source == "peer:p1/*"
+
+
+def test_uncompilable_table_fails_closed_for_its_destination_only() -> None:
+    # A table the core cannot compile (here a regex that bypassed parsing) denies every caller of that
+    # destination, naming the problem; the other destinations' tables are unaffected.
+    bad = _match_table(HTTPMatch(path_regex="(?<=a)b"))
+    assert bad.problem is not None and "PathRegex" in bad.problem
+    for d in (bad.authorize_l4("web"), bad.authorize_http("web", "GET", "/", {}), bad.authorize_l4("other")):
+        assert not d.allowed and d.source is None
+        assert d.reason.startswith("intentions for api could not be compiled, every caller is denied: "), d
+        assert "\n" not in d.reason
+    good = table(entry("api", l7("web", ("allow", {"PathRegex": "/ok"}))), entry("db", allow("web")), dest="db")
+    assert good.problem is None and good.authorize_l4("web").allowed
+
+
+# l7-security.md §7 fixture: P0 deny PathPrefix /admin; P1 allow PathExact /reports PUT X-Role Exact admin;
+# P2 allow PathPrefix / GET, POST; default deny. Paths as the normalizer hands them over.
+def _s7(p1_header: dict[str, Any]) -> IntentionTable:
+    return table(
+        entry(
+            "api",
+            l7(
+                "web",
+                ("deny", {"PathPrefix": "/admin"}),
+                ("allow", {"PathExact": "/reports", "Methods": ["PUT"], "Header": [p1_header]}),
+                ("allow", {"PathPrefix": "/", "Methods": ["GET", "POST"]}),
+            ),
+        )
+    )
+
+
+S7_VECTORS: list[tuple[str, str, str, list[tuple[str, str]], bool]] = [
+    ("1", "GET", "/admin", [], False),
+    ("7", "GET", "//admin", [], True),
+    ("8", "GET", "/x%2f..%2fadmin", [], True),
+    ("9", "GET", "/admin%2Fx", [], False),
+    ("10", "GET", "/ADMIN", [], True),
+    ("11a", "GET", "/admin?debug=1", [], False),
+    ("11b", "GET", "/ok?next=/admin", [], True),
+    ("15", "PUT", "/reports", [("X-Role", "Admin")], False),
+    ("16", "PUT", "/reports", [("X-Role", "user"), ("X-Role", "admin")], False),
+    ("17", "HEAD", "/ok", [], False),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "allowed"), [v[1:] for v in S7_VECTORS], ids=[v[0] for v in S7_VECTORS]
+)
+def test_l7_security_vectors(method: str, path: str, headers: list[tuple[str, str]], allowed: bool) -> None:
+    assert _s7({"Name": "X-Role", "Exact": "admin"}).authorize_http("web", method, path, headers).allowed is allowed
+
+
+def test_l7_security_vectors_15_16_with_contains_and_ignore_case() -> None:
+    two = [("X-Role", "user"), ("X-Role", "admin")]
+    d = _s7({"Name": "X-Role", "Contains": "admin"}).authorize_http("web", "PUT", "/reports", two)
+    assert d.allowed and "permission[1]" in d.reason
+    d = _s7({"Name": "X-Role", "Exact": "admin", "IgnoreCase": True}).authorize_http(
+        "web", "PUT", "/reports", [("X-Role", "Admin")]
+    )
+    assert d.allowed and "permission[1]" in d.reason
 
 
 def test_check_helper() -> None:
@@ -916,3 +1121,93 @@ def test_to_json_round_trip_property(docs: list[dict[str, Any]]) -> None:
         assert parse_entry(out, "rt") == e
         precs = [s.precedence for s in e.sources]
         assert precs == sorted(precs, reverse=True)
+
+
+# --------------------------------------------------------------------------- `meshgw intention check` (CLI)
+
+CLI_CONFIG = """
+datacenter: dc1
+service: {name: web, port: 8080}
+inbound: {bind: 127.0.0.1:21000}
+control_plane:
+  type: local
+  local: {catalog: catalog.yaml, intentions: intentions.yaml}
+certificates:
+  type: builtin
+  builtin: {dir: ca}
+"""
+
+CLI_INTENTIONS = """
+Kind: service-intentions
+Name: api
+Sources:
+  - Name: web
+    Permissions:
+      - {Action: deny, HTTP: {PathPrefix: /admin}}
+      - Action: allow
+        HTTP:
+          PathExact: /reports
+          Methods: [PUT]
+          Header: [{Name: X-Role, Contains: admin, ignore_case: true}]
+      - {Action: allow, HTTP: {PathPrefix: /, Methods: [GET, POST]}}
+"""
+
+
+def _cli(tmp_path: Any, intentions: str, *args: str) -> Any:
+    import subprocess
+    import sys
+
+    (tmp_path / "catalog.yaml").write_text("services: {api: [{address: 127.0.0.1, port: 21001}]}\n")
+    (tmp_path / "intentions.yaml").write_text(intentions)
+    (tmp_path / "m.yaml").write_text(CLI_CONFIG)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "intention", "check", "-c", str(tmp_path / "m.yaml"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "out"),
+    [
+        # l7-security.md §7 #16 with Contains: "user,ADMIN" contains "admin" ignoring case.
+        (
+            ("--method", "PUT", "--path", "/reports", "--header", "X-Role=user", "--header", "X-Role=ADMIN"),
+            0,
+            "Allowed: web => api: intention web => api permission[1] (allow)",
+        ),
+        (("--method", "PUT", "--path", "/reports", "--header", "x-role=Admin"), 0, "permission[1] (allow)"),
+        (
+            ("--method", "PUT", "--path", "/reports", "--header", "X-Role=user"),
+            2,
+            "Denied: web => api: intention web => api: no permission matched, default policy deny",
+        ),
+        (("--method", "GET", "--path", "/admin?x=1"), 2, "permission[0] (deny)"),
+        ((), 2, "Denied: web => api: intention web => api has L7 permissions, denied on a TCP listener"),
+    ],
+    ids=["contains-joined-ignore-case", "ignore-case", "no-match", "admin-query", "l4"],
+)
+def test_cli_check_contains_and_ignore_case(tmp_path: Any, args: tuple[str, ...], code: int, out: str) -> None:
+    r = _cli(tmp_path, CLI_INTENTIONS, "web", "api", *args)
+    assert r.returncode == code, (r.stdout, r.stderr)
+    assert out in r.stdout, r.stdout
+
+
+@pytest.mark.parametrize(
+    ("bad", "needle"),
+    [
+        (
+            "Contains: admin, Exact: admin",
+            "Header[0]: sets Exact and Contains (expected exactly one of Present, Exact,",
+        ),
+        ("Regex: '(?=admin)'", 'Header[0].Regex: "(?=admin)" does not compile: look-around'),
+        ("Contains: admin, IgnoreCase: 'yes'", "Header[0].IgnoreCase: expected true or false"),
+    ],
+)
+def test_cli_check_reports_bad_header_rules_on_one_line(tmp_path: Any, bad: str, needle: str) -> None:
+    text = CLI_INTENTIONS.replace("Contains: admin, ignore_case: true", bad)
+    r = _cli(tmp_path, text, "web", "api", "--method", "PUT", "--path", "/reports")
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "intentions.yaml: Sources[0].Permissions[1].HTTP." + needle in r.stderr, r.stderr

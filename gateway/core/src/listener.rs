@@ -51,9 +51,46 @@ pub struct ListenerStats {
     shared: Arc<Shared>,
 }
 
+/// Every refusal reason (README's table; gateway/metrics.py DENY_REASONS), shown from the start at 0.
+pub const DENY_REASONS: [&str; 13] = [
+    "intention",
+    "no_client_cert",
+    "untrusted_cert",
+    "cert_expired",
+    "handshake_timeout",
+    "tls_error",
+    "foreign_trust_domain",
+    "no_spiffe_id",
+    "not_ready",
+    "not_tls",
+    "no_sni",
+    "unknown_sni",
+    "max_connections",
+];
+
+pub const UPSTREAM_ERRORS: [&str; 5] = [
+    "no_healthy_endpoints",
+    "connect_failed",
+    "tls_failed",
+    "identity_mismatch",
+    "not_ready",
+];
+
 impl ListenerStats {
     pub fn new(shared: &Arc<Shared>, name: &str) -> ListenerStats {
         let l = [("listener", name)];
+        for reason in DENY_REASONS {
+            shared.stats.counter(
+                "meshgw_connections_denied_total",
+                &[("listener", name), ("reason", reason)],
+            );
+        }
+        for reason in UPSTREAM_ERRORS {
+            shared.stats.counter(
+                "meshgw_upstream_connect_errors_total",
+                &[("listener", name), ("reason", reason)],
+            );
+        }
         ListenerStats {
             name: Arc::from(name),
             accepted: shared

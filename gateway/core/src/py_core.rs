@@ -103,6 +103,17 @@ impl Core {
         self.shared.take_access()
     }
 
+    /// A descriptor that becomes readable when `take_logs`/`take_access_log` have something; read it empty
+    /// before taking. -1 when the platform gave none (then poll).
+    fn wakeup_fd(&self) -> i64 {
+        use std::os::fd::AsRawFd;
+        self.shared
+            .wake_rx
+            .as_ref()
+            .map(|s| i64::from(s.as_raw_fd()))
+            .unwrap_or(-1)
+    }
+
     fn open_connections(&self) -> usize {
         self.shared.open.load(std::sync::atomic::Ordering::SeqCst)
     }

@@ -2,6 +2,8 @@
 //! connection), the stats registry and the bounded queues Python drains (log lines, access-log records).
 
 use std::collections::{HashMap, VecDeque};
+use std::io::Write;
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -139,6 +141,10 @@ pub struct Shared {
     /// Open downstream connections of every listener, for drain.
     pub open: AtomicUsize,
     pub closed: Notify,
+    /// Readable when log lines or access-log records are waiting: Python's loop watches the other end
+    /// (`Core.wakeup_fd`) instead of polling.
+    wake_tx: Option<UnixStream>,
+    pub wake_rx: Option<UnixStream>,
 }
 
 impl Shared {
@@ -146,7 +152,16 @@ impl Shared {
         let stats = Stats::default();
         let logs_dropped = stats.counter("meshgw_core_log_lines_dropped", &[]);
         let access_dropped = stats.counter("meshgw_access_log_records_dropped", &[]);
+        // Non-blocking: a full socket buffer already means "wake up", so a failed write is fine.
+        let (wake_tx, wake_rx) = match UnixStream::pair() {
+            Ok((a, b)) if a.set_nonblocking(true).is_ok() && b.set_nonblocking(true).is_ok() => {
+                (Some(a), Some(b))
+            }
+            _ => (None, None),
+        };
         Arc::new(Shared {
+            wake_tx,
+            wake_rx,
             stats,
             current: ArcSwap::from_pointee(Compiled::empty()),
             logs: Mutex::new(VecDeque::new()),
@@ -166,6 +181,15 @@ impl Shared {
             return;
         }
         q.push_back((level, line));
+        if q.len() == 1 {
+            self.wake();
+        }
+    }
+
+    fn wake(&self) {
+        if let Some(tx) = &self.wake_tx {
+            let _ = (&*tx).write(&[1]);
+        }
     }
 
     pub fn take_logs(&self) -> Vec<(Level, String)> {
@@ -180,6 +204,9 @@ impl Shared {
             return;
         }
         q.push_back(line);
+        if q.len() == 1 {
+            self.wake();
+        }
     }
 
     pub fn take_access(&self) -> Vec<String> {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{aws_lc_rs, CryptoProvider};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::{ResolvesServerCertUsingSni, WebPkiClientVerifier};
+use rustls::server::WebPkiClientVerifier;
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 
@@ -128,17 +128,25 @@ pub fn server_config(
     Ok(Arc::new(cfg))
 }
 
-/// A terminating gateway presents each linked service's own leaf, chosen by the SNI the caller sent.
+/// A terminating gateway presents each linked service's own leaf, chosen by the SNI the caller sent. The leaves
+/// carry only a SPIFFE URI SAN, so the lookup is by the configured name, not by the certificate's DNS names
+/// (rustls' own SNI resolver checks those); an unknown name fails the handshake.
 pub fn sni_server_config(
     roots: Arc<RootCertStore>,
     by_sni: &[(String, Arc<CertifiedKey>)],
 ) -> Result<Arc<ServerConfig>, String> {
-    let mut r = ResolvesServerCertUsingSni::new();
-    for (sni, ck) in by_sni {
-        r.add(sni, (**ck).clone())
-            .map_err(|e| format!("tls: leaf for {sni}: {e}"))?;
+    let map = by_sni.iter().cloned().collect();
+    server_config(roots, Arc::new(BySni(map)))
+}
+
+#[derive(Debug)]
+struct BySni(std::collections::HashMap<String, Arc<CertifiedKey>>);
+
+impl rustls::server::ResolvesServerCert for BySni {
+    fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let name = hello.server_name()?.to_ascii_lowercase();
+        self.0.get(&name).cloned()
     }
-    server_config(roots, Arc::new(r))
 }
 
 fn client_config(
@@ -281,9 +289,12 @@ pub fn failure_reason(e: &std::io::Error) -> &'static str {
     let inner = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
     match inner {
         Some(rustls::Error::NoCertificatesPresented) => "no_client_cert",
-        Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Expired)) => {
-            "cert_expired"
-        }
+        Some(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::Expired
+            | rustls::CertificateError::ExpiredContext { .. }
+            | rustls::CertificateError::NotValidYet
+            | rustls::CertificateError::NotValidYetContext { .. },
+        )) => "cert_expired",
         Some(rustls::Error::InvalidCertificate(_)) => "untrusted_cert",
         Some(rustls::Error::AlertReceived(rustls::AlertDescription::CertificateExpired)) => {
             "cert_expired"

@@ -5,6 +5,10 @@
 //! (RFC 7301 §3.1), and hands every byte it read, unchanged, to the endpoint it picks. The mTLS session stays
 //! between the two sidecars. Port of `gateway/sni.py` `client_hello_sni`, with every read bounds-checked:
 //! where the Python sliced leniently past the end of a field, this refuses the ClientHello as malformed.
+//! Also beyond the Python: `MAX_HELLO` is enforced here (the Python left it to its caller), a prefix that
+//! can only become an error is refused at once (`G` of `GET /`, not after five bytes), and a second
+//! server_name or ALPN extension or a second host name is refused (RFC 8446 §4.2, RFC 6066 §3), so that the
+//! gateway cannot route by a name other than the one the server reads.
 //!
 //! The peek is monotone, which the fuzz target checks: for any `buf` and any prefix `p` of it,
 //! `peek_client_hello(p)` is either `NeedMore` or the same answer as `peek_client_hello(buf)`. So a caller
