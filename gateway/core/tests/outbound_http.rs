@@ -635,3 +635,24 @@ async fn idle_keepalive_connections_close_and_are_counted() {
         1
     );
 }
+
+#[tokio::test]
+async fn malformed_chunked_body_gets_400_and_nothing_reaches_the_upstream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new();
+    let (a, b) = (fake(&pki, "a").await, fake(&pki, "b").await);
+    let routes = vec![route("default", Value::Null, vec![("a", 100.0)], json!({}))];
+    let p = proxy(&pki, two_clusters(&a, &b, routes, json!({}))).await;
+    let mut s = TcpStream::connect(("127.0.0.1", p.port)).await.unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+        .await
+        .unwrap();
+    let mut all = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut all)).await;
+    assert!(
+        String::from_utf8_lossy(&all).starts_with("HTTP/1.1 400"),
+        "{}",
+        String::from_utf8_lossy(&all)
+    );
+    assert_eq!(a.requests.load(Ordering::SeqCst), 0);
+}

@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -18,6 +18,14 @@ use super::pool::{Conn, Pool};
 /// What a retry may replay (proxy.py REPLAY_LIMIT).
 pub const REPLAY_LIMIT: usize = 256 * 1024;
 
+/// What the downstream request body did: bytes read, and whether its framing broke (a malformed chunk): then
+/// the request gets 400 instead of a 503 for the upstream's reset, as the Python proxy answered.
+#[derive(Default)]
+pub struct Tap {
+    pub bytes: AtomicU64,
+    pub failed: AtomicBool,
+}
+
 /// The request body sent upstream: nothing, bytes kept for a replay, or the downstream stream (after what was
 /// read ahead of it while deciding whether it fits the replay buffer).
 pub enum ReqBody {
@@ -25,7 +33,7 @@ pub enum ReqBody {
     Stream {
         prefix: VecDeque<Bytes>,
         rest: Incoming,
-        counted: Arc<AtomicU64>,
+        tap: Arc<Tap>,
     },
 }
 
@@ -49,11 +57,7 @@ impl Body for ReqBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             ReqBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            ReqBody::Stream {
-                prefix,
-                rest,
-                counted,
-            } => {
+            ReqBody::Stream { prefix, rest, tap } => {
                 if let Some(b) = prefix.pop_front() {
                     return Poll::Ready(Some(Ok(Frame::data(b))));
                 }
@@ -61,12 +65,16 @@ impl Body for ReqBody {
                     return match Pin::new(&mut *rest).poll_frame(cx) {
                         Poll::Ready(Some(Ok(f))) => match f.into_data() {
                             Ok(d) => {
-                                counted.fetch_add(d.len() as u64, Ordering::Relaxed);
+                                tap.bytes.fetch_add(d.len() as u64, Ordering::Relaxed);
                                 Poll::Ready(Some(Ok(Frame::data(d))))
                             }
                             // Trailers are dropped, as the Python proxy and Envoy's HTTP/1 codec do.
                             Err(_) => continue,
                         },
+                        Poll::Ready(Some(Err(e))) => {
+                            tap.failed.store(true, Ordering::Relaxed);
+                            Poll::Ready(Some(Err(e)))
+                        }
                         other => other,
                     };
                 }
@@ -106,20 +114,15 @@ pub enum Payload {
 }
 
 impl Payload {
-    pub async fn prepare(mut body: Incoming, replay: bool, counted: &Arc<AtomicU64>) -> Payload {
+    /// Reads ahead: up to the replay limit when a retry may replay the body, else its first frame only (so a
+    /// request whose body is broken from the start never reaches the upstream).
+    pub async fn prepare(mut body: Incoming, replay: bool, tap: &Arc<Tap>) -> Payload {
         if body.is_end_stream() {
             return Payload::Replay(Bytes::new());
         }
-        if !replay {
-            return Payload::Once(Some(ReqBody::Stream {
-                prefix: VecDeque::new(),
-                rest: body,
-                counted: counted.clone(),
-            }));
-        }
         let mut prefix: VecDeque<Bytes> = VecDeque::new();
         let mut size = 0usize;
-        while size <= REPLAY_LIMIT {
+        while (replay && size <= REPLAY_LIMIT) || (!replay && prefix.is_empty()) {
             match body.frame().await {
                 None => {
                     let mut all = bytes::BytesMut::with_capacity(size);
@@ -131,18 +134,20 @@ impl Payload {
                 Some(Ok(f)) => {
                     if let Ok(d) = f.into_data() {
                         size += d.len();
-                        counted.fetch_add(d.len() as u64, Ordering::Relaxed);
+                        tap.bytes.fetch_add(d.len() as u64, Ordering::Relaxed);
                         prefix.push_back(d);
                     }
                 }
-                // The downstream's body failed: what was read goes; the upstream sees the same failure.
-                Some(Err(_)) => break,
+                Some(Err(_)) => {
+                    tap.failed.store(true, Ordering::Relaxed);
+                    return Payload::Once(None);
+                }
             }
         }
         Payload::Once(Some(ReqBody::Stream {
             prefix,
             rest: body,
-            counted: counted.clone(),
+            tap: tap.clone(),
         }))
     }
 

@@ -25,7 +25,7 @@ use tokio::net::TcpStream;
 
 use super::accesslog::{self, Record};
 use super::balancer::{now_ns, request_hash, HostState, Pick};
-use super::body::{Payload, RespBody};
+use super::body::{Payload, RespBody, Tap};
 use super::headers;
 use super::pool::Conn;
 use super::retry::{Kind, RetryPolicy};
@@ -150,7 +150,7 @@ pub struct Exchange {
     /// The endpoint of the attempt in progress; its `active` is held.
     host: Option<Arc<HostState>>,
     upstream_host: String,
-    req_bytes: Arc<AtomicU64>,
+    tap: Arc<Tap>,
     sent: u64,
     log: Option<Record>,
     idle: Arc<IdleTrack>,
@@ -197,7 +197,7 @@ impl Exchange {
             retries: 0,
             host: None,
             upstream_host: String::new(),
-            req_bytes: Arc::new(AtomicU64::new(0)),
+            tap: Arc::new(Tap::default()),
             sent: 0,
             log,
             idle: {
@@ -267,7 +267,7 @@ impl Drop for Exchange {
         } else {
             self.flags
         };
-        rec.bytes_received = self.req_bytes.load(Ordering::Relaxed);
+        rec.bytes_received = self.tap.bytes.load(Ordering::Relaxed);
         rec.bytes_sent = self.sent;
         rec.upstream_service_time = self.head_at.map(|h| h - self.started);
         rec.retries = self.retries;
@@ -311,6 +311,16 @@ fn local(
         h.insert("x-meshgw-overloaded", HeaderValue::from_static(b));
     }
     r
+}
+
+/// The downstream request body's framing broke: the client's fault, not the upstream's.
+fn bad_body() -> Fail {
+    Fail {
+        status: 400,
+        text: "malformed request body",
+        flags: "",
+        overloaded: None,
+    }
 }
 
 struct Fail {
@@ -471,9 +481,12 @@ async fn handle(mut req: Request<Incoming>, cx: Arc<ConnCtx>) -> Response<RespBo
         hash,
     };
     let replay = upgrade.is_none() && a.policy.wants_replay(&a.method);
-    let counted = ex.req_bytes.clone();
+    let tap = ex.tap.clone();
     let run = async {
-        let payload = Payload::prepare(body, replay, &counted).await;
+        let payload = Payload::prepare(body, replay, &tap).await;
+        if tap.failed.load(Ordering::Relaxed) {
+            return Err(bad_body());
+        }
         a.run(&mut ex, payload).await
     };
     match tokio::time::timeout(timeout, run).await {
@@ -631,6 +644,9 @@ impl Attempts<'_> {
                             continue;
                         }
                         return Err(self.failed(ex, "upstream connect error", "UF"));
+                    }
+                    if ex.tap.failed.load(Ordering::Relaxed) {
+                        return Err(bad_body());
                     }
                     rt.host_result(host, 503, &c.outlier, &self.cx.shared);
                     if self.may_retry(ex, Kind::Reset, &payload) {
