@@ -53,8 +53,16 @@ def spiffe(svc: str) -> str:
 
 
 SMALL_BODY = b"meshgw-bench small response " + b"." * 99 + b"\n"  # 128 bytes
-VARIANTS = ("direct", "haproxy", "envoy", "meshgw")
-LABEL = {"direct": "direct (no proxy)", "haproxy": "HAProxy pair", "envoy": "Envoy pair", "meshgw": "meshgw pair"}
+VARIANTS = ("direct", "haproxy", "envoy", "meshgw", "meshgw-core")
+LABEL = {
+    "direct": "direct (no proxy)",
+    "haproxy": "HAProxy pair",
+    "envoy": "Envoy pair",
+    "meshgw": "meshgw pair",
+    "meshgw-core": "meshgw pair, Rust core",
+}
+# The meshgw variants: the legacy data path and the Rust core (MESHGW_DATA_PLANE=core), in the same run.
+MESHGW_VARIANTS = ("meshgw", "meshgw-core")
 GOALS = {"rps": 0.9, "mbps": 0.8}
 NOISY = 0.15  # cores used by unrelated processes during a measurement above which it is flagged
 
@@ -518,12 +526,12 @@ def write_yaml(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
-def start_meshgw(h: Harness, certs: Certs, app_port: int, timeout: float) -> Pair:
+def start_meshgw(h: Harness, certs: Certs, app_port: int, timeout: float, variant: str = "meshgw") -> Pair:
     mg = meshgw_bin()
     front, back = h.port(), h.port()
     admin_up, admin_in, web_dummy = h.port(), h.port(), h.port()
     for side in ("web", "api"):
-        d = h.work / "meshgw" / side
+        d = h.work / variant / side
         d.mkdir(parents=True, exist_ok=True)
         write_yaml(
             d / "catalog.yaml",
@@ -540,8 +548,8 @@ def start_meshgw(h: Harness, certs: Certs, app_port: int, timeout: float) -> Pai
         "control_plane": {"type": "local", "local": {"catalog": "catalog.yaml", "intentions": "intentions.yaml"}},
         "certificates": {"type": "builtin", "builtin": {"dir": str(certs.ca_dir), "leaf_ttl": "24h"}},
     }
-    web_cfg = h.work / "meshgw" / "web" / "meshgw.yaml"
-    api_cfg = h.work / "meshgw" / "api" / "meshgw.yaml"
+    web_cfg = h.work / variant / "web" / "meshgw.yaml"
+    api_cfg = h.work / variant / "api" / "meshgw.yaml"
     write_yaml(
         web_cfg,
         {
@@ -565,6 +573,7 @@ def start_meshgw(h: Harness, certs: Certs, app_port: int, timeout: float) -> Pai
         if r.returncode != 0:
             raise BenchError(f"meshgw validate {cfg} failed:\n{r.stdout}{r.stderr}")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["MESHGW_DATA_PLANE"] = "core" if variant == "meshgw-core" else ""
     pb = h.spawn("meshgw-inbound", [mg, "run", "-c", str(api_cfg)], "proxy", h.proxy_cpus, cwd=api_cfg.parent, env=env)
     pf = h.spawn("meshgw-upstream", [mg, "run", "-c", str(web_cfg)], "proxy", h.proxy_cpus, cwd=web_cfg.parent, env=env)
     procs = [pb, pf]
@@ -1052,12 +1061,21 @@ def fmt(v: Any, spec: str) -> str:
 
 def ratio_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
-    m = results.get("meshgw", {})
+    for subject in MESHGW_VARIANTS:
+        if subject in results:
+            rows.extend(_ratio_rows(results, subject))
+    return rows
+
+
+def _ratio_rows(results: dict[str, dict[str, Any]], subject: str) -> list[dict[str, Any]]:
+    rows = []
+    m = results.get(subject, {})
     for ref in ("haproxy", "envoy"):
         r = results.get(ref, {})
         if "rps" not in m or "rps" not in r:
             rows.append(
                 {
+                    "subject": subject,
                     "vs": ref,
                     "available": False,
                     "why": "; ".join(x.get("error", "") for x in (m, r) if x.get("error")) or "not run",
@@ -1065,6 +1083,7 @@ def ratio_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             )
             continue
         row = {
+            "subject": subject,
             "vs": ref,
             "available": True,
             "rps": m["rps"] / r["rps"],
@@ -1148,14 +1167,15 @@ def print_report(out: dict[str, Any]) -> None:
     print("meshgw ratios (req/s, MB/s, conn/s: higher is better; p99 and CPU/req: lower is better)")
     for row in out["ratios"]:
         name = {"haproxy": "HAProxy", "envoy": "Envoy"}[row["vs"]]
+        subject = row.get("subject", "meshgw")
         if not row["available"]:
-            print(f"  meshgw / {name:<8} n/a ({row['why'].splitlines()[0][:100]})")
+            print(f"  {subject} / {name:<8} n/a ({row['why'].splitlines()[0][:100]})")
             continue
         ok = lambda b: "PASS" if b else "FAIL"  # noqa: E731
         cpu = f"   CPU/req {row['cpu_per_req']:.2f}x" if "cpu_per_req" in row else ""
         cpu += f"   conn/s {row['cps']:.2f}" if "cps" in row else ""
         print(
-            f"  meshgw / {name:<8} req/s {row['rps']:.2f} (goal >= {GOALS['rps']:.2f}: {ok(row['rps_ok'])})"
+            f"  {subject} / {name:<8} req/s {row['rps']:.2f} (goal >= {GOALS['rps']:.2f}: {ok(row['rps_ok'])})"
             f"   MB/s {row['mbps']:.2f} (goal >= {GOALS['mbps']:.2f}: {ok(row['mbps_ok'])})"
             f"   p99 {row['p99']:.2f}x{cpu}"
         )
@@ -1228,6 +1248,7 @@ def print_report(out: dict[str, Any]) -> None:
 STARTERS: dict[str, Callable[[Harness, Certs, int, float], Pair]] = {
     "haproxy": start_haproxy,
     "meshgw": start_meshgw,
+    "meshgw-core": lambda h, c, p, t: start_meshgw(h, c, p, t, "meshgw-core"),
     "envoy": start_envoy,
 }
 

@@ -16,11 +16,10 @@ from typing import Any
 
 from connect.builtin_certs import BuiltinCertProvider
 from connect.local import LocalControlPlane
-from gateway import dataplane, metrics, native
-from gateway import corespec
+from gateway import corespec, dataplane, metrics, native
 from gateway.admin import Admin
 from gateway.config import Config, ConfigError, load_config
-from gateway.listeners import InboundListener, IngressHTTPListener, Listener, UpstreamListener
+from gateway.listeners import InboundListener, IngressHTTPListener, UpstreamListener
 from gateway.preflight import check_files
 from gateway.render import TemplateRunner
 from gateway.snapshot import SnapshotBuilder, upstream_key

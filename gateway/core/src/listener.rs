@@ -185,7 +185,7 @@ pub fn start(
     handle.spawn(accept_loop(
         listener,
         shared.clone(),
-        spec.name.clone(),
+        spec.bind.clone(),
         stats,
         limit,
         stop_rx,
@@ -208,7 +208,8 @@ fn os_message(e: &std::io::Error) -> String {
 async fn accept_loop(
     listener: TcpListener,
     shared: Arc<Shared>,
-    name: String,
+    // Plans are keyed by bind address: two listeners may share a name (an upstream's twins), never a socket.
+    bind: String,
     stats: ListenerStats,
     limit: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
@@ -222,7 +223,10 @@ async fn accept_loop(
             Ok(x) => x,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning; the listener stays.
-                shared.log(Level::Warning, format!("{name}: accept failed: {e}"));
+                shared.log(
+                    Level::Warning,
+                    format!("{}: accept failed: {e}", stats.name),
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -235,7 +239,7 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let snap = shared.current.load_full();
-        let Some(plan) = snap.plans.get(&name).cloned() else {
+        let Some(plan) = snap.plans.get(&bind).cloned() else {
             stats.denied("not_ready", || {
                 format!("{peer}: no usable plan for this listener")
             });

@@ -31,6 +31,7 @@ pub struct Compiled {
     /// None until a leaf exists, or when the material is unusable: every mTLS listener refuses (never plaintext).
     pub tls: Option<Arc<MeshTls>>,
     pub clusters: HashMap<String, Arc<Cluster>>,
+    /// By bind address (unique per process; names may repeat).
     pub plans: HashMap<String, Arc<Plan>>,
 }
 
@@ -84,7 +85,7 @@ impl Compiled {
             };
             match plan {
                 Ok(p) => {
-                    plans.insert(l.name.clone(), Arc::new(p));
+                    plans.insert(l.bind.clone(), Arc::new(p));
                 }
                 Err(e) => shared.log(
                     Level::Error,
