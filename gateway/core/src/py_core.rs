@@ -131,6 +131,7 @@ impl Core {
     /// still open (they end with `close`).
     fn drain(&self, py: Python<'_>, timeout: f64) -> usize {
         self.stop_accepting();
+        self.shared.draining.send_replace(true);
         py.allow_threads(|| {
             let deadline = Instant::now() + Duration::from_secs_f64(timeout.max(0.0));
             loop {

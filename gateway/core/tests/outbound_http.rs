@@ -241,7 +241,7 @@ async fn proxy(pki: &Pki, http: Value) -> Proxy {
     let shared = Shared::new();
     let compiled = Compiled::build(&snap, &shared);
     let logs = shared.take_logs();
-    assert!(compiled.plans.contains_key("upstream:api"), "{logs:?}");
+    assert!(compiled.plans.contains_key("127.0.0.1:0"), "{logs:?}");
     shared.current.store(Arc::new(compiled));
     let running = listener::start(
         &tokio::runtime::Handle::current(),
@@ -655,4 +655,69 @@ async fn malformed_chunked_body_gets_400_and_nothing_reaches_the_upstream() {
         String::from_utf8_lossy(&all)
     );
     assert_eq!(a.requests.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_new_snapshot_reroutes_the_next_request_of_a_kept_alive_connection() {
+    let pki = Pki::new();
+    let (a, b) = (fake(&pki, "a").await, fake(&pki, "b").await);
+    let to = |c: &str| {
+        two_clusters(
+            &a,
+            &b,
+            vec![route("default", Value::Null, vec![(c, 100.0)], json!({}))],
+            json!({}),
+        )
+    };
+    let p = proxy(&pki, to("a")).await;
+    let s = TcpStream::connect(("127.0.0.1", p.port)).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut ask = async || {
+        let req = Request::builder()
+            .uri("/")
+            .header("host", "api")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let r = tx.send_request(req).await.unwrap();
+        String::from_utf8_lossy(&r.into_body().collect().await.unwrap().to_bytes()).into_owned()
+    };
+    assert_eq!(ask().await, "a");
+    // The same listener in a new snapshot, now routing to b.
+    let old = p.shared.current.load_full();
+    let (cert, key) = pki.leaf("web");
+    let snap: Snapshot = serde_json::from_value(json!({
+        "version": 2, "datacenter": "dc1", "trust_domain": TD,
+        "tls": {"roots_pem": pki.ca_pem, "cert_pem": cert, "key_pem": key, "not_before": 0.0, "not_after": 1e12},
+        "listeners": [{"name": "upstream:api", "bind": "127.0.0.1:0", "kind": "upstream", "protocol": "http",
+                       "http": to("b")}],
+    }))
+    .unwrap();
+    p.shared
+        .current
+        .store(Arc::new(Compiled::build(&snap, &p.shared)));
+    drop(old);
+    assert_eq!(ask().await, "b");
+}
+
+#[tokio::test]
+async fn drain_closes_idle_keepalive_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new();
+    let (a, b) = (fake(&pki, "a").await, fake(&pki, "b").await);
+    let routes = vec![route("default", Value::Null, vec![("a", 100.0)], json!({}))];
+    let p = proxy(&pki, two_clusters(&a, &b, routes, json!({}))).await;
+    let mut s = TcpStream::connect(("127.0.0.1", p.port)).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: api\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    p.shared.draining.send_replace(true);
+    let mut rest = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(r.is_ok(), "closed on drain");
 }

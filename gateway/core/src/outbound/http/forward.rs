@@ -47,6 +47,8 @@ struct IdleTrack {
 }
 
 struct ConnCtx {
+    /// The key of this listener's plan in every snapshot (its bind address, state.rs).
+    key: Option<String>,
     idle: Arc<IdleTrack>,
     shared: Arc<Shared>,
     accept_plan: Arc<Plan>,
@@ -59,7 +61,12 @@ impl ConnCtx {
     /// of a kept-alive connection too.
     fn current(&self) -> (Arc<Compiled>, Arc<Plan>) {
         let snap = self.shared.current.load_full();
-        let plan = match snap.plans.get(&*self.stats.name).map(|p| &**p) {
+        let plan = match self
+            .key
+            .as_ref()
+            .and_then(|k| snap.plans.get(k))
+            .map(|p| &**p)
+        {
             Some(state::Plan::Upstream(p)) => p.http.clone(),
             _ => None,
         }
@@ -71,10 +78,17 @@ impl ConnCtx {
 pub async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
-    _snap: Arc<Compiled>,
+    snap: Arc<Compiled>,
     plan: Arc<Plan>,
     stats: ListenerStats,
 ) {
+    // Which plan key is ours: found once per connection by identity, then looked up per request.
+    let key = snap.plans.iter().find_map(|(k, p)| match &**p {
+        state::Plan::Upstream(u) if u.http.as_ref().is_some_and(|h| Arc::ptr_eq(h, &plan)) => {
+            Some(k.clone())
+        }
+        _ => None,
+    });
     stats.accepted.inc();
     let _active = GaugeGuard::new(&stats.active);
     let shared = stats.shared().clone();
@@ -90,7 +104,9 @@ pub async fn serve_connection(
     let idle = Arc::new(IdleTrack::default());
     idle.last_ns.store(now_ns(), Ordering::Relaxed);
     let m_idle = plan.m.timeouts[2].clone();
+    let mut draining = shared.draining.subscribe();
     let cx = Arc::new(ConnCtx {
+        key,
         idle: idle.clone(),
         shared,
         accept_plan: plan,
@@ -115,9 +131,20 @@ pub async fn serve_connection(
     );
     let idle_ns = u64::try_from(idle_timeout.as_nanos()).unwrap_or(u64::MAX);
     let mut closing = false;
+    if *draining.borrow_and_update() {
+        conn.as_mut().graceful_shutdown();
+        closing = true;
+    }
     loop {
         tokio::select! {
             _ = &mut conn => return,
+            // Drain: the exchange in flight finishes, then the connection closes (idle ones at once).
+            r = draining.changed(), if !closing => {
+                if r.is_err() || *draining.borrow() {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
             _ = tokio::time::sleep(check), if !closing => {
                 let quiet = idle.inflight.load(Ordering::Relaxed) == 0
                     && now_ns().saturating_sub(idle.last_ns.load(Ordering::Relaxed)) >= idle_ns;
