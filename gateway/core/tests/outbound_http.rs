@@ -721,3 +721,26 @@ async fn drain_closes_idle_keepalive_connections() {
     let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
     assert!(r.is_ok(), "closed on drain");
 }
+
+#[tokio::test]
+async fn an_http_1_0_request_is_answered_with_an_http_1_1_status_line_and_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new();
+    let (a, b) = (fake(&pki, "a").await, fake(&pki, "b").await);
+    let routes = vec![route("default", Value::Null, vec![("a", 100.0)], json!({}))];
+    let p = proxy(&pki, two_clusters(&a, &b, routes, json!({}))).await;
+    let mut s = TcpStream::connect(("127.0.0.1", p.port)).await.unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\nHost: api\r\n\r\n")
+        .await
+        .unwrap();
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut all))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&all);
+    assert!(
+        text.starts_with("HTTP/1.1 200") && text.ends_with("\r\n\r\na"),
+        "{text}"
+    );
+}

@@ -47,6 +47,8 @@ struct IdleTrack {
 }
 
 struct ConnCtx {
+    /// An HTTP/1.0 request's answer is on its way: its status line says HTTP/1.1 (see `Counted`).
+    http10: Arc<std::sync::atomic::AtomicBool>,
     /// The key of this listener's plan in every snapshot (its bind address, state.rs).
     key: Option<String>,
     idle: Arc<IdleTrack>,
@@ -105,7 +107,9 @@ pub async fn serve_connection(
     idle.last_ns.store(now_ns(), Ordering::Relaxed);
     let m_idle = plan.m.timeouts[2].clone();
     let mut draining = shared.draining.subscribe();
+    let http10 = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let cx = Arc::new(ConnCtx {
+        http10: http10.clone(),
         key,
         idle: idle.clone(),
         shared,
@@ -118,6 +122,7 @@ pub async fn serve_connection(
         async move { Ok::<_, Infallible>(handle(req, cx).await) }
     });
     let io = TokioIo::new(Counted {
+        http10,
         inner: stream,
         rx: 0,
         tx: 0,
@@ -389,6 +394,9 @@ async fn tunnel(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) 
 
 async fn handle(mut req: Request<Incoming>, cx: Arc<ConnCtx>) -> Response<RespBody> {
     let (snap, plan) = cx.current();
+    if req.version() == Version::HTTP_10 {
+        cx.http10.store(true, Ordering::Relaxed);
+    }
     let upgrade = upgrade_of(req.headers());
     let down_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let mut ex = Box::new(Exchange::new(&plan, &cx, &req));
@@ -835,6 +843,7 @@ impl Drop for Pending {
 
 /// The downstream socket with its byte counts, added to the listener's when the connection ends.
 struct Counted {
+    http10: Arc<std::sync::atomic::AtomicBool>,
     inner: TcpStream,
     rx: u64,
     tx: u64,
@@ -862,15 +871,38 @@ impl AsyncRead for Counted {
     }
 }
 
+impl Counted {
+    /// hyper answers an HTTP/1.0 request with an HTTP/1.0 status line; the Python proxy (and RFC 9110 §6.2: the
+    /// highest minor version the server conforms to) said HTTP/1.1. Framing stays hyper's (close-delimited or
+    /// Content-Length, never chunked, for a 1.0 client); only the version digit of the head's first write is
+    /// changed, same length.
+    fn patched(&self, buf: &[u8]) -> Option<Vec<u8>> {
+        if self.http10.load(Ordering::Relaxed) && buf.starts_with(b"HTTP/1.0 ") {
+            let mut v = buf.to_vec();
+            v[7] = b'1';
+            Some(v)
+        } else {
+            None
+        }
+    }
+}
+
 impl AsyncWrite for Counted {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        let patched = self.patched(buf);
+        let r = match &patched {
+            Some(v) => Pin::new(&mut self.inner).poll_write(cx, v),
+            None => Pin::new(&mut self.inner).poll_write(cx, buf),
+        };
         if let Poll::Ready(Ok(n)) = &r {
             self.tx += *n as u64;
+            if patched.is_some() && *n > 0 {
+                self.http10.store(false, Ordering::Relaxed);
+            }
         }
         r
     }
@@ -880,6 +912,13 @@ impl AsyncWrite for Counted {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        if let Some(first) = bufs.iter().find(|b| !b.is_empty()) {
+            if self.http10.load(Ordering::Relaxed) && first.starts_with(b"HTTP/1.0 ") {
+                // A short write of the head alone is allowed; the rest follows in the next call.
+                let first: &[u8] = first;
+                return self.poll_write(cx, first);
+            }
+        }
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = &r {
             self.tx += *n as u64;
