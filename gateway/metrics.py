@@ -162,7 +162,9 @@ HTTP_DURATION = Histogram(
 )
 HTTP_DENIED = Counter(
     "meshgw_http_requests_denied",
-    "HTTP requests refused with 403 by an L7 intention (or the default policy), by listener.",
+    "HTTP requests refused before reaching the app, by listener and reason: intention (403 by an L7 intention or "
+    "the default policy), or on the Rust core the request check that refused it (400/404/426/307: "
+    "missing_host_header, path_with_fragment, path_normalization_failed, http_1_0, ...).",
     ["listener", "reason"],
     registry=REGISTRY,
 )

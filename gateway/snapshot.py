@@ -186,6 +186,7 @@ class Snapshot:
     intentions: IntentionTable
     intention_entries: tuple[ServiceIntentions, ...] = field(default=())
     access_log: Any = None  # gateway.accesslog.AccessLog when access logs are on
+    mesh: Any = None  # gateway.http.entries.MeshEntry: inbound HTTP request normalization (l7-security.md §1.1)
     gateway: GatewayRoutes | None = None  # mode mesh-gateway
     terminating: TerminatingRoutes | None = None  # mode terminating-gateway
 
@@ -402,6 +403,7 @@ class SnapshotBuilder:
             ),
             intention_entries=self._entries,
             access_log=self._access_log,
+            mesh=next((e for e in reversed(entries) if e.kind == "mesh"), None),
             gateway=self._gateway_routes() if cfg.mode == "mesh-gateway" else None,
             terminating=self._terminating_routes(td) if cfg.mode == "terminating-gateway" else None,
         )

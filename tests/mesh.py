@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
 import signal
 import socket
@@ -40,7 +41,9 @@ def free_port() -> int:
         worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
         n = int(worker[2:]) if worker[2:].isdigit() else 0
         start = _PORT_BASE + (n % 8) * _PORT_SLICE
-        _next_port.extend([start, start])
+        # A random first candidate in the slice: two test runs on one machine (the same worker names) rarely
+        # reach for the same ports at the same time.
+        _next_port.extend([start, start + random.randrange(_PORT_SLICE)])
     start = _next_port[0]
     while True:
         port = _next_port[1]
