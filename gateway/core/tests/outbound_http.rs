@@ -744,3 +744,30 @@ async fn an_http_1_0_request_is_answered_with_an_http_1_1_status_line_and_closed
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn max_concurrent_requests_breaker() {
+    let pki = Pki::new();
+    let (a, b) = (fake(&pki, "a").await, fake(&pki, "b").await);
+    let routes = vec![route("default", Value::Null, vec![("a", 100.0)], json!({}))];
+    let mut h = two_clusters(&a, &b, routes, json!({}));
+    h["clusters"]["a"]["limits"] = json!({"max_concurrent_requests": 1});
+    let p = Arc::new(proxy(&pki, h).await);
+    let p1 = p.clone();
+    let slow = tokio::spawn(async move { get(&p1, "/slow", &[]).await });
+    wait_for(|| a.requests.load(Ordering::SeqCst) == 1).await;
+    let r = get(&p, "/", &[]).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.headers["x-meshgw-overloaded"], "max_concurrent_requests");
+    assert_eq!(r.body, "upstream overflow\n");
+    a.release.notify_one();
+    assert_eq!(slow.await.unwrap().status, 200);
+    // Settled: the next request is served.
+    assert_eq!(get(&p, "/", &[]).await.status, 200);
+    let logs = p.shared.take_access();
+    assert!(
+        logs.iter()
+            .any(|l| l.contains(r#""status":503,"response_flags":"UO""#)),
+        "{logs:?}"
+    );
+}
