@@ -1104,7 +1104,11 @@ def _parse_templates(
 # Consul's knobs (consul.md §8.1 UpstreamConfig Limits/PassiveHealthCheck, §8.3 route retries, §8.5 resolver
 # LoadBalancer) with Envoy's defaults where Consul leaves them unset, in meshgw's snake_case YAML.
 
-LB_POLICIES = ("round_robin", "least_request", "random", "ring_hash", "maglev")
+# peak_ewma: Linkerd's latency-aware balancer (power of two choices over peak-EWMA latency x requests in flight);
+# the Rust core implements it, the Python data path balances it as least_request.
+# A service-resolver's LoadBalancer.Policy takes Consul's list only (consul.md §8.5).
+CONSUL_LB_POLICIES = ("round_robin", "least_request", "random", "ring_hash", "maglev")
+LB_POLICIES = (*CONSUL_LB_POLICIES, "peak_ewma")
 HASH_FIELDS = ("header", "cookie", "query_parameter")
 # Envoy retry-on tokens that mean something for HTTP/1.1 (C:api/config_entry_discoverychain.go RetryOn).
 RETRY_ON = (

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.config import (
-    LB_POLICIES,
+    CONSUL_LB_POLICIES,
     RETRY_ON,
     HashPolicyConfig,
     LimitsConfig,
@@ -544,8 +544,8 @@ def _load_balancer(r: _R, raw: Any, key: str) -> LoadBalancerConfig | None:
         return None
     m = r.obj(raw, key, ("Policy", "RingHashConfig", "LeastRequestConfig", "HashPolicies"))
     policy = r.get(m, key, "Policy", _str, "") or "round_robin"
-    if policy not in LB_POLICIES:
-        r.problem(f"{key}.Policy", f"{policy!r} is not a policy (expected one of: {', '.join(LB_POLICIES)})")
+    if policy not in CONSUL_LB_POLICIES:
+        r.problem(f"{key}.Policy", f"{policy!r} is not a policy (expected one of: {', '.join(CONSUL_LB_POLICIES)})")
         policy = "round_robin"
     rh = r.obj(m.get("RingHashConfig"), f"{key}.RingHashConfig", ("MinimumRingSize", "MaximumRingSize"))
     lr = r.obj(m.get("LeastRequestConfig"), f"{key}.LeastRequestConfig", ("ChoiceCount",))

@@ -137,6 +137,8 @@ pub struct Shared {
     logs_dropped: Counter,
     access: Mutex<VecDeque<String>>,
     access_dropped: Counter,
+    /// Outbound HTTP state that outlives snapshots (pools, breakers, ejections), per listener by name.
+    pub outbound_http: outbound::http::Registries,
     /// Open downstream connections of every listener, for drain.
     pub open: AtomicUsize,
     pub closed: Notify,
@@ -170,6 +172,7 @@ impl Shared {
             logs_dropped,
             access: Mutex::new(VecDeque::new()),
             access_dropped,
+            outbound_http: outbound::http::Registries::default(),
             open: AtomicUsize::new(0),
             closed: Notify::new(),
             draining: tokio::sync::watch::channel(false).0,

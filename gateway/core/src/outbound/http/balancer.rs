@@ -1,0 +1,708 @@
+//! Endpoint selection (gateway/balancer.py): round_robin (smooth weighted), least_request (power of
+//! `choice_count` choices), random, ring_hash, maglev, and peak_ewma (Linkerd's balancer: power of two choices
+//! over a peak-sensitive EWMA of response latency × (requests in flight + 1)). The tables are built once per
+//! (endpoints, policy) and kept across snapshots while those do not change; what changes per request lives in
+//! each endpoint's `HostState` (atomics), kept across snapshots by endpoint address.
+//!
+//! Semantics follow Envoy's load balancers as Consul configures them from a resolver's LoadBalancer (consul.md
+//! §8.5; Envoy docs "Supported load balancers"): ejected endpoints are skipped, and when every endpoint is
+//! ejected they are all used again (Envoy's panic mode); a hash policy without a hash picks at random.
+
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use http::HeaderMap;
+
+use super::rng;
+use super::spec::{HashPolicySpec, LbSpec};
+
+/// Monotonic nanoseconds since the first call, never 0 (0 means "not ejected").
+pub fn now_ns() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let e = EPOCH.get_or_init(Instant::now);
+    u64::try_from(e.elapsed().as_nanos()).unwrap_or(u64::MAX) + 1
+}
+
+/// Linkerd's defaults (linkerd/app/outbound: `default_rtt` 30 ms for a new endpoint, decay 10 s).
+const EWMA_DEFAULT_RTT_NS: f64 = 30e6;
+const EWMA_DECAY_NS: f64 = 10e9;
+
+#[derive(Debug)]
+struct Ewma {
+    estimate_ns: f64,
+    updated_ns: u64,
+}
+
+/// What one endpoint of one cluster is doing now; kept across snapshots while the endpoint stays.
+#[derive(Debug)]
+pub struct HostState {
+    pub active: AtomicI64,
+    pub consecutive_5xx: AtomicU32,
+    pub consecutive_gateway: AtomicU32,
+    /// `now_ns()` until which it is ejected; 0 in service.
+    pub ejected_until: AtomicU64,
+    /// Times ejected: the next ejection lasts base × (ejections + 1).
+    pub ejections: AtomicU32,
+    pub last_ejected: AtomicU64,
+    ewma: Mutex<Ewma>,
+}
+
+impl Default for HostState {
+    fn default() -> Self {
+        HostState {
+            active: AtomicI64::new(0),
+            consecutive_5xx: AtomicU32::new(0),
+            consecutive_gateway: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+            ejections: AtomicU32::new(0),
+            last_ejected: AtomicU64::new(0),
+            ewma: Mutex::new(Ewma {
+                estimate_ns: EWMA_DEFAULT_RTT_NS,
+                updated_ns: 0,
+            }),
+        }
+    }
+}
+
+impl HostState {
+    pub fn ejected(&self, now: u64) -> bool {
+        self.ejected_until.load(Ordering::Relaxed) > now
+    }
+
+    /// One response's latency into the peak EWMA: a slower sample replaces the estimate at once (the peak),
+    /// a faster one is blended in by how long ago the last sample was (tower's PeakEwma, which Linkerd uses).
+    pub fn observe_rtt(&self, rtt: Duration) {
+        self.observe_rtt_at(rtt, now_ns());
+    }
+
+    fn observe_rtt_at(&self, rtt: Duration, now: u64) {
+        let rtt = rtt.as_nanos() as f64;
+        let mut e = self.ewma.lock().unwrap_or_else(|p| p.into_inner());
+        if rtt > e.estimate_ns {
+            e.estimate_ns = rtt;
+        } else {
+            let elapsed = now.saturating_sub(e.updated_ns) as f64;
+            let decay = (-elapsed / EWMA_DECAY_NS).exp();
+            e.estimate_ns = e.estimate_ns * decay + rtt * (1.0 - decay);
+        }
+        e.updated_ns = now;
+    }
+
+    /// The estimate decayed toward 0 since its last sample (an endpoint that was slow long ago gets tried
+    /// again), times the load.
+    fn ewma_cost(&self, now: u64, weight: u32) -> f64 {
+        let e = self.ewma.lock().unwrap_or_else(|p| p.into_inner());
+        let elapsed = now.saturating_sub(e.updated_ns) as f64;
+        let est = if e.updated_ns == 0 {
+            e.estimate_ns
+        } else {
+            e.estimate_ns * (-elapsed / EWMA_DECAY_NS).exp()
+        };
+        let pending = self.active.load(Ordering::Relaxed).max(0) as f64;
+        est * (pending + 1.0) / f64::from(weight.max(1))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    RoundRobin,
+    LeastRequest,
+    Random,
+    RingHash,
+    Maglev,
+    PeakEwma,
+}
+
+impl Policy {
+    pub fn parse(s: &str) -> Result<Policy, String> {
+        Ok(match s {
+            "" | "round_robin" => Policy::RoundRobin,
+            "least_request" => Policy::LeastRequest,
+            "random" => Policy::Random,
+            "ring_hash" => Policy::RingHash,
+            "maglev" => Policy::Maglev,
+            "peak_ewma" => Policy::PeakEwma,
+            other => return Err(format!("unknown load-balancing policy {other:?}")),
+        })
+    }
+}
+
+/// Longest weighted round-robin schedule kept; larger weight sums are scaled down (balancer.py).
+const RR_SCHEDULE_MAX: u64 = 4096;
+/// Primes for the Maglev table (the paper's M >> N rule; Envoy's default 65537).
+const MAGLEV_SIZES: [usize; 9] = [251, 509, 1021, 2053, 4099, 8191, 16381, 32771, 65537];
+/// Bound on ring points whatever the snapshot says (Envoy's maximum_ring_size default is 8M; a few MB here).
+const RING_MAX: u64 = 1 << 20;
+
+/// Precomputed selection tables for one endpoint set and one policy. Immutable once built.
+#[derive(Debug)]
+pub struct Tables {
+    pub policy: Policy,
+    n: usize,
+    weights: Vec<u32>,
+    uniform: bool,
+    total: u64,
+    cum: Vec<u64>,
+    schedule: Vec<u32>,
+    ring: Vec<(u64, u32)>,
+    maglev: Vec<u32>,
+    choice_count: usize,
+}
+
+pub struct Pick<'a> {
+    pub hosts: &'a [Arc<HostState>],
+    pub rr: &'a AtomicUsize,
+    pub hash: Option<u64>,
+    /// An index to avoid if any other is usable (a retry goes elsewhere).
+    pub exclude: Option<usize>,
+    pub now: u64,
+    /// Some endpoint is ejected now: only then is `ejected_until` read.
+    pub any_ejected: bool,
+}
+
+impl Tables {
+    pub fn build(keys: &[(String, u16)], weights: &[u32], lb: &LbSpec) -> Result<Tables, String> {
+        let policy = Policy::parse(&lb.policy)?;
+        let weights: Vec<u32> = weights.iter().map(|w| (*w).max(1)).collect();
+        let n = weights.len();
+        let uniform = weights.windows(2).all(|w| w[0] == w[1]);
+        let mut acc = 0u64;
+        let cum: Vec<u64> = weights
+            .iter()
+            .map(|w| {
+                acc += u64::from(*w);
+                acc
+            })
+            .collect();
+        let mut t = Tables {
+            policy,
+            n,
+            uniform,
+            total: acc,
+            cum,
+            schedule: Vec::new(),
+            ring: Vec::new(),
+            maglev: Vec::new(),
+            choice_count: (lb.choice_count as usize).clamp(2, 16),
+            weights,
+        };
+        if n == 0 {
+            return Ok(t);
+        }
+        match policy {
+            Policy::RoundRobin => {
+                t.schedule = if uniform {
+                    (0..n as u32).collect()
+                } else {
+                    smooth_wrr(&t.weights)
+                }
+            }
+            Policy::RingHash => {
+                t.ring = ring(
+                    keys,
+                    &t.weights,
+                    lb.minimum_ring_size.clamp(1, RING_MAX),
+                    lb.maximum_ring_size.clamp(1, RING_MAX),
+                )
+            }
+            Policy::Maglev => t.maglev = maglev(keys, &t.weights),
+            _ => {}
+        }
+        Ok(t)
+    }
+
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// Index of the chosen endpoint; None when there is none.
+    pub fn pick(&self, p: &Pick<'_>) -> Option<usize> {
+        let n = self.n;
+        if n == 0 || p.hosts.len() != n {
+            return None;
+        }
+        if n == 1 {
+            return Some(0);
+        }
+        let i = match (self.policy, p.hash) {
+            (Policy::RoundRobin, _) => {
+                let r = p.rr.fetch_add(1, Ordering::Relaxed);
+                self.schedule[r % self.schedule.len()] as usize
+            }
+            (Policy::LeastRequest, _) => self.least(p),
+            (Policy::PeakEwma, _) => self.peak_ewma(p),
+            (Policy::Random, _) | (Policy::RingHash | Policy::Maglev, None) => self.random(),
+            (Policy::RingHash, Some(h)) => self.ring[self.ring_start(h)].1 as usize,
+            (Policy::Maglev, Some(h)) => {
+                self.maglev[(h % self.maglev.len() as u64) as usize] as usize
+            }
+        };
+        if self.usable(p, i) {
+            return Some(i);
+        }
+        Some(self.fallback(p, i))
+    }
+
+    fn usable(&self, p: &Pick<'_>, i: usize) -> bool {
+        Some(i) != p.exclude && !(p.any_ejected && p.hosts[i].ejected(p.now))
+    }
+
+    fn random(&self) -> usize {
+        if self.uniform {
+            return rng::below(self.n);
+        }
+        let x = ((rng::u64() as u128 * self.total as u128) >> 64) as u64;
+        self.cum.partition_point(|c| *c <= x).min(self.n - 1)
+    }
+
+    fn least(&self, p: &Pick<'_>) -> usize {
+        let mut best = 0;
+        let mut best_load = f64::INFINITY;
+        for _ in 0..self.choice_count {
+            let i = self.random();
+            let active = p.hosts[i].active.load(Ordering::Relaxed).max(0) as f64;
+            let load = if self.uniform {
+                active
+            } else {
+                (active + 1.0) / f64::from(self.weights[i])
+            };
+            if load < best_load {
+                best = i;
+                best_load = load;
+            }
+        }
+        best
+    }
+
+    /// Power of two choices over the peak-EWMA cost (two distinct candidates, weighted draws).
+    fn peak_ewma(&self, p: &Pick<'_>) -> usize {
+        let a = self.random();
+        let mut b = self.random();
+        if b == a {
+            b = (a + 1 + rng::below(self.n - 1)) % self.n;
+        }
+        let ca = p.hosts[a].ewma_cost(p.now, self.weights[a]);
+        let cb = p.hosts[b].ewma_cost(p.now, self.weights[b]);
+        if cb < ca {
+            b
+        } else {
+            a
+        }
+    }
+
+    fn ring_start(&self, h: u64) -> usize {
+        self.ring.partition_point(|(x, _)| *x < h) % self.ring.len()
+    }
+
+    /// The choice was ejected (or excluded): walk on in the policy's own order to the next usable one
+    /// (clockwise along the ring, along the Maglev table, or the next index); panic mode when none is.
+    fn fallback(&self, p: &Pick<'_>, first: usize) -> usize {
+        match (self.policy, p.hash) {
+            (Policy::RingHash, Some(h)) => {
+                let start = self.ring_start(h);
+                let size = self.ring.len();
+                for step in 1..size {
+                    let i = self.ring[(start + step) % size].1 as usize;
+                    if self.usable(p, i) {
+                        return i;
+                    }
+                }
+            }
+            (Policy::Maglev, Some(h)) => {
+                let size = self.maglev.len();
+                let start = (h % size as u64) as usize;
+                for step in 1..size {
+                    let i = self.maglev[(start + step) % size] as usize;
+                    if self.usable(p, i) {
+                        return i;
+                    }
+                }
+            }
+            _ => {
+                for step in 1..self.n {
+                    let i = (first + step) % self.n;
+                    if self.usable(p, i) {
+                        return i;
+                    }
+                }
+            }
+        }
+        if Some(first) != p.exclude {
+            first
+        } else {
+            (first + 1) % self.n
+        }
+    }
+}
+
+/// The sequence nginx's smooth weighted round robin produces over one full cycle: Envoy's shares, with the
+/// heavy endpoints spread out instead of bunched.
+fn smooth_wrr(weights: &[u32]) -> Vec<u32> {
+    let mut w: Vec<i64> = weights.iter().map(|x| i64::from(*x)).collect();
+    let mut total: i64 = w.iter().sum();
+    if total as u64 > RR_SCHEDULE_MAX {
+        let scale = RR_SCHEDULE_MAX as f64 / total as f64;
+        w = w
+            .iter()
+            .map(|x| ((*x as f64 * scale).round() as i64).max(1))
+            .collect();
+        total = w.iter().sum();
+    }
+    let mut current = vec![0i64; w.len()];
+    let mut out = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        let mut best = 0;
+        for i in 0..w.len() {
+            current[i] += w[i];
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total;
+        out.push(best as u32);
+    }
+    out
+}
+
+/// A stable 64-bit hash, the same in every process (two sidecars map a key to the same endpoint): FNV-1a
+/// with MurmurHash3's finalizer for avalanche.
+pub fn hash64(data: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in data {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// Envoy's ring_hash construction: the lightest endpoint gets at least one point, the ring at least
+/// `min_size` points (at most `max_size`), each endpoint hashing `"address:port_i"` for its points.
+fn ring(keys: &[(String, u16)], weights: &[u32], min_size: u64, max_size: u64) -> Vec<(u64, u32)> {
+    let total: f64 = weights.iter().map(|w| f64::from(*w)).sum();
+    let normalized: Vec<f64> = weights.iter().map(|w| f64::from(*w) / total).collect();
+    let min_norm = normalized.iter().cloned().fold(f64::INFINITY, f64::min);
+    let scale = ((min_norm * min_size as f64).ceil() / min_norm).min(max_size as f64);
+    let mut points = Vec::new();
+    let mut target = 0.0;
+    let mut made = 0u64;
+    for (idx, ((addr, port), w)) in keys.iter().zip(&normalized).enumerate() {
+        target += scale * w;
+        let count = (target.floor() as u64).saturating_sub(made);
+        made += count;
+        for j in 0..count {
+            points.push((hash64(format!("{addr}:{port}_{j}").as_bytes()), idx as u32));
+        }
+    }
+    points.sort_unstable();
+    if points.is_empty() {
+        points.push((0, 0));
+    }
+    points
+}
+
+/// Maglev lookup table (Eisenbud et al., NSDI'16) with Envoy's weighted fill.
+fn maglev(keys: &[(String, u16)], weights: &[u32]) -> Vec<u32> {
+    let n = keys.len();
+    let size = MAGLEV_SIZES
+        .iter()
+        .copied()
+        .find(|m| *m >= 100 * n)
+        .unwrap_or(MAGLEV_SIZES[MAGLEV_SIZES.len() - 1]);
+    let max_w = f64::from(weights.iter().copied().max().unwrap_or(1));
+    let mut offsets = Vec::with_capacity(n);
+    let mut skips = Vec::with_capacity(n);
+    for (addr, port) in keys {
+        let name = format!("{addr}:{port}");
+        offsets.push((hash64(name.as_bytes()) % size as u64) as usize);
+        skips.push((hash64(format!("{name}#skip").as_bytes()) % (size as u64 - 1) + 1) as usize);
+    }
+    let mut next = vec![0usize; n];
+    let mut target = vec![0.0f64; n];
+    let mut table = vec![u32::MAX; size];
+    let mut filled = 0;
+    let mut iteration = 1.0f64;
+    while filled < size {
+        for i in 0..n {
+            if iteration * f64::from(weights[i]) < target[i] {
+                continue;
+            }
+            target[i] += max_w;
+            let mut c = (offsets[i] + skips[i] * next[i]) % size;
+            while table[c] != u32::MAX {
+                next[i] += 1;
+                c = (offsets[i] + skips[i] * next[i]) % size;
+            }
+            table[c] = i as u32;
+            next[i] += 1;
+            filled += 1;
+            if filled == size {
+                break;
+            }
+        }
+        iteration += 1.0;
+    }
+    table
+}
+
+/// Compiled hash policies of a cluster (ring_hash and maglev).
+#[derive(Debug, Clone)]
+pub enum HashField {
+    Header(http::HeaderName),
+    Cookie(String),
+    Query(Vec<u8>),
+    SourceIp,
+}
+
+pub fn compile_hash_policies(specs: &[HashPolicySpec]) -> Vec<(HashField, bool)> {
+    specs
+        .iter()
+        .filter_map(|h| {
+            let f = match h.field.as_str() {
+                "header" => HashField::Header(
+                    http::HeaderName::from_bytes(h.name.to_ascii_lowercase().as_bytes()).ok()?,
+                ),
+                "cookie" => HashField::Cookie(h.name.clone()),
+                "query_parameter" => HashField::Query(h.name.clone().into_bytes()),
+                "source_ip" => HashField::SourceIp,
+                _ => return None,
+            };
+            Some((f, h.terminal))
+        })
+        .collect()
+}
+
+/// The request's hash from the policies in order, combined as Envoy does (rotate left by one, XOR the next);
+/// a policy without a value is skipped; a terminal policy that produced a hash ends the list.
+pub fn request_hash(
+    policies: &[(HashField, bool)],
+    headers: &HeaderMap,
+    query: &[u8],
+    peer_ip: &str,
+) -> Option<u64> {
+    let mut h: Option<u64> = None;
+    for (field, terminal) in policies {
+        let value: Option<Vec<u8>> = match field {
+            HashField::Header(name) => headers.get(name).map(|v| v.as_bytes().to_vec()),
+            HashField::Cookie(name) => cookie(headers, name),
+            HashField::Query(name) => query.split(|b| *b == b'&').find_map(|part| {
+                let (k, v) = match part.iter().position(|b| *b == b'=') {
+                    Some(i) => (&part[..i], &part[i + 1..]),
+                    None => (part, &b""[..]),
+                };
+                (k == name.as_slice()).then(|| v.to_vec())
+            }),
+            HashField::SourceIp => (!peer_ip.is_empty()).then(|| peer_ip.as_bytes().to_vec()),
+        };
+        let Some(v) = value else { continue };
+        let one = hash64(&v);
+        h = Some(match h {
+            None => one,
+            Some(prev) => prev.rotate_left(1) ^ one,
+        });
+        if *terminal {
+            break;
+        }
+    }
+    h
+}
+
+fn cookie(headers: &HeaderMap, name: &str) -> Option<Vec<u8>> {
+    for v in headers.get_all(http::header::COOKIE) {
+        for part in v.as_bytes().split(|b| *b == b';') {
+            let part = part.trim_ascii();
+            if let Some(i) = part.iter().position(|b| *b == b'=') {
+                if &part[..i] == name.as_bytes() {
+                    return Some(part[i + 1..].to_vec());
+                }
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(n: usize) -> Vec<(String, u16)> {
+        (0..n).map(|i| (format!("10.0.0.{i}"), 8080)).collect()
+    }
+
+    fn hosts(n: usize) -> Vec<Arc<HostState>> {
+        (0..n).map(|_| Arc::new(HostState::default())).collect()
+    }
+
+    fn tables(policy: &str, weights: &[u32]) -> Tables {
+        let lb = LbSpec {
+            policy: policy.into(),
+            ..LbSpec::default()
+        };
+        Tables::build(&keys(weights.len()), weights, &lb).unwrap()
+    }
+
+    fn pick(t: &Tables, h: &[Arc<HostState>], rr: &AtomicUsize, hash: Option<u64>) -> usize {
+        t.pick(&Pick {
+            hosts: h,
+            rr,
+            hash,
+            exclude: None,
+            now: now_ns(),
+            any_ejected: true,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn round_robin_smooth_weights() {
+        let t = tables("round_robin", &[5, 1, 1]);
+        let h = hosts(3);
+        let rr = AtomicUsize::new(0);
+        let seq: Vec<usize> = (0..7).map(|_| pick(&t, &h, &rr, None)).collect();
+        assert_eq!(seq.iter().filter(|i| **i == 0).count(), 5);
+        // Spread, not bunched: nginx's sequence for 5,1,1.
+        assert_eq!(seq, vec![0, 0, 1, 0, 2, 0, 0]);
+        let t = tables("round_robin", &[1, 1]);
+        let seq: Vec<usize> = (0..4).map(|_| pick(&t, &h[..2], &rr, None)).collect();
+        assert_eq!(seq, vec![1, 0, 1, 0]);
+    }
+
+    #[test]
+    fn ejected_are_skipped_and_panic_mode() {
+        let t = tables("round_robin", &[1, 1, 1]);
+        let h = hosts(3);
+        h[1].ejected_until.store(u64::MAX, Ordering::Relaxed);
+        let rr = AtomicUsize::new(0);
+        for _ in 0..30 {
+            assert_ne!(pick(&t, &h, &rr, None), 1);
+        }
+        for x in &h {
+            x.ejected_until.store(u64::MAX, Ordering::Relaxed);
+        }
+        let got: std::collections::HashSet<usize> =
+            (0..30).map(|_| pick(&t, &h, &rr, None)).collect();
+        assert_eq!(got.len(), 3, "all ejected: all used");
+        // A retry avoids the previous endpoint.
+        let h = hosts(2);
+        let t = tables("random", &[1, 1]);
+        for _ in 0..20 {
+            let i = t
+                .pick(&Pick {
+                    hosts: &h,
+                    rr: &rr,
+                    hash: None,
+                    exclude: Some(0),
+                    now: now_ns(),
+                    any_ejected: false,
+                })
+                .unwrap();
+            assert_eq!(i, 1);
+        }
+    }
+
+    #[test]
+    fn random_and_least_request() {
+        let t = tables("random", &[3, 1]);
+        let h = hosts(2);
+        let rr = AtomicUsize::new(0);
+        let zero = (0..8000).filter(|_| pick(&t, &h, &rr, None) == 0).count();
+        assert!((5600..6400).contains(&zero), "{zero}");
+        let t = tables("least_request", &[1, 1, 1]);
+        let h = hosts(3);
+        h[0].active.store(10, Ordering::Relaxed);
+        h[1].active.store(10, Ordering::Relaxed);
+        let two = (0..1000).filter(|_| pick(&t, &h, &rr, None) == 2).count();
+        // P2C: the idle one wins whenever it is drawn (5/9 of the time with two draws of three).
+        assert!(two > 450, "{two}");
+    }
+
+    #[test]
+    fn peak_ewma_prefers_the_faster_endpoint() {
+        let t = tables("peak_ewma", &[1, 1]);
+        let h = hosts(2);
+        let rr = AtomicUsize::new(0);
+        let now = now_ns();
+        for _ in 0..5 {
+            h[0].observe_rtt_at(Duration::from_millis(2), now);
+            h[1].observe_rtt_at(Duration::from_millis(80), now);
+        }
+        let fast = (0..1000).filter(|_| pick(&t, &h, &rr, None) == 0).count();
+        assert_eq!(
+            fast, 1000,
+            "two distinct candidates: the cheaper always wins"
+        );
+        // Load counts too: enough requests in flight on the fast one make the slow one cheaper.
+        h[0].active.store(100, Ordering::Relaxed);
+        let slow = (0..100).filter(|_| pick(&t, &h, &rr, None) == 1).count();
+        assert_eq!(slow, 100);
+        // A peak replaces the estimate at once.
+        h[0].active.store(0, Ordering::Relaxed);
+        h[0].observe_rtt_at(Duration::from_millis(500), now);
+        assert_eq!(pick(&t, &h, &rr, None), 1);
+    }
+
+    #[test]
+    fn hashing_is_sticky_and_spreads() {
+        for policy in ["ring_hash", "maglev"] {
+            let t = tables(policy, &[1, 1, 1, 1]);
+            let h = hosts(4);
+            let rr = AtomicUsize::new(0);
+            let mut seen = std::collections::HashSet::new();
+            for k in 0..200u32 {
+                let hash = hash64(format!("user-{k}").as_bytes());
+                let a = pick(&t, &h, &rr, Some(hash));
+                assert_eq!(a, pick(&t, &h, &rr, Some(hash)), "{policy}");
+                seen.insert(a);
+            }
+            assert_eq!(seen.len(), 4, "{policy}");
+            // An ejected endpoint's keys move; the others' stay.
+            let hash = hash64(b"user-1");
+            let a = pick(&t, &h, &rr, Some(hash));
+            h[a].ejected_until.store(u64::MAX, Ordering::Relaxed);
+            assert_ne!(pick(&t, &h, &rr, Some(hash)), a, "{policy}");
+        }
+    }
+
+    #[test]
+    fn request_hash_fields() {
+        let mut hm = HeaderMap::new();
+        hm.insert("x-user", "bob".parse().unwrap());
+        hm.insert("cookie", "a=1; sid=xyz".parse().unwrap());
+        let p = compile_hash_policies(&[HashPolicySpec {
+            field: "header".into(),
+            name: "X-User".into(),
+            terminal: true,
+        }]);
+        assert_eq!(request_hash(&p, &hm, b"", ""), Some(hash64(b"bob")));
+        let p = compile_hash_policies(&[HashPolicySpec {
+            field: "cookie".into(),
+            name: "sid".into(),
+            terminal: false,
+        }]);
+        assert_eq!(request_hash(&p, &hm, b"", ""), Some(hash64(b"xyz")));
+        let p = compile_hash_policies(&[HashPolicySpec {
+            field: "query_parameter".into(),
+            name: "u".into(),
+            terminal: false,
+        }]);
+        assert_eq!(request_hash(&p, &hm, b"a=1&u=7", ""), Some(hash64(b"7")));
+        assert_eq!(request_hash(&p, &hm, b"a=1", ""), None);
+        let p = compile_hash_policies(&[HashPolicySpec {
+            field: "source_ip".into(),
+            name: String::new(),
+            terminal: false,
+        }]);
+        assert_eq!(
+            request_hash(&p, &hm, b"", "10.1.2.3"),
+            Some(hash64(b"10.1.2.3"))
+        );
+    }
+}
