@@ -87,6 +87,13 @@ BYTES_SENT = Counter(
     ["listener"],
     registry=REGISTRY,
 )
+TLS_HANDSHAKES = Counter(
+    "meshgw_tls_handshakes",
+    "mTLS handshakes finished, by listener and kind: full (certificates exchanged and verified) or resumed (a "
+    "session ticket, no certificate work).",
+    ["listener", "kind"],
+    registry=REGISTRY,
+)
 UPSTREAM_CONNECT_ERRORS = Counter(
     "meshgw_upstream_connect_errors",
     "Failures to reach an upstream (or the local app), by reason.",

@@ -121,6 +121,7 @@ pub async fn accept_mtls(
         }
         Ok(Ok(s)) => s,
     };
+    stats.handshake(tls.get_ref().1);
     match peer_of(tls.get_ref().1.peer_certificates(), &snap.trust_domain) {
         Ok(p) => Some((tls, p)),
         Err(reason) => {

@@ -785,7 +785,10 @@ impl Attempts<'_> {
             handshake: self.plan.handshake_timeout,
         };
         let s = match dial_one(ep, &c.dial, self.tls, &t).await {
-            Ok(s) => s,
+            Ok(s) => {
+                self.cx.stats.handshake(s.get_ref().1);
+                s
+            }
             Err((reason, detail)) => {
                 if detail.ends_with("timed out") {
                     self.plan.m.timeouts[0].inc();
