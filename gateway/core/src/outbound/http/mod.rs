@@ -10,6 +10,12 @@
 //! counts, outlier ejections, per-endpoint load and latency, balancer tables while endpoints are unchanged)
 //! lives in a per-listener `runtime::Registry` kept in `Shared::outbound_http`, keyed by cluster name.
 //!
+//! Files, one job each: `spec` (the JSON below), `router` (matchers, splits, Host patterns), `balancer` and `hash`
+//! (endpoint choice), `runtime` (per-listener registry, breakers' counts, outlier detection), `pool` (keep-alive
+//! connections), `retry` (policy and budget), `headers` (forwarding, trace, header rules), `body` (streamed
+//! bodies, the bounded replay buffer), `conn` (the downstream connection), `forward` (one request), `attempt`
+//! (its attempts), `exchange` (accounting, local answers), `accesslog` (records).
+//!
 //! # The `http` section of an upstream listener (Python: gateway/corespec/outbound_http.py)
 //!
 //! ```json
@@ -59,9 +65,13 @@
 //! "min_retry_concurrency": 3, "backoff_base_ms": 25, "backoff_max_ms": 250}` (gateway/config.py RetryConfig).
 
 pub mod accesslog;
+mod attempt;
 pub mod balancer;
 pub mod body;
-pub mod forward;
+mod conn;
+mod exchange;
+mod forward;
+pub mod hash;
 pub mod headers;
 pub mod pool;
 pub mod retry;
@@ -81,7 +91,8 @@ use crate::snapshot::{EndpointSpec, Limits};
 use crate::state::{Compiled, Shared};
 use crate::stats::{Counter, Histogram};
 
-use balancer::{HashField, HostState, Tables};
+use balancer::{HostState, Tables};
+use hash::HashField;
 use headers::HeaderRules;
 use retry::RetryPolicy;
 use router::{HostPattern, Matcher};
@@ -217,7 +228,7 @@ impl Plan {
                     keys,
                     hosts,
                     tables,
-                    hash: balancer::compile_hash_policies(&c.lb.hash_policies),
+                    hash: hash::compile_hash_policies(&c.lb.hash_policies),
                     connect_timeout: Duration::from_millis(c.connect_timeout_ms.max(1)),
                     request_timeout: c
                         .request_timeout_ms
@@ -362,5 +373,5 @@ pub async fn serve(
     let Some(h) = plan.http.clone() else {
         return;
     };
-    forward::serve_connection(stream, peer, snap.clone(), h, stats.clone()).await;
+    conn::serve_connection(stream, peer, snap.clone(), h, stats.clone()).await;
 }
