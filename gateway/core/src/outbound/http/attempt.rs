@@ -56,9 +56,7 @@ impl Attempts<'_> {
                 any_ejected: rt.ejected.load(Ordering::Relaxed) > 0,
             });
             let Some(i) = picked else {
-                self.cx.stats.upstream_error("no_healthy_endpoints", || {
-                    format!("no healthy instance of {}", c.name)
-                });
+                self.plan.m.no_healthy.inc();
                 return Err(Fail {
                     status: 503,
                     text: "no healthy upstream",

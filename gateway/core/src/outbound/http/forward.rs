@@ -61,9 +61,7 @@ pub(super) async fn handle(mut req: Request<Incoming>, cx: Arc<ConnCtx>) -> Resp
     let down_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let mut ex = Box::new(Exchange::new(&plan, &cx, &req));
     let Some(tls) = snap.tls.clone().filter(|t| t.valid_now()) else {
-        cx.stats.upstream_error("not_ready", || {
-            "no valid leaf certificate: refusing (never plaintext)".into()
-        });
+        plan.m.not_ready.inc();
         return local(ex, 503, "no healthy upstream (not_ready)", "UH", None);
     };
     let host = req
@@ -102,9 +100,7 @@ pub(super) async fn handle(mut req: Request<Incoming>, cx: Arc<ConnCtx>) -> Resp
     let split = &route.splits[pick_split(&route.cum, rng::f64())];
     let cluster = split.cluster.clone();
     if cluster.endpoints.is_empty() {
-        cx.stats.upstream_error("no_healthy_endpoints", || {
-            format!("no healthy instance of {}", cluster.name)
-        });
+        plan.m.no_healthy.inc();
         return local(
             ex,
             503,

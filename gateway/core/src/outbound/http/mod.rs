@@ -155,6 +155,10 @@ pub struct HttpCluster {
 }
 
 pub struct ListenerMetrics {
+    /// meshgw_upstream_connect_errors_total for the per-request refusals, counted without a log line per
+    /// request (as the Python listener; dial failures are logged through ListenerStats).
+    pub no_healthy: Counter,
+    pub not_ready: Counter,
     pub class: [Counter; 5],
     pub latency: Histogram,
     pub timeouts: [Counter; 3],
@@ -333,6 +337,14 @@ impl Plan {
             max_headers: s.max_headers.unwrap_or(MAX_HEADERS).clamp(1, 1024),
             registry,
             m: ListenerMetrics {
+                no_healthy: st.counter(
+                    "meshgw_upstream_connect_errors_total",
+                    &[("listener", name), ("reason", "no_healthy_endpoints")],
+                ),
+                not_ready: st.counter(
+                    "meshgw_upstream_connect_errors_total",
+                    &[("listener", name), ("reason", "not_ready")],
+                ),
                 class: CODE_CLASSES.map(|c| {
                     st.counter(
                         "meshgw_http_responses_total",
