@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import os
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -165,7 +166,8 @@ def test_websocket_echo_through_the_mesh(pair: Pair) -> None:
                 await ws.send_str(word)
                 msg = await ws.receive(timeout=5)
                 out.append(msg.data)
-            if native.available():
+            if native.available() and os.environ.get("MESHGW_DATA_PLANE") != "core":
+                # (The Rust core relays the tunnel itself: no hand-over to count.)
                 # The upgraded connection is a plain byte relay now: both sidecars hand it to the native data path,
                 # and the WebSocket goes on over it.
                 await asyncio.to_thread(wait_for, lambda: native_tunnels() >= 1, 10, "tunnels handed over")

@@ -269,7 +269,10 @@ async fn get(p: &Proxy, path: &str, headers: &[(&str, &str)]) -> Answer {
         .await
         .unwrap();
     tokio::spawn(conn);
-    let mut b = Request::builder().uri(path).header("host", "api");
+    let mut b = Request::builder().uri(path);
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        b = b.header("host", "api");
+    }
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
@@ -770,4 +773,49 @@ async fn max_concurrent_requests_breaker() {
             .any(|l| l.contains(r#""status":503,"response_flags":"UO""#)),
         "{logs:?}"
     );
+}
+
+#[tokio::test]
+async fn no_healthy_endpoint_is_a_counted_503_and_an_unknown_host_on_ingress_a_404() {
+    let pki = Pki::new();
+    let (a, b) = (fake(&pki, "a").await, fake(&pki, "b").await);
+    let mut h = two_clusters(
+        &a,
+        &b,
+        vec![route("default", Value::Null, vec![("a", 100.0)], json!({}))],
+        json!({}),
+    );
+    h["clusters"]["a"]["endpoints"] =
+        json!([{"address": "127.0.0.1", "port": a.port, "health": "critical"}]);
+    let p = proxy(&pki, h).await;
+    let r = get(&p, "/", &[]).await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (503, "no healthy upstream (no_healthy_endpoints)\n")
+    );
+    assert_eq!(
+        counter(
+            &p.shared,
+            "meshgw_upstream_connect_errors_total",
+            &[("reason", "no_healthy_endpoints")]
+        ),
+        1
+    );
+    // Ingress: the chain is picked by Host; none matches: 404 NR.
+    let ingress = json!({
+        "ingress": true,
+        "access_log": {"fields": ["status", "response_flags"]},
+        "chains": [
+            {"name": "a", "hosts": ["a.example.com"], "routes": [route("default", Value::Null, vec![("a", 100.0)], json!({}))]},
+            {"name": "b", "hosts": ["*.b.example.com"], "routes": [route("default", Value::Null, vec![("b", 100.0)], json!({}))]},
+        ],
+        "clusters": {"a": cluster(vec![ep(&a)], json!({})), "b": cluster(vec![ep(&b)], json!({}))},
+    });
+    let q = proxy(&pki, ingress).await;
+    let host = |h: &'static str| [("host", h)];
+    assert_eq!(get(&q, "/", &host("A.example.com:8080")).await.body, "a");
+    assert_eq!(get(&q, "/", &host("x.b.example.com")).await.body, "b");
+    assert_eq!(get(&q, "/", &host("other.example.com")).await.status, 404);
+    let logs = q.shared.take_access();
+    assert_eq!(logs[2], r#"{"status":404,"response_flags":"NR"}"#);
 }

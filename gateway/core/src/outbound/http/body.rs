@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
-use super::forward::Exchange;
+use super::exchange::Exchange;
 use super::pool::{Conn, Pool};
 
 /// What a retry may replay (proxy.py REPLAY_LIMIT).

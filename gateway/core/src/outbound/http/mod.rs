@@ -10,6 +10,12 @@
 //! counts, outlier ejections, per-endpoint load and latency, balancer tables while endpoints are unchanged)
 //! lives in a per-listener `runtime::Registry` kept in `Shared::outbound_http`, keyed by cluster name.
 //!
+//! Files, one job each: `spec` (the JSON below), `router` (matchers, splits, Host patterns), `balancer` and `hash`
+//! (endpoint choice), `runtime` (per-listener registry, breakers' counts, outlier detection), `pool` (keep-alive
+//! connections), `retry` (policy and budget), `headers` (forwarding, trace, header rules), `body` (streamed
+//! bodies, the bounded replay buffer), `conn` (the downstream connection), `forward` (one request), `attempt`
+//! (its attempts), `exchange` (accounting, local answers), `accesslog` (records).
+//!
 //! # The `http` section of an upstream listener (Python: gateway/corespec/outbound_http.py)
 //!
 //! ```json
@@ -59,9 +65,13 @@
 //! "min_retry_concurrency": 3, "backoff_base_ms": 25, "backoff_max_ms": 250}` (gateway/config.py RetryConfig).
 
 pub mod accesslog;
+mod attempt;
 pub mod balancer;
 pub mod body;
-pub mod forward;
+mod conn;
+mod exchange;
+mod forward;
+pub mod hash;
 pub mod headers;
 pub mod pool;
 pub mod retry;
@@ -81,7 +91,8 @@ use crate::snapshot::{EndpointSpec, Limits};
 use crate::state::{Compiled, Shared};
 use crate::stats::{Counter, Histogram};
 
-use balancer::{HashField, HostState, Tables};
+use balancer::{HostState, Tables};
+use hash::HashField;
 use headers::HeaderRules;
 use retry::RetryPolicy;
 use router::{HostPattern, Matcher};
@@ -144,6 +155,10 @@ pub struct HttpCluster {
 }
 
 pub struct ListenerMetrics {
+    /// meshgw_upstream_connect_errors_total for the per-request refusals, counted without a log line per
+    /// request (as the Python listener; dial failures are logged through ListenerStats).
+    pub no_healthy: Counter,
+    pub not_ready: Counter,
     pub class: [Counter; 5],
     pub latency: Histogram,
     pub timeouts: [Counter; 3],
@@ -217,7 +232,7 @@ impl Plan {
                     keys,
                     hosts,
                     tables,
-                    hash: balancer::compile_hash_policies(&c.lb.hash_policies),
+                    hash: hash::compile_hash_policies(&c.lb.hash_policies),
                     connect_timeout: Duration::from_millis(c.connect_timeout_ms.max(1)),
                     request_timeout: c
                         .request_timeout_ms
@@ -322,6 +337,14 @@ impl Plan {
             max_headers: s.max_headers.unwrap_or(MAX_HEADERS).clamp(1, 1024),
             registry,
             m: ListenerMetrics {
+                no_healthy: st.counter(
+                    "meshgw_upstream_connect_errors_total",
+                    &[("listener", name), ("reason", "no_healthy_endpoints")],
+                ),
+                not_ready: st.counter(
+                    "meshgw_upstream_connect_errors_total",
+                    &[("listener", name), ("reason", "not_ready")],
+                ),
                 class: CODE_CLASSES.map(|c| {
                     st.counter(
                         "meshgw_http_responses_total",
@@ -362,5 +385,5 @@ pub async fn serve(
     let Some(h) = plan.http.clone() else {
         return;
     };
-    forward::serve_connection(stream, peer, snap.clone(), h, stats.clone()).await;
+    conn::serve_connection(stream, peer, snap.clone(), h, stats.clone()).await;
 }
