@@ -5,6 +5,7 @@ use pyo3::prelude::*;
 
 pub mod cluster;
 pub mod gateways;
+pub mod http;
 pub mod identity;
 pub mod inbound;
 pub mod listener;

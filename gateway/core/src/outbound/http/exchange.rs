@@ -62,7 +62,8 @@ impl Exchange {
                 protocol: match req.version() {
                     Version::HTTP_10 => "HTTP/1.0",
                     _ => "HTTP/1.1",
-                },
+                }
+                .into(),
                 downstream_address: cx.peer_ip.clone(),
                 source: plan.source.clone(),
                 authority: hv("host"),
