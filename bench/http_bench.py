@@ -44,13 +44,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import l4_bench as l4  # the L4 bench's harness: processes, pinning, certificates, nginx, py-spy summary
 
-VARIANTS = ("direct", "haproxy", "envoy", "meshgw", "meshgw-core")
+VARIANTS = ("direct", "haproxy", "envoy", "meshgw")
 LABEL = {
     "direct": "direct (no proxy)",
     "haproxy": "HAProxy pair",
     "envoy": "Envoy pair",
     "meshgw": "meshgw pair",
-    "meshgw-core": "meshgw, Rust core",
 }
 GOALS = {"rps": 0.6, "p99": 2.0}
 PATH = "/small"
@@ -137,7 +136,6 @@ def start_meshgw(h: l4.Harness, certs: l4.Certs, app_port: int, timeout: float, 
         if r.returncode != 0:
             raise l4.BenchError(f"meshgw validate {cfg} failed:\n{r.stdout}{r.stderr}")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env["MESHGW_DATA_PLANE"] = "core" if variant == "meshgw-core" else ""
     pb = h.spawn("meshgw-http-inbound", [mg, "run", "-c", str(api_cfg)], "proxy", h.proxy_cpus, api_cfg.parent, env)
     pf = h.spawn("meshgw-http-upstream", [mg, "run", "-c", str(web_cfg)], "proxy", h.proxy_cpus, web_cfg.parent, env)
     procs = [pb, pf]
@@ -214,7 +212,6 @@ STARTERS = {
     "haproxy": start_haproxy,
     "envoy": start_envoy,
     "meshgw": start_meshgw,
-    "meshgw-core": lambda h, c, p, t: start_meshgw(h, c, p, t, "meshgw-core"),
 }
 
 
@@ -353,7 +350,7 @@ def fmt(v: Any, spec: str) -> str:
 
 def ratios(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
-    for subject in ("meshgw", "meshgw-core"):
+    for subject in ("meshgw",):
         if subject in results:
             rows.extend(_ratios(results, subject))
     return rows

@@ -54,21 +54,6 @@ GATEWAY_ROUTED = Counter(
     ["listener", "route"],
     registry=REGISTRY,
 )
-NATIVE_RELAYS = Counter(
-    "meshgw_native_relays",
-    "Relays (L4 connections, upgraded HTTP tunnels) handed to the native data path after their set-up.",
-    registry=REGISTRY,
-)
-NATIVE_HTTP = Counter(
-    "meshgw_native_http_connections",
-    "Downstream HTTP connections served by the native HTTP engine.",
-    registry=REGISTRY,
-)
-NATIVE_HTTP_FALLBACKS = Counter(
-    "meshgw_native_http_fallbacks",
-    "Native HTTP connections handed back to the Python proxy (a request the engine does not serve).",
-    registry=REGISTRY,
-)
 CONNECTIONS_ACTIVE = Gauge(
     "meshgw_connections_active",
     "Connections currently open, by listener.",

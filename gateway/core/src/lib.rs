@@ -23,6 +23,7 @@ pub mod tls;
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<py_core::Core>()?;
+    m.add_function(wrap_pyfunction!(py_core::check_origination, m)?)?;
     py_intentions::register(m)?;
     Ok(())
 }
