@@ -45,7 +45,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import l4_bench as l4  # the L4 bench's harness: processes, pinning, certificates, nginx, py-spy summary
 
 VARIANTS = ("direct", "haproxy", "envoy", "meshgw")
-LABEL = {"direct": "direct (no proxy)", "haproxy": "HAProxy pair", "envoy": "Envoy pair", "meshgw": "meshgw pair"}
+LABEL = {
+    "direct": "direct (no proxy)",
+    "haproxy": "HAProxy pair",
+    "envoy": "Envoy pair",
+    "meshgw": "meshgw pair",
+}
 GOALS = {"rps": 0.6, "p99": 2.0}
 PATH = "/small"
 
@@ -80,12 +85,12 @@ def start_haproxy(h: l4.Harness, certs: l4.Certs, app_port: int, timeout: float)
     )
 
 
-def start_meshgw(h: l4.Harness, certs: l4.Certs, app_port: int, timeout: float) -> l4.Pair:
+def start_meshgw(h: l4.Harness, certs: l4.Certs, app_port: int, timeout: float, variant: str = "meshgw") -> l4.Pair:
     mg = l4.meshgw_bin()
     front, back = h.port(), h.port()
     admin_up, admin_in, web_dummy = h.port(), h.port(), h.port()
     for side in ("web", "api"):
-        d = h.work / "meshgw-http" / side
+        d = h.work / f"{variant}-http" / side
         d.mkdir(parents=True, exist_ok=True)
         l4.write_yaml(
             d / "catalog.yaml",
@@ -203,7 +208,11 @@ def start_envoy(h: l4.Harness, certs: l4.Certs, app_port: int, timeout: float) -
     return pair
 
 
-STARTERS = {"haproxy": start_haproxy, "envoy": start_envoy, "meshgw": start_meshgw}
+STARTERS = {
+    "haproxy": start_haproxy,
+    "envoy": start_envoy,
+    "meshgw": start_meshgw,
+}
 
 
 # ---------------------------------------------------------------------------------------------- load
@@ -341,13 +350,21 @@ def fmt(v: Any, spec: str) -> str:
 
 def ratios(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
-    m = results.get("meshgw", {})
+    for subject in ("meshgw",):
+        if subject in results:
+            rows.extend(_ratios(results, subject))
+    return rows
+
+
+def _ratios(results: dict[str, dict[str, Any]], subject: str) -> list[dict[str, Any]]:
+    rows = []
+    m = results.get(subject, {})
     for ref in ("haproxy", "envoy"):
         r = results.get(ref, {})
         if "rps" not in m or "rps" not in r:
-            rows.append({"vs": ref, "available": False})
+            rows.append({"subject": subject, "vs": ref, "available": False})
             continue
-        row: dict[str, Any] = {"vs": ref, "available": True, "rps": m["rps"] / r["rps"]}
+        row: dict[str, Any] = {"subject": subject, "vs": ref, "available": True, "rps": m["rps"] / r["rps"]}
         if m.get("rate_p99_ms") and r.get("rate_p99_ms"):
             row["p99"] = m["rate_p99_ms"] / r["rate_p99_ms"]
             row["p50"] = m["rate_p50_ms"] / r["rate_p50_ms"]
@@ -401,7 +418,7 @@ def print_report(out: dict[str, Any]) -> None:
     print("goal <= 2 x HAProxy's; Envoy's beside them for information)")
     for row in out["ratios"]:
         if not row["available"]:
-            print(f"  meshgw / {row['vs']}: not available")
+            print(f"  {row.get('subject', 'meshgw')} / {row['vs']}: not available")
             continue
         goal = row["vs"] == "haproxy"
         rps = f"req/s {row['rps']:.2f}" + (f" ({'PASS' if row['rps_ok'] else 'FAIL'})" if goal else "")
@@ -411,7 +428,7 @@ def print_report(out: dict[str, Any]) -> None:
             else ""
         )
         cpu = f"CPU/req {row['cpu_per_req']:.2f}x" if "cpu_per_req" in row else ""
-        print(f"  meshgw / {row['vs']:<8} {rps:<22} {p99:<20} {cpu}")
+        print(f"  {row.get('subject', 'meshgw')} / {row['vs']:<8} {rps:<22} {p99:<20} {cpu}")
     prof = res.get("meshgw", {}).get("profile")
     if prof:
         print()

@@ -53,16 +53,14 @@ def spiffe(svc: str) -> str:
 
 
 SMALL_BODY = b"meshgw-bench small response " + b"." * 99 + b"\n"  # 128 bytes
-VARIANTS = ("direct", "haproxy", "envoy", "meshgw", "meshgw-core")
+VARIANTS = ("direct", "haproxy", "envoy", "meshgw")
 LABEL = {
     "direct": "direct (no proxy)",
     "haproxy": "HAProxy pair",
     "envoy": "Envoy pair",
     "meshgw": "meshgw pair",
-    "meshgw-core": "meshgw pair, Rust core",
 }
-# The meshgw variants: the legacy data path and the Rust core (MESHGW_DATA_PLANE=core), in the same run.
-MESHGW_VARIANTS = ("meshgw", "meshgw-core")
+MESHGW_VARIANTS = ("meshgw",)
 GOALS = {"rps": 0.9, "mbps": 0.8}
 NOISY = 0.15  # cores used by unrelated processes during a measurement above which it is flagged
 
@@ -573,7 +571,6 @@ def start_meshgw(h: Harness, certs: Certs, app_port: int, timeout: float, varian
         if r.returncode != 0:
             raise BenchError(f"meshgw validate {cfg} failed:\n{r.stdout}{r.stderr}")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env["MESHGW_DATA_PLANE"] = "core" if variant == "meshgw-core" else ""
     pb = h.spawn("meshgw-inbound", [mg, "run", "-c", str(api_cfg)], "proxy", h.proxy_cpus, cwd=api_cfg.parent, env=env)
     pf = h.spawn("meshgw-upstream", [mg, "run", "-c", str(web_cfg)], "proxy", h.proxy_cpus, cwd=web_cfg.parent, env=env)
     procs = [pb, pf]
@@ -595,7 +592,7 @@ def start_meshgw(h: Harness, certs: Certs, app_port: int, timeout: float, varian
             "version": f"git {rev}{' +uncommitted' if dirty else ''}",
             "python": platform.python_version(),
             "data_path": subprocess.run(
-                [sys.executable, "-c", "from gateway import native; print(native.describe())"],
+                [sys.executable, "-c", "from gateway import dataplane; print(dataplane.describe())"],
                 capture_output=True,
                 text=True,
                 cwd=str(REPO),
@@ -1248,7 +1245,6 @@ def print_report(out: dict[str, Any]) -> None:
 STARTERS: dict[str, Callable[[Harness, Certs, int, float], Pair]] = {
     "haproxy": start_haproxy,
     "meshgw": start_meshgw,
-    "meshgw-core": lambda h, c, p, t: start_meshgw(h, c, p, t, "meshgw-core"),
     "envoy": start_envoy,
 }
 

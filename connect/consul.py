@@ -39,7 +39,7 @@ from gateway.snapshot import Endpoint, SnapshotBuilder, gateway_mode
 log = logging.getLogger("meshgw.consul")
 
 TTL = 15.0  # the sidecar's TTL check; refreshed every TTL/3
-CHAIN_KINDS = ("service-router", "service-splitter", "service-resolver", "service-defaults", "proxy-defaults")
+CHAIN_KINDS = ("service-router", "service-splitter", "service-resolver", "service-defaults", "proxy-defaults", "mesh")
 # After the agent comes back, it may answer from an empty local state until services register
 # again (ours does so at once): an empty upstream set inside this window keeps the last good one.
 RECOVERY_GRACE = 10.0
@@ -340,6 +340,10 @@ class ConsulControlPlane:
             self._watched_services |= set(dcs)
             for kind in CHAIN_KINDS:
                 self._spawn(loop, self._watch_chain_kind(kind), f"watch-{kind}")
+        elif cfg.service.protocol == "http":
+            # The mesh entry's HTTP.Incoming.RequestNormalization shapes the inbound HTTP listener
+            # (l7-security.md §1.1); the other kinds concern upstreams only.
+            self._spawn(loop, self._watch_chain_kind("mesh"), "watch-mesh")
         if cfg.mode == "mesh-gateway":
             self._names |= {"catalog/services", "catalog/datacenters"}
             self._spawn(loop, self._watch_catalog_services(), "watch-catalog-services")

@@ -56,9 +56,13 @@ class AccessLog:
         return cls(cfg) if cfg.enabled else None
 
     def log(self, record: dict[str, Any]) -> None:
+        self.log_line(json.dumps(record, separators=(",", ":")))
+
+    def log_line(self, line: str) -> None:
+        """One record already rendered as JSON (the core's), written as it is."""
         if self.closed:
             return
-        line = json.dumps(record, separators=(",", ":")) + "\n"
+        line += "\n"
         self._buf.append(line)
         self._size += len(line)
         if self._size >= FLUSH_BYTES:
@@ -96,74 +100,3 @@ class AccessLog:
             self._timer = None
         if self._own_fd:
             os.close(self._fd)
-
-    def record(
-        self,
-        ex: Any,
-        listener: str,
-        *,
-        cluster: str = "",
-        host: str = "",
-        route: str = "",
-        retries: int = 0,
-        source: str = "",
-        flags: str = "",
-    ) -> dict[str, Any]:
-        """The selected fields of one finished exchange (``gateway.http.proxy.Exchange``)."""
-        now = time.monotonic()
-        out: dict[str, Any] = {}
-        info = ex.info or (b"", b"")
-        for f in self.fields:
-            if f == "start_time":
-                out[f] = _iso(time.time() - (now - ex.started))
-            elif f == "listener":
-                out[f] = listener
-            elif f == "method":
-                out[f] = ex.method.decode("latin-1")
-            elif f == "path":
-                out[f] = ex.url.decode("latin-1")
-            elif f == "protocol":
-                out[f] = f"HTTP/{ex.version}"
-            elif f == "status":
-                out[f] = ex.response_status or 0
-            elif f == "response_flags":
-                out[f] = flags or "-"
-            elif f == "bytes_received":
-                out[f] = ex.rx
-            elif f == "bytes_sent":
-                out[f] = ex.tx
-            elif f == "duration_ms":
-                out[f] = round((now - ex.started) * 1000, 3)
-            elif f == "upstream_service_time_ms":
-                out[f] = round((ex.head_time - ex.started) * 1000, 3) if ex.head_time else None
-            elif f == "upstream_cluster":
-                out[f] = cluster or None
-            elif f == "upstream_host":
-                out[f] = host or None
-            elif f == "route":
-                out[f] = route or None
-            elif f == "retries":
-                out[f] = retries
-            elif f == "request_id":
-                out[f] = info[0].decode("latin-1") or None
-            elif f == "trace_id":
-                parts = info[1].split(b"-")
-                out[f] = parts[1].decode() if len(parts) >= 4 else None
-            elif f == "traceparent":
-                out[f] = info[1].decode("latin-1") or None
-            elif f == "downstream_address":
-                out[f] = ex.server.peer_ip or None
-            elif f == "source_service":
-                out[f] = source or None
-            elif f == "authority":
-                out[f] = _header(ex.headers, b"host")
-            elif f == "user_agent":
-                out[f] = _header(ex.headers, b"user-agent")
-        return out
-
-
-def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
-    for n, v in headers:
-        if n.lower() == name:
-            return v.decode("latin-1")
-    return None

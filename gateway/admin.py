@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway import metrics, native
+from gateway import dataplane, metrics
 from gateway.config import Address
 from gateway.snapshot import SnapshotHolder
 
@@ -81,6 +81,6 @@ class Admin:
             "config": self.config_json(),
             "snapshot": snap.to_json(),
             "snapshot_age_seconds": round(time.time() - snap.built_at, 3),
-            "data_path": native.describe(),
+            "data_path": dataplane.describe(),
         }
         return web.Response(text=json.dumps(body, indent=2, default=str), content_type="application/json")

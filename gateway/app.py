@@ -15,10 +15,9 @@ from typing import Any
 
 from connect.builtin_certs import BuiltinCertProvider
 from connect.local import LocalControlPlane
-from gateway import corespec, dataplane, metrics, native, sdnotify
+from gateway import core_metrics, corespec, dataplane, metrics, sdnotify
 from gateway.admin import Admin
 from gateway.config import Config, ConfigError, load_config
-from gateway.listeners import InboundListener, IngressHTTPListener, UpstreamListener
 from gateway.preflight import check_files
 from gateway.render import TemplateRunner
 from gateway.snapshot import SnapshotBuilder, upstream_key
@@ -108,12 +107,9 @@ class Sidecar:
         self.control_plane = self._make_control_plane(config)
         self.certs = self._make_certs(config)
         self.listeners: dict[tuple[Any, ...], Any] = {}
-        # MESHGW_DATA_PLANE=core: the Rust core serves every listener (gateway/dataplane.py).
-        self.plane = dataplane.CoreDataPlane(self.holder, config) if dataplane.enabled() else None
-        if self.plane is not None:
-            from gateway import core_metrics
-
-            core_metrics.install(self.plane.core)
+        # The Rust core serves every listener (gateway/dataplane.py); its stats are exported at scrape time.
+        self.plane = dataplane.CoreDataPlane(self.holder, config)
+        core_metrics.install(self.plane.core)
         self.admin = Admin(config.admin.bind, self.holder, self._config_json, self._not_ready)
         self.draining = False
         self._background: set[asyncio.Task[Any]] = set()
@@ -157,8 +153,7 @@ class Sidecar:
                 await self.certs.stop()
                 self.certs = certs
             self.config = new
-            if self.plane is not None:
-                self.plane.set_config(new)
+            self.plane.set_config(new)
             self.builder.reconfigure(new)
             await self._sync_listeners(new, strict=False)
 
@@ -202,23 +197,9 @@ class Sidecar:
         assert cfg.certificates.builtin is not None
         return BuiltinCertProvider(cfg.certificates.builtin, service, cfg.datacenter, on_tls)
 
-    def _make_listener(self, key: tuple[Any, ...], cfg: Config) -> Any:
-        if self.plane is not None:
-            spec = corespec.listener_spec(cfg, self.holder.current, key)
-            return dataplane.CoreListener(self.plane, key, spec["name"], spec["bind"])
-        if key[0] == "inbound":
-            return InboundListener(cfg, self.holder)
-        if key[0] == "mesh-gateway":
-            from gateway.mesh_gateway import MeshGatewayListener
-
-            return MeshGatewayListener(cfg, self.holder)
-        if key[0] == "terminating-gateway":
-            from gateway.terminating_gateway import TerminatingGatewayListener
-
-            return TerminatingGatewayListener(cfg, self.holder)
-        if key[0] == "ingress-http":
-            return IngressHTTPListener(cfg, key[1], self.holder)
-        return UpstreamListener(cfg, key[1], self.holder)
+    def _make_listener(self, key: tuple[Any, ...], cfg: Config) -> dataplane.CoreListener:
+        spec = corespec.listener_spec(cfg, self.holder.current, key)
+        return dataplane.CoreListener(self.plane, key, spec["name"], spec["bind"])
 
     def _config_json(self) -> dict[str, Any]:
         return self.config.to_public_dict()
@@ -244,7 +225,7 @@ class Sidecar:
             self.config.datacenter,
             self.config.admin.bind.host,
             self.admin.port,
-            native.describe(),
+            dataplane.describe(),
         )
 
     async def _start_listener(self, key: tuple[Any, ...], cfg: Config) -> None:
@@ -268,15 +249,10 @@ class Sidecar:
         self.draining = True
         for listener in self.listeners.values():
             listener.stop_accepting()
-        if self.plane is not None:
-            open_now = self.plane.core.open_connections()
-            log.info("draining %d open connection(s) for up to %.0fs", open_now, self.config.drain_timeout)
-            results = [await self.plane.drain(self.config.drain_timeout)]
-            await self.plane.close()
-        else:
-            open_now = sum(len(lis.relays) for lis in self.listeners.values())
-            log.info("draining %d open connection(s) for up to %.0fs", open_now, self.config.drain_timeout)
-            results = await asyncio.gather(*(lis.drain(self.config.drain_timeout) for lis in self.listeners.values()))
+        open_now = self.plane.core.open_connections()
+        log.info("draining %d open connection(s) for up to %.0fs", open_now, self.config.drain_timeout)
+        results = [await self.plane.drain(self.config.drain_timeout)]
+        await self.plane.close()
         if sum(results):
             log.warning("drain timeout: closed %d connection(s) still open", sum(results))
         await self._stop_templates(self.templates)
@@ -349,8 +325,7 @@ class Sidecar:
         elif self.templates is not None:
             self.templates.rerender_all()  # SIGHUP: the template files themselves may have changed
         self.config = new
-        if self.plane is not None:
-            self.plane.set_config(new)
+        self.plane.set_config(new)
         self.builder.reconfigure(new)
 
         async with self._listeners_lock:

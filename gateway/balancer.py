@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from gateway.snapshot import Endpoint
 
-POLICIES = ("round_robin", "least_request", "random", "ring_hash", "maglev")
+# peak_ewma is the Rust core's (gateway/core/src/outbound/http/balancer.rs); here it balances as least_request.
+POLICIES = ("round_robin", "least_request", "random", "ring_hash", "maglev", "peak_ewma")
 HASH_POLICIES = ("ring_hash", "maglev")
 # Primes for the Maglev table (the paper's table sizes are primes; Envoy's default is 65537).
 MAGLEV_SIZES = (251, 509, 1021, 2053, 4099, 8191, 16381, 32771, 65537)
@@ -160,7 +161,7 @@ class Balancer:
         policy = self.policy
         if policy == "round_robin":
             i = self._rr(state)
-        elif policy == "least_request":
+        elif policy in ("least_request", "peak_ewma"):
             i = self._least(state)
         elif policy == "random":
             i = self._random()

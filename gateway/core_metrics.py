@@ -24,6 +24,7 @@ DATA_PLANE = (
     metrics.BYTES_RECEIVED,
     metrics.BYTES_SENT,
     metrics.UPSTREAM_CONNECT_ERRORS,
+    metrics.TLS_HANDSHAKES,
     metrics.HTTP_RESPONSES,
     metrics.HTTP_DURATION,
     metrics.HTTP_DENIED,

@@ -1,4 +1,4 @@
-"""The Rust core as the process's data plane (``MESHGW_DATA_PLANE=core``): every snapshot the builder publishes is
+"""The Rust core as the process's data plane: every snapshot the builder publishes is
 compiled (gateway.corespec) and handed to the core in one call; the core's log lines and access-log records are
 drained here on the event loop, its counters read at scrape time (gateway.core_metrics).
 
@@ -25,8 +25,10 @@ PUMP_INTERVAL = 0.2  # without a wake-up descriptor: how often the core's bounde
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
-def enabled() -> bool:
-    return os.environ.get("MESHGW_DATA_PLANE", "").strip().lower() == "core"
+def describe() -> str:
+    from gateway import _core
+
+    return f"data plane: the Rust core {_core.__version__} (tokio, rustls/aws-lc-rs, hyper)"
 
 
 class CoreDataPlane:
@@ -115,7 +117,7 @@ class CoreDataPlane:
             writer = self.holder.current.access_log
             if writer is not None:
                 for line in records:
-                    writer.log(json.loads(line))
+                    writer.log_line(line)
 
     async def drain(self, timeout: float) -> int:
         left = await asyncio.to_thread(self.core.drain, timeout)

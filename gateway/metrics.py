@@ -68,21 +68,6 @@ GATEWAY_ROUTED = Counter(
     ["listener", "route"],
     registry=REGISTRY,
 )
-NATIVE_RELAYS = Counter(
-    "meshgw_native_relays",
-    "Relays (L4 connections, upgraded HTTP tunnels) handed to the native data path after their set-up.",
-    registry=REGISTRY,
-)
-NATIVE_HTTP = Counter(
-    "meshgw_native_http_connections",
-    "Downstream HTTP connections served by the native HTTP engine.",
-    registry=REGISTRY,
-)
-NATIVE_HTTP_FALLBACKS = Counter(
-    "meshgw_native_http_fallbacks",
-    "Native HTTP connections handed back to the Python proxy (a request the engine does not serve).",
-    registry=REGISTRY,
-)
 CONNECTIONS_ACTIVE = Gauge(
     "meshgw_connections_active",
     "Connections currently open, by listener.",
@@ -99,6 +84,13 @@ BYTES_SENT = Counter(
     "meshgw_bytes_sent",
     "Bytes sent back to the downstream side of a listener (counted when a connection closes).",
     ["listener"],
+    registry=REGISTRY,
+)
+TLS_HANDSHAKES = Counter(
+    "meshgw_tls_handshakes",
+    "mTLS handshakes finished, by listener and kind: full (certificates exchanged and verified) or resumed (a "
+    "session ticket, no certificate work).",
+    ["listener", "kind"],
     registry=REGISTRY,
 )
 UPSTREAM_CONNECT_ERRORS = Counter(
@@ -176,7 +168,9 @@ HTTP_DURATION = Histogram(
 )
 HTTP_DENIED = Counter(
     "meshgw_http_requests_denied",
-    "HTTP requests refused with 403 by an L7 intention (or the default policy), by listener.",
+    "HTTP requests refused before reaching the app, by listener and reason: intention (403 by an L7 intention or "
+    "the default policy), or on the Rust core the request check that refused it (400/404/426/307: "
+    "missing_host_header, path_with_fragment, path_normalization_failed, http_1_0, ...).",
     ["listener", "reason"],
     registry=REGISTRY,
 )

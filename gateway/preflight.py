@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import ssl
 from pathlib import Path
 
 from connect.builtin_certs import missing_ca_problem
 from connect.ca import BuiltinCA, CAError
 from connect.local import SourceError, read_catalog, read_intentions
+from gateway import _core
 from gateway.config import Config, ConfigError
-from gateway.tls import origination_context
 
 
 def check_files(cfg: Config) -> None:
@@ -43,10 +42,17 @@ def check_files(cfg: Config) -> None:
             problems.append(f"{cfg.path}: certificates.builtin.dir: {e}")
     for n, ls in enumerate(cfg.linked_services):
         if ls.ca_file is not None:
+            # The core's own TLS code judges them: what it would refuse at run time is refused here.
             try:
-                origination_context(str(ls.ca_file), str(ls.cert_file or "") or None, str(ls.key_file or "") or None)
-            except (OSError, ssl.SSLError) as e:
-                problems.append(f"{cfg.path}: services[{n}]: cannot load the TLS files for {ls.name}: {e}")
+                why = _core.check_origination(
+                    ls.ca_file.read_text(),
+                    ls.cert_file.read_text() if ls.cert_file else None,
+                    ls.key_file.read_text() if ls.key_file else None,
+                )
+            except (OSError, UnicodeDecodeError) as e:
+                why = str(e)
+            if why:
+                problems.append(f"{cfg.path}: services[{n}]: cannot load the TLS files for {ls.name}: {why}")
     problems.extend(_named_files(cfg))
     if problems:
         raise ConfigError(problems)

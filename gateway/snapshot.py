@@ -8,7 +8,6 @@ expensive work once (SSLContexts, compiled intention tables, healthy endpoint li
 from __future__ import annotations
 
 import logging
-import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,7 +21,6 @@ from gateway import metrics
 from gateway.accesslog import AccessLog
 from gateway.config import Config, UpstreamConfig
 from gateway.http.routing import BalancerCache, cfg_entries, compile_chain, subset_endpoints
-from gateway.tls import client_context, origination_context, server_context, sni_dispatch_context
 
 log = logging.getLogger("meshgw.snapshot")
 
@@ -62,18 +60,11 @@ class TLSState:
     trust_domain: str
     leaf: Leaf
     roots_pem: bytes
-    server_ctx: ssl.SSLContext
-    client_ctx: ssl.SSLContext
 
     @classmethod
     def build(cls, trust_domain: str, leaf: Leaf, roots_pem: bytes) -> TLSState:
-        return cls(
-            trust_domain=trust_domain,
-            leaf=leaf,
-            roots_pem=roots_pem,
-            server_ctx=server_context(roots_pem, leaf.cert_pem, leaf.key_pem),
-            client_ctx=client_context(roots_pem, leaf.cert_pem, leaf.key_pem),
-        )
+        # The PEMs only: the core builds its rustls configurations from them, once per snapshot.
+        return cls(trust_domain=trust_domain, leaf=leaf, roots_pem=roots_pem)
 
     def valid(self, now: float | None = None) -> bool:
         now = time.time() if now is None else now
@@ -124,24 +115,32 @@ class GatewayRoutes:
 
 
 @dataclass(frozen=True, slots=True)
+class Origination:
+    """The TLS files of a linked service that wants TLS, read once per config (``preflight`` checked them)."""
+
+    ca_pem: str
+    cert_pem: str | None = None
+    key_pem: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class LinkedView:
-    """One service a terminating gateway stands in for: its leaf (as a server context), who may call it, where it
-    is, and how to reach it (plaintext, or TLS with ``origination``)."""
+    """One service a terminating gateway stands in for: its leaf, who may call it, where it is, and how to reach
+    it (plaintext, or TLS with ``origination``)."""
 
     service: str
     sni: str
-    server_ctx: ssl.SSLContext | None
     intentions: IntentionTable
     endpoints: tuple[Endpoint, ...]
-    origination: ssl.SSLContext | None = None
+    origination: Origination | None = None
     origination_sni: str | None = None
-    tls_required: bool = False  # ca_file was set: without a usable context, refuse (never plaintext instead)
-    leaf: Leaf | None = None  # the service's own leaf while valid (the core builds its server config from it)
+    tls_required: bool = False  # ca_file was set: without usable files, refuse (never plaintext instead)
+    leaf: Leaf | None = None  # the service's own leaf while valid
 
     def to_json(self) -> dict[str, Any]:
         return {
             "sni": self.sni,
-            "leaf": self.server_ctx is not None,
+            "leaf": self.leaf is not None,
             "endpoints": [e.to_json() for e in self.endpoints],
             "tls_origination": self.origination is not None,
         }
@@ -150,8 +149,6 @@ class LinkedView:
 @dataclass(frozen=True, slots=True)
 class TerminatingRoutes:
     linked: Mapping[str, LinkedView]
-    dispatch_ctx: ssl.SSLContext  # picks the linked service's server context by SNI
-    by_ctx: Mapping[int, LinkedView]  # id(server context) -> the service it belongs to
 
 
 def gateway_mode(u: UpstreamConfig, cfg: Config, entries: tuple[Any, ...]) -> str:
@@ -186,6 +183,7 @@ class Snapshot:
     intentions: IntentionTable
     intention_entries: tuple[ServiceIntentions, ...] = field(default=())
     access_log: Any = None  # gateway.accesslog.AccessLog when access logs are on
+    mesh: Any = None  # gateway.http.entries.MeshEntry: inbound HTTP request normalization (l7-security.md §1.1)
     gateway: GatewayRoutes | None = None  # mode mesh-gateway
     terminating: TerminatingRoutes | None = None  # mode terminating-gateway
 
@@ -278,8 +276,7 @@ class SnapshotBuilder:
         # Terminating gateway: each linked service's leaf, and the TLS contexts to services that want TLS.
         self._linked_tls: dict[str, tuple[str, Leaf, bytes]] = {}
         self._linked_state: dict[str, TLSState] = {}  # built when a leaf arrives, not on every snapshot
-        self._dispatch: tuple[Any, ssl.SSLContext] | None = None  # (what it was built from, the context)
-        self._origination: dict[str, ssl.SSLContext] = {}
+        self._origination: dict[str, Origination] = {}
         self._load_origination(config)
         self.holder = SnapshotHolder(self._build())
 
@@ -294,12 +291,12 @@ class SnapshotBuilder:
         for ls in config.linked_services:
             if ls.ca_file is not None:
                 try:
-                    out[ls.name] = origination_context(
-                        str(ls.ca_file),
-                        str(ls.cert_file) if ls.cert_file else None,
-                        str(ls.key_file) if ls.key_file else None,
+                    out[ls.name] = Origination(
+                        ls.ca_file.read_text(),
+                        ls.cert_file.read_text() if ls.cert_file else None,
+                        ls.key_file.read_text() if ls.key_file else None,
                     )
-                except (OSError, ssl.SSLError) as e:
+                except (OSError, UnicodeDecodeError) as e:
                     log.error("%s: services: %s: TLS files unusable: %s", config.path, ls.name, e)
         self._origination = out
 
@@ -414,6 +411,7 @@ class SnapshotBuilder:
             ),
             intention_entries=self._entries,
             access_log=self._access_log,
+            mesh=next((e for e in reversed(entries) if e.kind == "mesh"), None),
             gateway=self._gateway_routes() if cfg.mode == "mesh-gateway" else None,
             terminating=self._terminating_routes(td) if cfg.mode == "terminating-gateway" else None,
         )
@@ -432,7 +430,6 @@ class SnapshotBuilder:
         linked: dict[str, LinkedView] = {}
         for ls in cfg.linked_services:
             state = self._linked_state.get(ls.name)
-            server_ctx = state.server_ctx if state is not None and state.valid() else None
             if ls.address is not None:
                 eps: tuple[Endpoint, ...] = (Endpoint(ls.address.host, ls.address.port, cfg.datacenter),)
             else:
@@ -442,25 +439,14 @@ class SnapshotBuilder:
             linked[ls.name] = LinkedView(
                 service=ls.name,
                 sni=upstream_sni(ls.name, cfg.datacenter, td),
-                server_ctx=server_ctx,
-                leaf=state.leaf if server_ctx is not None and state is not None else None,
+                leaf=state.leaf if state is not None and state.valid() else None,
                 intentions=IntentionTable.build(self._entries, ls.name, default_allow=self.default_allow()),
                 endpoints=eps,
                 origination=origination,
                 origination_sni=ls.sni or (ls.address.host if ls.address is not None else None),
                 tls_required=ls.ca_file is not None,
             )
-        by_name = {v.sni: v.server_ctx for v in linked.values() if v.server_ctx is not None}
-        roots = self._tls.roots_pem if self._tls is not None else b""
-        # Rebuilt only when a name, a leaf or the roots change, not on every catalog or intention change.
-        key = (tuple(sorted((name, id(ctx)) for name, ctx in by_name.items())), roots)
-        if self._dispatch is None or self._dispatch[0] != key:
-            self._dispatch = (key, sni_dispatch_context(by_name, roots))
-        return TerminatingRoutes(
-            linked=MappingProxyType(linked),
-            dispatch_ctx=self._dispatch[1],
-            by_ctx=MappingProxyType({id(v.server_ctx): v for v in linked.values() if v.server_ctx is not None}),
-        )
+        return TerminatingRoutes(linked=MappingProxyType(linked))
 
     def _gateways(self, dc: str) -> tuple[Endpoint, ...]:
         name = self.config.mesh_gateway.service

@@ -48,11 +48,8 @@ if [ ! -x "$PREFIX/bin/python" ]; then
 fi
 "$PREFIX/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade "$SOURCE"
 say "meshgw installed: $("$PREFIX/bin/meshgw" --help >/dev/null && echo "$PREFIX/bin/meshgw")"
-# The native relay is built by pip when a C compiler and the Python and OpenSSL headers are there; without it
-# meshgw relays in Python (correct, more CPU per record). Say which one this install got.
-say "data path: $("$PREFIX/bin/python" -c 'from gateway import native; print(native.describe())')"
-"$PREFIX/bin/python" -c 'from gateway import native; raise SystemExit(0 if native.available() else 1)' ||
-    say "for the native one: install gcc, libssl-dev and python3-dev (or your distribution's equivalents), run again"
+# From a source tree pip builds the Rust core (cargo and gcc needed); a wheel carries it built.
+say "$("$PREFIX/bin/python" -c 'from gateway import dataplane; print(dataplane.describe())')"
 if [ -d "$SOURCE/templates" ]; then
     install -d -m 0755 "$PREFIX/share/templates"
     install -m 0644 "$SOURCE"/templates/*.j2 "$SOURCE/templates/README.md" "$PREFIX/share/templates/"

@@ -17,9 +17,4 @@ PY=${PYTHON:-python3}
     cargo test --workspace --quiet
 )
 ./scripts/fuzz.sh
-.venv/bin/python -m pytest -n 2 -q "$@"
-# The suites that have moved to the Rust core run on it too (MESHGW_DATA_PLANE=core, gateway/dataplane.py) until
-# it is the only data path.
-MESHGW_DATA_PLANE=core exec .venv/bin/python -m pytest -n 2 -q -p no:cacheprovider "$@" \
-    tests/test_sidecar_e2e.py tests/test_mesh_gateway.py tests/test_mesh_gateway_netns.py \
-    tests/test_terminating_gateway.py tests/test_consul_gateways.py tests/test_envoy_interop.py
+exec .venv/bin/python -m pytest -n 2 -q "$@"

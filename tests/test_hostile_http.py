@@ -4,13 +4,11 @@ certificate sends each vector of l7-security.md §7 (plus the smuggling vector o
 see exactly the requests the intentions allow, with the path the intentions judged; everything else gets the
 status Consul's Envoy gives and never reaches the app.
 
-These are the Rust core's (MESHGW_DATA_PLANE=core): the Python/C data paths it replaces fail several of them
-(the reason for the core issue), so the legacy run skips them.
+The Python/C data paths the Rust core replaced failed several of them (the reason for the core issue).
 """
 
 from __future__ import annotations
 
-import os
 import socket
 import socketserver
 import ssl
@@ -21,13 +19,7 @@ from dataclasses import dataclass, field
 import pytest
 from mesh import Mesh, free_port, wait_for
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        os.environ.get("MESHGW_DATA_PLANE", "") != "core",
-        reason="hostile HTTP vectors are the Rust core's (MESHGW_DATA_PLANE=core); the legacy paths fail them",
-    ),
-]
+pytestmark = pytest.mark.slow
 
 # l7-security.md §7 fixture: P0 deny PathPrefix /admin; P1 allow PUT /reports with X-Role: admin; P2 allow
 # GET/POST on every path. Default deny.

@@ -16,8 +16,6 @@ import pytest
 import yaml
 from mesh import Mesh, Sidecar, echo_app, echo_roundtrip, free_port, refused, wait_for
 
-from gateway.sni import MAX_HELLO, MeshTarget, NotTLS, client_hello_sni, parse_mesh_sni
-
 TD = "test.consul"
 
 
@@ -32,59 +30,9 @@ def _client_hello(server_hostname: str | None) -> bytes:
     return outgoing.read()
 
 
-# ---------------------------------------------------------------------------- SNI parsing (real ClientHellos)
-
-
-def test_sni_from_a_real_client_hello_fed_byte_by_byte() -> None:
-    name = f"api.default.dc2.internal.{TD}"
-    hello = _client_hello(name)
-    for n in range(len(hello)):
-        assert client_hello_sni(hello[:n]) == (False, None)
-    assert client_hello_sni(hello) == (True, name)
-    assert client_hello_sni(hello + b"trailing") == (True, name)
-
-
-def test_client_hello_without_sni_and_non_tls_bytes() -> None:
-    assert client_hello_sni(_client_hello(None)) == (True, None)
-    for junk in (b"GET / HTTP/1.1\r\n\r\n", b"\x16\x07\x01\x00\x05", b"\x15\x03\x01\x00\x02\x02\x28"):
-        with pytest.raises(NotTLS):
-            client_hello_sni(junk)
-    # A handshake record that is not a ClientHello (a ServerHello, type 2).
-    with pytest.raises(NotTLS):
-        client_hello_sni(b"\x16\x03\x03\x00\x04\x02\x00\x00\x00")
-
-
-def test_client_hello_split_over_two_records() -> None:
-    hello = _client_hello(f"web.default.dc1.internal.{TD}")
-    body = hello[5:]
-    cut = 40
-    two = (
-        b"\x16\x03\x01" + cut.to_bytes(2, "big") + body[:cut]
-        + b"\x16\x03\x01" + (len(body) - cut).to_bytes(2, "big") + body[cut:]
-    )  # fmt: skip
-    assert client_hello_sni(two[: len(two) - 1]) == (False, None)
-    assert client_hello_sni(two) == (True, f"web.default.dc1.internal.{TD}")
-    assert MAX_HELLO > len(two)
-
-
-@pytest.mark.parametrize(
-    ("sni", "target"),
-    [
-        (f"api.default.dc2.internal.{TD}", MeshTarget("dc2", "api")),
-        (f"v2.api.default.dc1.internal.{TD}", MeshTarget("dc1", "api", "v2")),
-        (f"api.ns1.part1.dc3.internal-v1.{TD}", MeshTarget("dc3", "api", "", "ns1", "part1")),
-        (f"v1.api.ns1.part1.dc3.internal-v1.{TD}", MeshTarget("dc3", "api", "v1", "ns1", "part1")),
-        (f"dc2.internal.{TD}", MeshTarget("dc2")),
-        (f"API.Default.DC2.internal.{TD.upper()}", MeshTarget("dc2", "api")),
-        ("api.default.dc2.internal.other.consul", None),
-        (f"api.default.dc2.query.{TD}", None),
-        ("example.com", None),
-        (f"a.b.c.d.e.dc2.internal.{TD}", None),
-        (f".default.dc2.internal.{TD}", None),
-    ],
-)
-def test_parse_mesh_sni(sni: str, target: MeshTarget | None) -> None:
-    assert parse_mesh_sni(sni, TD) == target
+# The ClientHello and SNI-name parsers are the core's (gateway/core/proto/src/sni.rs, spiffe.rs): their cases,
+# including those that were here for the Python parser (a real ClientHello byte by byte, split over two records,
+# no SNI, non-TLS bytes, every SNI-name form), are Rust unit tests and fuzz targets now.
 
 
 # ---------------------------------------------------------------------------- two datacenters on loopback

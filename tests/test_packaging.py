@@ -463,7 +463,7 @@ def test_wheel_is_self_contained_and_runs_the_demo_on_the_core(tmp_path: Path) -
         [str(venv / "bin" / "meshgw"), "demo", "--duration", "5"],
         capture_output=True,
         text=True,
-        env={**bare, "MESHGW_DATA_PLANE": "core"},
+        env=bare,
         cwd=tmp_path,
         timeout=120,
     )

@@ -16,7 +16,7 @@ import yaml
 from mesh import Mesh, echo_app, echo_roundtrip, free_port, wait_for
 
 from connect.ca import BuiltinCA
-from gateway import native
+from gateway import dataplane
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +45,7 @@ def test_allowed_call_end_to_end(mesh: Mesh) -> None:
         assert status == 200 and "PRIVATE KEY" not in cfg and "spiffe://test.consul" in cfg
         # A real sidecar process relays on the native data path when the install built it (tests/test_relay.py
         # checks that it did).
-        assert json.loads(cfg)["data_path"] == native.describe()
+        assert json.loads(cfg)["data_path"] == dataplane.describe()
 
 
 def test_denied_by_intention_closes_before_the_app(mesh: Mesh) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from gateway.config.http import (
     _HTTP_UPSTREAM_KEYS,
     ACCESS_LOG_FIELDS,
+    CONSUL_LB_POLICIES,
     DEFAULT_ACCESS_LOG_FIELDS,
     HASH_FIELDS,
     LB_POLICIES,
@@ -113,6 +114,7 @@ from gateway.config.templates import (
 
 __all__ = [
     "ACCESS_LOG_FIELDS",
+    "CONSUL_LB_POLICIES",
     "DEFAULT_ACCESS_LOG_FIELDS",
     "HASH_FIELDS",
     "HEALTH_STATES",

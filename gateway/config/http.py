@@ -20,7 +20,10 @@ from gateway.config.reader import (
 # Consul's knobs (consul.md §8.1 UpstreamConfig Limits/PassiveHealthCheck, §8.3 route retries, §8.5 resolver
 # LoadBalancer) with Envoy's defaults where Consul leaves them unset, in meshgw's snake_case YAML.
 
-LB_POLICIES = ("round_robin", "least_request", "random", "ring_hash", "maglev")
+# peak_ewma: Linkerd's latency-aware balancer (power of two choices over peak-EWMA latency x requests in flight),
+# in the Rust core. A service-resolver's LoadBalancer.Policy takes Consul's list only (consul.md §8.5).
+CONSUL_LB_POLICIES = ("round_robin", "least_request", "random", "ring_hash", "maglev")
+LB_POLICIES = (*CONSUL_LB_POLICIES, "peak_ewma")
 
 HASH_FIELDS = ("header", "cookie", "query_parameter")
 

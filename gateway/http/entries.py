@@ -1,5 +1,6 @@
 """Consul's discovery-chain config entries as frozen values: service-router, service-splitter, service-resolver,
-service-defaults (consul.md §8.1, §8.3-§8.5; C:api/config_entry_discoverychain.go, C:api/config_entry.go).
+service-defaults (consul.md §8.1, §8.3-§8.5; C:api/config_entry_discoverychain.go, C:api/config_entry.go), and the
+``mesh`` entry's HTTP settings (l7-security.md §1.1; C:agent/structs/config_entry_mesh.go).
 
 The same parser reads them from meshgw.yaml (``config_entries:``, local control plane) and from Consul's
 ``/v1/config/<kind>`` answers. Keys are matched the way Consul decodes entries: case-insensitively, with
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.config import (
-    LB_POLICIES,
+    CONSUL_LB_POLICIES,
     RETRY_ON,
     HashPolicyConfig,
     LimitsConfig,
@@ -29,7 +30,7 @@ from gateway.config import (
     PassiveHealthCheckConfig,
 )
 
-KINDS = ("service-router", "service-splitter", "service-resolver", "service-defaults", "proxy-defaults")
+KINDS = ("service-router", "service-splitter", "service-resolver", "service-defaults", "proxy-defaults", "mesh")
 
 
 class EntryError(Exception):
@@ -200,7 +201,41 @@ class ProxyDefaults:
     kind: str = "proxy-defaults"
 
 
-Entry = ServiceRouter | ServiceSplitter | ServiceResolver | ServiceDefaults | ProxyDefaults
+# Consul's enum values for the mesh entry's HTTP.Incoming.RequestNormalization (l7-security.md §1.1;
+# C:agent/structs/config_entry_mesh.go), in Consul's order: its error message lists them so.
+ESCAPED_SLASH_ACTIONS = (
+    "IMPLEMENTATION_SPECIFIC_DEFAULT",
+    "KEEP_UNCHANGED",
+    "REJECT_REQUEST",
+    "UNESCAPE_AND_REDIRECT",
+    "UNESCAPE_AND_FORWARD",
+)
+UNDERSCORE_ACTIONS = ("ALLOW", "REJECT_REQUEST", "DROP_HEADER")
+
+
+@dataclass(frozen=True)
+class RequestNormalization:
+    """``HTTP.Incoming.RequestNormalization`` of the ``mesh`` entry (l7-security.md §1.1); "" means Consul's
+    default (IMPLEMENTATION_SPECIFIC_DEFAULT / ALLOW)."""
+
+    insecure_disable_path_normalization: bool = False
+    merge_slashes: bool = False
+    path_with_escaped_slashes_action: str = ""
+    headers_with_underscores_action: str = ""
+
+
+@dataclass(frozen=True)
+class MeshEntry:
+    """The ``mesh`` entry (name ``mesh``): meshgw reads how inbound HTTP requests are normalized and whether
+    X-Forwarded-Client-Cert is sanitized."""
+
+    name: str = "mesh"
+    sanitize_xfcc: bool = False
+    request_normalization: RequestNormalization = RequestNormalization()
+    kind: str = "mesh"
+
+
+Entry = ServiceRouter | ServiceSplitter | ServiceResolver | ServiceDefaults | ProxyDefaults | MeshEntry
 
 
 # ---------------------------------------------------------------------- parsing helpers
@@ -509,8 +544,8 @@ def _load_balancer(r: _R, raw: Any, key: str) -> LoadBalancerConfig | None:
         return None
     m = r.obj(raw, key, ("Policy", "RingHashConfig", "LeastRequestConfig", "HashPolicies"))
     policy = r.get(m, key, "Policy", _str, "") or "round_robin"
-    if policy not in LB_POLICIES:
-        r.problem(f"{key}.Policy", f"{policy!r} is not a policy (expected one of: {', '.join(LB_POLICIES)})")
+    if policy not in CONSUL_LB_POLICIES:
+        r.problem(f"{key}.Policy", f"{policy!r} is not a policy (expected one of: {', '.join(CONSUL_LB_POLICIES)})")
         policy = "round_robin"
     rh = r.obj(m.get("RingHashConfig"), f"{key}.RingHashConfig", ("MinimumRingSize", "MaximumRingSize"))
     lr = r.obj(m.get("LeastRequestConfig"), f"{key}.LeastRequestConfig", ("ChoiceCount",))
@@ -706,7 +741,48 @@ def _proxy_defaults(r: _R, d: Mapping[str, Any], name: str) -> ProxyDefaults:
     return ProxyDefaults(name, _mesh_gateway_mode(r, d))
 
 
+def _enum(r: _R, m: Mapping[str, Any], key: str, name: str, allowed: tuple[str, ...]) -> str:
+    value = m.get(name)
+    if value is None or value == "":
+        return ""
+    if not isinstance(value, str) or value not in allowed:
+        # Consul's own words (C:agent/structs/config_entry_mesh.go, l7-security.md §1.1).
+        r.problem(
+            f"{key}.{name}",
+            "error in HTTP incoming request normalization configuration: no matching "
+            f"{name} value found for {value}, please specify one of [{', '.join(allowed)}]",
+        )
+        return ""
+    return value
+
+
+def _mesh(r: _R, d: Mapping[str, Any], name: str) -> MeshEntry:
+    if name != "mesh":
+        r.problem("Name", "a mesh entry must be named mesh")
+    http = r.obj(d.get("HTTP"), "HTTP", ("SanitizeXForwardedClientCert", "Incoming"))
+    incoming = r.obj(http.get("Incoming"), "HTTP.Incoming", ("RequestNormalization",))
+    key = "HTTP.Incoming.RequestNormalization"
+    fields = (
+        "InsecureDisablePathNormalization",
+        "MergeSlashes",
+        "PathWithEscapedSlashesAction",
+        "HeadersWithUnderscoresAction",
+    )
+    rn = r.obj(incoming.get("RequestNormalization"), key, fields)
+    return MeshEntry(
+        name,
+        bool(r.get(http, "HTTP", "SanitizeXForwardedClientCert", _bool, False)),
+        RequestNormalization(
+            bool(r.get(rn, key, "InsecureDisablePathNormalization", _bool, False)),
+            bool(r.get(rn, key, "MergeSlashes", _bool, False)),
+            _enum(r, rn, key, "PathWithEscapedSlashesAction", ESCAPED_SLASH_ACTIONS),
+            _enum(r, rn, key, "HeadersWithUnderscoresAction", UNDERSCORE_ACTIONS),
+        ),
+    )
+
+
 _PARSERS: dict[str, tuple[Callable[[_R, Mapping[str, Any], str], Any], tuple[str, ...]]] = {
+    "mesh": (_mesh, ("TransparentProxy", "AllowEnablingPermissiveMutualTLS", "TLS", "HTTP", "Peering")),
     "service-router": (_router, ("Routes",)),
     "service-splitter": (_splitter, ("Splits",)),
     "service-resolver": (

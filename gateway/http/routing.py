@@ -96,6 +96,7 @@ class Route:
     retry: RetryConfig | None = None  # None: the upstream's retry settings
     prefix_rewrite: bytes | None = None
     match_prefix: bytes = b""  # the PathPrefix that PrefixRewrite replaces
+    http_match: HTTPMatch | None = None  # what ``match`` was compiled from (the Rust core compiles its own)
 
     def pick(self) -> Split:
         splits = self.splits
@@ -486,6 +487,7 @@ def compile_chain(
             retry=retry,
             prefix_rewrite=dest.prefix_rewrite.encode() if dest and dest.prefix_rewrite is not None else None,
             match_prefix=prefix.encode() if prefix is not None else b"",
+            http_match=match,
         )
 
     routes: list[Route] = []

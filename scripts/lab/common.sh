@@ -11,9 +11,9 @@ export DEBIAN_FRONTEND=noninteractive
 say() { echo "lab[$ROLE]: $*"; }
 
 apt-get update -q
-# gcc, libssl-dev and python3-dev build meshgw's native relay data path (gateway/_relaycore.c) at pip install.
+# gcc builds aws-lc, the TLS library of meshgw's Rust core, at pip install; cargo comes from rustup (below).
 apt-get install -y -q --no-install-recommends ca-certificates curl gnupg jq lsb-release python3 python3-venv unzip \
-    gcc libc6-dev libssl-dev python3-dev
+    gcc libc6-dev
 
 # HashiCorp's packages come from HashiCorp's own apt repository, signed with its key.
 if [ ! -e /etc/apt/sources.list.d/hashicorp.list ]; then
@@ -31,11 +31,17 @@ case "$ROLE" in
     *) echo "common.sh: unknown role $ROLE (expected server or client)" >&2; exit 2 ;;
 esac
 
+# Rust's toolchain, to build meshgw's core from the source tree (a wheel would need none).
+if ! command -v cargo >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
+    curl -fsSL https://sh.rustup.rs | sh -s -- -y --profile minimal >/dev/null
+fi
+export PATH="$HOME/.cargo/bin:$PATH"
+
 # meshgw under /usr (/usr/local/meshgw), which the exec driver's chroot includes.
 if [ ! -x /usr/local/meshgw/bin/python ]; then
     python3 -m venv /usr/local/meshgw
 fi
 /usr/local/meshgw/bin/python -m pip install -q --disable-pip-version-check --upgrade "$SRC"
 say "meshgw $(/usr/local/meshgw/bin/python -c 'import importlib.metadata as m; print(m.version("meshgw"))') in /usr/local/meshgw"
-say "$(/usr/local/meshgw/bin/python -c 'from gateway import native; print(native.describe())')"
+say "$(/usr/local/meshgw/bin/python -c 'from gateway import dataplane; print(dataplane.describe())')"
 

@@ -5,6 +5,7 @@ use pyo3::prelude::*;
 
 pub mod cluster;
 pub mod gateways;
+pub mod http;
 pub mod identity;
 pub mod inbound;
 pub mod listener;
@@ -22,6 +23,7 @@ pub mod tls;
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<py_core::Core>()?;
+    m.add_function(wrap_pyfunction!(py_core::check_origination, m)?)?;
     py_intentions::register(m)?;
     Ok(())
 }

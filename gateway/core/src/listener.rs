@@ -48,6 +48,10 @@ pub struct ListenerStats {
     pub active: Gauge,
     pub bytes_received: Counter,
     pub bytes_sent: Counter,
+    /// mTLS handshakes this listener finished, full or resumed (a ticket: no certificate work), as Envoy's
+    /// `ssl.handshake` / `ssl.session_reused`.
+    handshakes_full: Counter,
+    handshakes_resumed: Counter,
     shared: Arc<Shared>,
 }
 
@@ -99,6 +103,14 @@ impl ListenerStats {
             active: shared.stats.gauge("meshgw_connections_active", &l),
             bytes_received: shared.stats.counter("meshgw_bytes_received_total", &l),
             bytes_sent: shared.stats.counter("meshgw_bytes_sent_total", &l),
+            handshakes_full: shared.stats.counter(
+                "meshgw_tls_handshakes_total",
+                &[("listener", name), ("kind", "full")],
+            ),
+            handshakes_resumed: shared.stats.counter(
+                "meshgw_tls_handshakes_total",
+                &[("listener", name), ("kind", "resumed")],
+            ),
             shared: shared.clone(),
         }
     }
@@ -130,6 +142,13 @@ impl ListenerStats {
             Level::Warning,
             format!("{}: {reason}: {}", self.name, detail()),
         );
+    }
+
+    pub fn handshake(&self, conn: &rustls::CommonState) {
+        match conn.handshake_kind() {
+            Some(rustls::HandshakeKind::Resumed) => self.handshakes_resumed.inc(),
+            _ => self.handshakes_full.inc(),
+        }
     }
 
     pub fn shared(&self) -> &Arc<Shared> {

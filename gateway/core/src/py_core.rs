@@ -16,6 +16,24 @@ use crate::listener::{self, Identity, Running};
 use crate::snapshot::Snapshot;
 use crate::state::{Compiled, Shared};
 
+/// Whether a terminating gateway's TLS-origination files (PEM text) are usable: None, or what is wrong, in one
+/// line. `meshgw validate` and start-up ask this, so what the data plane would refuse is refused up front.
+#[pyfunction]
+#[pyo3(signature = (ca_pem, cert_pem=None, key_pem=None))]
+pub fn check_origination(
+    ca_pem: String,
+    cert_pem: Option<String>,
+    key_pem: Option<String>,
+) -> Option<String> {
+    let o = crate::snapshot::Origination {
+        ca_pem,
+        cert_pem,
+        key_pem,
+        sni: None,
+    };
+    crate::tls::origination_config(&o).err()
+}
+
 #[pyclass(module = "gateway._core")]
 pub struct Core {
     shared: Arc<Shared>,
@@ -131,6 +149,7 @@ impl Core {
     /// still open (they end with `close`).
     fn drain(&self, py: Python<'_>, timeout: f64) -> usize {
         self.stop_accepting();
+        self.shared.draining.send_replace(true);
         py.allow_threads(|| {
             let deadline = Instant::now() + Duration::from_secs_f64(timeout.max(0.0));
             loop {

@@ -137,9 +137,14 @@ pub struct Shared {
     logs_dropped: Counter,
     access: Mutex<VecDeque<String>>,
     access_dropped: Counter,
+    /// Outbound HTTP state that outlives snapshots (pools, breakers, ejections), per listener by name.
+    pub outbound_http: outbound::http::Registries,
     /// Open downstream connections of every listener, for drain.
     pub open: AtomicUsize,
     pub closed: Notify,
+    /// True once drain has begun: HTTP connections finish their exchange in flight and close, idle ones at
+    /// once (what gateway/http/proxy.py `ServerConnection.drain` did).
+    pub draining: tokio::sync::watch::Sender<bool>,
     /// Readable when log lines or access-log records are waiting: Python's loop watches the other end
     /// (`Core.wakeup_fd`) instead of polling.
     wake_tx: Option<UnixStream>,
@@ -167,8 +172,10 @@ impl Shared {
             logs_dropped,
             access: Mutex::new(VecDeque::new()),
             access_dropped,
+            outbound_http: outbound::http::Registries::default(),
             open: AtomicUsize::new(0),
             closed: Notify::new(),
+            draining: tokio::sync::watch::channel(false).0,
         })
     }
 

@@ -1,7 +1,7 @@
 //! mTLS with SPIFFE identities on rustls (aws-lc-rs): the proxy's server and client configurations, built once
 //! per snapshot, and the peer identity read after a handshake (consul.md §5: the URI SAN is the identity).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{aws_lc_rs, CryptoProvider};
@@ -12,8 +12,21 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, S
 
 use crate::snapshot::{Origination, TlsMaterial};
 
+/// One crypto provider for the process, built once (it was being rebuilt per handshake and per request).
+/// Key exchange prefers X25519, then P-256, as Envoy (BoringSSL's defaults) offers them in Consul's mesh; the
+/// X25519MLKEM768 hybrid stays available to a peer that asks for it, but is not what meshgw offers first: its
+/// 1.2 KB key share and extra work per handshake are what a sidecar pays on every new connection.
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(aws_lc_rs::default_provider())
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| {
+            use aws_lc_rs::kx_group::{SECP256R1, X25519, X25519MLKEM768};
+            Arc::new(CryptoProvider {
+                kx_groups: vec![X25519, SECP256R1, X25519MLKEM768],
+                ..aws_lc_rs::default_provider()
+            })
+        })
+        .clone()
 }
 
 pub fn certs(pem: &str, what: &str) -> Result<Vec<CertificateDer<'static>>, String> {

@@ -29,7 +29,7 @@ pub struct Plan {
 }
 
 impl Plan {
-    pub fn build(l: &ListenerSpec, _shared: &Shared) -> Result<Plan, String> {
+    pub fn build(l: &ListenerSpec, shared: &Shared) -> Result<Plan, String> {
         let ListenerKind::Inbound {
             protocol,
             app,
@@ -41,7 +41,9 @@ impl Plan {
         };
         let http = match protocol {
             Protocol::Tcp => None,
-            Protocol::Http => Some(Arc::new(http::Policy::build(http, &l.limits)?)),
+            Protocol::Http => Some(Arc::new(
+                http::Policy::build(http, &l.limits)?.with_stats(shared, &l.name, &l.bind),
+            )),
         };
         Ok(Plan {
             app: app.clone(),
@@ -119,6 +121,7 @@ pub async fn accept_mtls(
         }
         Ok(Ok(s)) => s,
     };
+    stats.handshake(tls.get_ref().1);
     match peer_of(tls.get_ref().1.peer_certificates(), &snap.trust_domain) {
         Ok(p) => Some((tls, p)),
         Err(reason) => {

@@ -84,7 +84,10 @@ pub async fn dial_cluster(
     }
     for ep in attempts(&cluster.endpoints, cluster.start()) {
         match dial_one(ep, cluster, tls, t).await {
-            Ok(s) => return Some(s),
+            Ok(s) => {
+                stats.handshake(s.get_ref().1);
+                return Some(s);
+            }
             Err((reason, detail)) => stats.upstream_error(reason, || detail),
         }
     }

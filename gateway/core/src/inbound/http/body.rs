@@ -1,0 +1,341 @@
+//! The two streamed bodies of an exchange. Both are hyper `Incoming` bodies passed through frame by frame, so
+//! hyper's own bounded buffers and readiness carry back-pressure end to end (design.md): nothing here buffers.
+//!
+//! - [`ReqBody`] (caller → app) counts bytes, tells when the request is complete (the route timeout starts
+//!   then, as Envoy's does), remembers whether the caller's framing broke (→ 400, not 503) and enforces the
+//!   stream idle timeout between frames (→ 408 before the response head; l7-security.md §4).
+//! - [`RespBody`] (app → caller) is a local answer or the app's body; the latter hands its app connection back
+//!   to the pool at its end, enforces the stream idle timeout (→ reset after the head), and writes the access
+//!   record when the exchange is over, however it ends.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::sync::watch;
+use tokio::time::{sleep, Instant, Sleep};
+
+use super::accesslog::{Exchange, Field};
+use super::metrics::{HttpStats, Timeout};
+use super::pool::Checkin;
+use crate::listener::ListenerStats;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug)]
+struct IdleTimeout;
+
+impl std::fmt::Display for IdleTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stream idle timeout")
+    }
+}
+
+impl std::error::Error for IdleTimeout {}
+
+/// A gap between two frames longer than the stream idle timeout (Envoy `stream_idle_timeout`).
+struct Idle {
+    after: Duration,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl Idle {
+    fn new(after: Option<Duration>) -> Option<Idle> {
+        after.map(|after| Idle {
+            after,
+            timer: Box::pin(sleep(after)),
+        })
+    }
+
+    /// Polled when the inner body is pending: Ready means the stream went idle too long.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        self.timer.as_mut().poll(cx).is_ready()
+    }
+
+    fn touch(&mut self) {
+        let at = Instant::now() + self.after;
+        self.timer.as_mut().reset(at);
+    }
+}
+
+/// What the exchange learns from the request body while it streams.
+pub struct ReqState {
+    pub bytes: AtomicU64,
+    /// The caller's body framing failed (a bad chunk): the exchange answers 400.
+    pub broken: AtomicBool,
+    pub idle: AtomicBool,
+    done: watch::Sender<bool>,
+}
+
+impl ReqState {
+    pub fn new() -> Arc<ReqState> {
+        Arc::new(ReqState {
+            bytes: AtomicU64::new(0),
+            broken: AtomicBool::new(false),
+            idle: AtomicBool::new(false),
+            done: watch::channel(false).0,
+        })
+    }
+
+    /// The body was read to its end without a framing error.
+    pub fn is_whole(&self) -> bool {
+        *self.done.borrow()
+            && !self.broken.load(Ordering::Relaxed)
+            && !self.idle.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once the whole request body has been read (never, if it never is).
+    pub async fn complete(&self) {
+        let mut rx = self.done.subscribe();
+        if rx.wait_for(|d| *d).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+pub struct ReqBody {
+    inner: Incoming,
+    state: Arc<ReqState>,
+    idle: Option<Idle>,
+}
+
+impl ReqBody {
+    pub fn new(inner: Incoming, state: Arc<ReqState>, idle: Option<Duration>) -> ReqBody {
+        if inner.is_end_stream() {
+            state.done.send_replace(true);
+        }
+        ReqBody {
+            inner,
+            state,
+            idle: Idle::new(idle),
+        }
+    }
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    this.state
+                        .bytes
+                        .fetch_add(d.len() as u64, Ordering::Relaxed);
+                }
+                if let Some(i) = this.idle.as_mut() {
+                    i.touch();
+                }
+                if this.inner.is_end_stream() {
+                    this.state.done.send_replace(true);
+                }
+                Poll::Ready(Some(Ok(f)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.state.broken.store(true, Ordering::Relaxed);
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => {
+                this.state.done.send_replace(true);
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                if this.idle.as_mut().is_some_and(|i| i.expired(cx)) {
+                    this.state.idle.store(true, Ordering::Relaxed);
+                    return Poll::Ready(Some(Err(Box::new(IdleTimeout))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Ends an exchange once: the access record (when the log is on), pushed when the response body is done or
+/// dropped (a caller gone mid-body is flagged `DC` as in gateway/listeners.py `_done`).
+pub struct Finish {
+    pub exchange: Exchange,
+    pub fields: Option<Arc<[Field]>>,
+    pub stats: ListenerStats,
+    pub http: HttpStats,
+    pub req: Option<Arc<ReqState>>,
+    pub complete: bool,
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        let Some(fields) = &self.fields else { return };
+        if let Some(r) = &self.req {
+            self.exchange.bytes_received = r.bytes.load(Ordering::Relaxed);
+        }
+        if !self.complete && self.exchange.flags.is_empty() {
+            self.exchange.flags = "DC";
+        }
+        self.stats
+            .shared()
+            .access_record(self.exchange.record(fields));
+    }
+}
+
+pub struct Proxied {
+    inner: Incoming,
+    checkin: Option<Checkin>,
+    idle: Option<Idle>,
+    finish: Finish,
+}
+
+pub enum RespBody {
+    /// The finish is held only to run when hyper drops the body.
+    Local {
+        data: Option<Bytes>,
+        _finish: Option<Box<Finish>>,
+    },
+    Proxied(Box<Proxied>),
+}
+
+impl RespBody {
+    pub fn empty() -> RespBody {
+        RespBody::Local {
+            data: None,
+            _finish: None,
+        }
+    }
+
+    pub fn full(b: Bytes) -> RespBody {
+        RespBody::Local {
+            data: Some(b),
+            _finish: None,
+        }
+    }
+
+    /// Attaches the end-of-exchange work to a local answer (written when hyper drops the body): it is whole
+    /// once made, so it is never flagged as cut short.
+    pub fn with_finish(self, mut f: Finish) -> RespBody {
+        match self {
+            RespBody::Local { data: b, .. } => {
+                f.complete = true;
+                f.exchange.bytes_sent = b.as_ref().map_or(0, |b| b.len() as u64);
+                RespBody::Local {
+                    data: b,
+                    _finish: Some(Box::new(f)),
+                }
+            }
+            p => p,
+        }
+    }
+
+    pub fn proxied(
+        inner: Incoming,
+        checkin: Option<Checkin>,
+        idle: Option<Duration>,
+        finish: Finish,
+    ) -> RespBody {
+        let mut p = Proxied {
+            inner,
+            checkin,
+            idle: Idle::new(idle),
+            finish,
+        };
+        if p.inner.is_end_stream() {
+            p.end();
+        }
+        RespBody::Proxied(Box::new(p))
+    }
+}
+
+impl Proxied {
+    fn end(&mut self) {
+        self.finish.complete = true;
+        if let Some(c) = self.checkin.take() {
+            c.put_back();
+        }
+    }
+}
+
+impl Drop for Proxied {
+    fn drop(&mut self) {
+        // An empty body (HEAD, 204, 304) may never be polled: it is over all the same.
+        if self.inner.is_end_stream() {
+            self.end();
+        }
+    }
+}
+
+impl Body for RespBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut *self {
+            RespBody::Local { data: b, .. } => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            RespBody::Proxied(p) => match Pin::new(&mut p.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(f))) => {
+                    if let Some(d) = f.data_ref() {
+                        p.finish.exchange.bytes_sent += d.len() as u64;
+                    }
+                    if let Some(i) = p.idle.as_mut() {
+                        i.touch();
+                    }
+                    if p.inner.is_end_stream() {
+                        p.end();
+                    }
+                    Poll::Ready(Some(Ok(f)))
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    // Mid-body: the caller must not take a truncated answer as whole (hyper aborts).
+                    p.finish.exchange.flags = "UC";
+                    Poll::Ready(Some(Err(e.into())))
+                }
+                Poll::Ready(None) => {
+                    p.end();
+                    Poll::Ready(None)
+                }
+                Poll::Pending => {
+                    if p.idle.as_mut().is_some_and(|i| i.expired(cx)) {
+                        // After the head a stream idle timeout resets the stream (l7-security.md §4).
+                        p.finish.http.timeout(Timeout::StreamIdle);
+                        p.finish.exchange.flags = "SI";
+                        p.checkin = None;
+                        return Poll::Ready(Some(Err(Box::new(IdleTimeout))));
+                    }
+                    Poll::Pending
+                }
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RespBody::Local { data: b, .. } => b.is_none(),
+            RespBody::Proxied(p) => p.inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RespBody::Local { data: Some(b), .. } => SizeHint::with_exact(b.len() as u64),
+            RespBody::Local { data: None, .. } => SizeHint::with_exact(0),
+            RespBody::Proxied(p) => p.inner.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! Inbound HTTP/1.1 (the sidecar's public listener with `protocol: http`) on hyper: per request, Envoy's
+//! order as a Consul ≥ 1.20.1 sidecar runs it (l7-security.md §1.2, §6.1): codec checks → target form → Host
+//! and header checks → path normalization → L7 intentions on the normalized path → the local app over pooled
+//! keep-alive connections, with the same normalized path forwarded (§6.7). Replaces the inbound side of
+//! gateway/listeners.py (`InboundListener._serve_http`, `_request`, `_open_app`), gateway/http/proxy.py and
+//! gateway/_httpcore.c.
+//!
+//! Intentions and normalization settings come from the snapshot current at each request (an intention change
+//! applies to the next request of a kept-alive connection, as in the Python path); limits, timeouts and the
+//! app pool are the connection's plan's.
+//!
+//! # The listener's `http` section (emitted by gateway/corespec/inbound_http.py)
+//!
+//! Every key is optional; unknown keys are refused (the plan is not built, the listener refuses connections).
+//! ```text
+//! {
+//!   "normalization": {                                  // the mesh entry's HTTP.Incoming.RequestNormalization
+//!     "insecure_disable_path_normalization": false,     //   (l7-security.md §1.1; Consul's CamelCase names
+//!     "merge_slashes": false,                           //   are accepted too)
+//!     "path_with_escaped_slashes_action": "IMPLEMENTATION_SPECIFIC_DEFAULT",  // | KEEP_UNCHANGED |
+//!                                                       //   REJECT_REQUEST | UNESCAPE_AND_REDIRECT | UNESCAPE_AND_FORWARD
+//!     "headers_with_underscores_action": "ALLOW"        // | REJECT_REQUEST | DROP_HEADER
+//!   },
+//!   "max_request_headers_kb": 60,        // request head bound → 431 (Envoy max_request_headers_kb)
+//!   "max_headers": 100,                  // header count bound → 431 (Envoy max_headers_count)
+//!   "request_headers_timeout_ms": 0,     // whole head within this, else the connection closes; 0 = off (Envoy)
+//!   "request_timeout_ms": 15000,         // route timeout: end of request → response head, else 504; 0 = off.
+//!                                        //   meshgw.yaml inbound.request_timeout (the Python path's 15 s default =
+//!                                        //   Envoy's route default when Consul's local_request_timeout_ms is unset)
+//!   "stream_idle_timeout_ms": 300000,    // no body frame either way this long: 408 before the head, reset after;
+//!                                        //   0 = off (Envoy's 5 min default)
+//!   "idle_timeout_ms": 3600000,          // a connection without a byte either way this long is closed;
+//!                                        //   meshgw.yaml inbound.idle_timeout (1 h, Envoy's HCM default)
+//!   "max_idle_app_connections": 64,      // idle keep-alive connections kept to the app
+//!   "app_idle_timeout_ms": 3600000,      // an idle app connection older than this is not reused; 0 = no limit
+//!   "access_log": {"enabled": false,     // records pushed through Shared::access_record when on
+//!                  "fields": [...]}      // gateway/config.py ACCESS_LOG_FIELDS names, in order; [] = defaults
+//! }
+//! ```
+//! The connect timeout to the app is the listener's `limits.connect_timeout_ms`.
+//!
+//! Differences from the Python path, all towards Envoy (the contract, l7-security.md): HTTP/1.0 gets 426
+//! (the Python proxy served it; no e2e test sends 1.0 to an inbound listener); the 403 body is exactly
+//! `RBAC: access denied` without the reason; local 400/404/426/307 carry no body; malformed heads get hyper's
+//! bodiless 400 (and 431 over the head bounds); `Connection` can no longer nominate `Content-Length`,
+//! `Transfer-Encoding` or `Host` away (the smuggling bypass); `TE: trailers` is kept as Envoy keeps it.
+//! No `x-forwarded-client-cert`: the Python inbound path did not add one either.
+
+mod accesslog;
+mod body;
+mod config;
+mod headers;
+mod local;
+mod metrics;
+mod pool;
+mod request;
+mod tap;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio_rustls::server::TlsStream;
+
+pub use config::Policy;
+
+use super::Plan;
+use crate::identity::Peer;
+use crate::listener::ListenerStats;
+use crate::state::{Compiled, Level};
+use crate::stats::GaugeGuard;
+use metrics::Timeout;
+
+/// hyper reads ahead at most this much past a head (its read buffer bound, besides the head bound itself).
+const READ_AHEAD: usize = 16 * 1024;
+
+/// One downstream connection: what every request on it shares.
+pub(crate) struct Conn<'a> {
+    pub peer: Peer,
+    pub client_ip: String,
+    pub plan: &'a Plan,
+    pub policy: &'a Policy,
+    pub stats: &'a ListenerStats,
+    pub recent: tap::Recent,
+    /// The relay of an upgraded (WebSocket) exchange: the connection is over when it is.
+    pub tunnel: Mutex<Option<JoinHandle<()>>>,
+}
+
+pub async fn serve(
+    tls: TlsStream<TcpStream>,
+    peer: Peer,
+    peer_addr: SocketAddr,
+    _snap: &Arc<Compiled>,
+    plan: &Plan,
+    policy: &Policy,
+    stats: &ListenerStats,
+) {
+    stats.accepted.inc();
+    let _active = GaugeGuard::new(&stats.active);
+    // hyper's read buffer bound: when it hands a request over, its head and everything read past it are
+    // within the last max_buf_size bytes read (tap.rs).
+    let recent = tap::Recent::new(max_buf(policy) + 4096);
+    let io = TokioIo::new(tap::Tap::new(tls, recent.clone()));
+    let conn = Conn {
+        peer,
+        client_ip: peer_addr.ip().to_string(),
+        plan,
+        policy,
+        stats,
+        recent: recent.clone(),
+        tunnel: Mutex::new(None),
+    };
+    let mut b = http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .header_read_timeout(policy.request_headers_timeout)
+        .max_headers(policy.max_headers)
+        .max_header_size(policy.max_head_bytes)
+        .max_buf_size(max_buf(policy))
+        .keep_alive(true);
+    let served = b
+        .serve_connection(io, service_fn(|req| conn.handle(req)))
+        .with_upgrades();
+    tokio::pin!(served);
+    let mut draining = stats.shared().draining.subscribe();
+    let mut closing = false;
+    let result = loop {
+        let deadline = policy.idle_timeout.map(|t| recent.last_activity() + t);
+        tokio::select! {
+            r = served.as_mut() => break r,
+            Ok(_) = draining.wait_for(|d| *d), if !closing => {
+                // Drain: the exchange in flight finishes, then the connection closes (idle ones at once).
+                served.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = sleep_until(deadline), if !closing => {
+                if deadline.is_some_and(|d| d <= tokio::time::Instant::now()) {
+                    // No byte either way for idle_timeout (gateway/listeners.py `_sweep`): closed, counted.
+                    policy.stats.timeout(Timeout::Idle);
+                    served.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
+    };
+    if let Err(e) = result {
+        if e.is_timeout() {
+            // hyper's header_read_timeout: the caller did not send a whole head in time.
+            policy.stats.timeout(Timeout::RequestHeaders);
+        } else if e.is_parse_too_large() || e.is_parse() {
+            // hyper answered a head it could not take itself (431 over the head bounds, else 400) and closed;
+            // counted as the Python path counted its malformed-request 400s.
+            let status = if e.is_parse_too_large() { 431 } else { 400 };
+            policy.stats.response(status, std::time::Duration::ZERO);
+            stats.shared().log(
+                Level::Info,
+                format!(
+                    "{}: malformed request from {}: {e}",
+                    stats.name, conn.peer.uri
+                ),
+            );
+        }
+    }
+    let (rx, tx) = recent.counts();
+    stats.bytes_received.add(rx);
+    stats.bytes_sent.add(tx);
+    let tunnel = conn.tunnel.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(t) = tunnel {
+        let _ = t.await;
+    }
+}
+
+fn max_buf(policy: &Policy) -> usize {
+    (policy.max_head_bytes + READ_AHEAD).max(8192)
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

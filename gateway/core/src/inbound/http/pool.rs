@@ -1,0 +1,179 @@
+//! Keep-alive HTTP/1.1 connections to the local app (gateway/http/pool.py's job): a bounded stack of idle
+//! connections, newest first. A connection is taken only once a request is complete in its head and authorized,
+//! and goes back only when its response body ended and its request body was sent whole, so a slow caller never
+//! holds an idle app connection (l7-security.md §6; the brief's slow-head rule). Pools are shared across
+//! snapshots with the same settings, so a snapshot swap does not drop the warm connections.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::body::{ReqBody, ReqState};
+
+/// How long a connection handed back may take to become ready for the next request (it normally is at once:
+/// hyper's connection task only needs one turn after the response ended).
+const READY_WAIT: Duration = Duration::from_millis(100);
+
+type Key = (usize, Option<Duration>, Duration);
+
+static POOLS: Mutex<Vec<(Key, Weak<AppPool>)>> = Mutex::new(Vec::new());
+
+struct Idle {
+    host: String,
+    port: u16,
+    sender: SendRequest<ReqBody>,
+    since: Instant,
+}
+
+pub struct AppPool {
+    idle: Mutex<VecDeque<Idle>>,
+    max_idle: usize,
+    idle_timeout: Option<Duration>,
+    pub connect_timeout: Duration,
+}
+
+pub enum DialError {
+    Timeout,
+    Io(std::io::Error),
+    Handshake(hyper::Error),
+}
+
+impl std::fmt::Display for DialError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DialError::Timeout => f.write_str("timed out"),
+            DialError::Io(e) => write!(f, "{e}"),
+            DialError::Handshake(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// A connection in use, to be handed back when its exchange ends cleanly.
+pub struct Checkin {
+    pool: Arc<AppPool>,
+    host: String,
+    port: u16,
+    sender: SendRequest<ReqBody>,
+    req: Arc<ReqState>,
+}
+
+impl Checkin {
+    pub fn put_back(self) {
+        // A request body not sent whole (the app answered early, or the caller's framing broke) leaves the
+        // connection mid-message: it cannot carry another request.
+        if self.req.is_whole() && !self.sender.is_closed() {
+            self.pool.put(self.host, self.port, self.sender);
+        }
+    }
+}
+
+impl AppPool {
+    /// The pool for these settings, shared with every plan that has the same ones.
+    pub fn shared(
+        max_idle: usize,
+        idle_timeout: Option<Duration>,
+        connect_timeout: Duration,
+    ) -> Arc<AppPool> {
+        let key = (max_idle, idle_timeout, connect_timeout);
+        let mut pools = POOLS.lock().unwrap_or_else(|p| p.into_inner());
+        pools.retain(|(_, w)| w.strong_count() > 0);
+        if let Some(p) = pools
+            .iter()
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, w)| w.upgrade())
+        {
+            return p;
+        }
+        let p = Arc::new(AppPool {
+            idle: Mutex::new(VecDeque::new()),
+            max_idle,
+            idle_timeout,
+            connect_timeout,
+        });
+        pools.push((key, Arc::downgrade(&p)));
+        p
+    }
+
+    fn put(&self, host: String, port: u16, sender: SendRequest<ReqBody>) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() >= self.max_idle {
+            idle.pop_front(); // the oldest goes: the bound holds (design.md "every queue")
+        }
+        idle.push_back(Idle {
+            host,
+            port,
+            sender,
+            since: Instant::now(),
+        });
+    }
+
+    /// The newest idle connection to `host:port` that is still usable, or None.
+    pub async fn take(&self, host: &str, port: u16) -> Option<SendRequest<ReqBody>> {
+        loop {
+            let cand = {
+                let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+                let now = Instant::now();
+                if let Some(t) = self.idle_timeout {
+                    idle.retain(|i| now.duration_since(i.since) < t);
+                }
+                idle.retain(|i| !i.sender.is_closed());
+                let at = idle
+                    .iter()
+                    .rposition(|i| i.host == host && i.port == port)?;
+                idle.remove(at)?
+            };
+            let mut sender = cand.sender;
+            if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, sender.ready()).await {
+                return Some(sender);
+            }
+        }
+    }
+
+    /// A new connection to the app; its connection task runs until the app or the pool lets go of it.
+    pub async fn dial(&self, host: &str, port: u16) -> Result<SendRequest<ReqBody>, DialError> {
+        let stream = match tokio::time::timeout(
+            self.connect_timeout,
+            TcpStream::connect((host, port)),
+        )
+        .await
+        {
+            Err(_) => return Err(DialError::Timeout),
+            Ok(Err(e)) => return Err(DialError::Io(e)),
+            Ok(Ok(s)) => s,
+        };
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(DialError::Handshake)?;
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        Ok(sender)
+    }
+
+    pub fn checkin(
+        self: &Arc<Self>,
+        host: &str,
+        port: u16,
+        sender: SendRequest<ReqBody>,
+        req: Arc<ReqState>,
+    ) -> Checkin {
+        Checkin {
+            pool: self.clone(),
+            host: host.to_owned(),
+            port,
+            sender,
+            req,
+        }
+    }
+
+    #[cfg(test)]
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().map(|i| i.len()).unwrap_or(0)
+    }
+}

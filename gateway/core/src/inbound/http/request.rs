@@ -1,0 +1,508 @@
+//! One request through the inbound pipeline (l7-security.md §1.2, §6.1): version → target form → header
+//! checks (Host, framing, underscores, `Connection`) → fragment and path normalization → L7 intentions on the
+//! normalized path → the app, which gets exactly that path (§6.7). Every refusal is a local answer; nothing is
+//! dialled or taken from the pool before the head is whole and authorized.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{HeaderValue, HOST, USER_AGENT};
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use meshgw_proto::http_head::{check_request_headers, split_target, HeadError, HeaderVerdict};
+use meshgw_proto::intentions::Request as AuthzRequest;
+use meshgw_proto::normalize::{normalize_path, PathOutcome, REJECT_FRAGMENT};
+
+use super::accesslog::Exchange;
+use super::body::{Finish, ReqBody, ReqState, RespBody};
+use super::headers;
+use super::local::{self, answer};
+use super::metrics::Timeout;
+use super::pool::DialError;
+use super::Conn;
+use crate::relay::relay;
+use crate::state::{Level, Plan as State};
+
+/// A request that passed every check: what goes to the app.
+struct Admitted {
+    path: String,
+    sent: headers::Sent,
+    websocket: bool,
+}
+
+/// Why the pipeline answered itself.
+struct Refusal {
+    status: StatusCode,
+    text: &'static str,
+    reason: &'static str,
+    /// The rest of the connection cannot be trusted (framing, an underscore under REJECT_REQUEST, 1.0).
+    close: bool,
+    location: Option<String>,
+}
+
+impl Refusal {
+    /// RBAC deny (l7-security.md §6.15).
+    fn denied() -> Refusal {
+        Refusal {
+            status: StatusCode::FORBIDDEN,
+            text: local::RBAC_DENIED,
+            reason: "intention",
+            close: false,
+            location: None,
+        }
+    }
+
+    fn bad(reason: &'static str, close: bool) -> Refusal {
+        Refusal {
+            status: StatusCode::BAD_REQUEST,
+            text: "",
+            reason,
+            close,
+            location: None,
+        }
+    }
+}
+
+fn head_error(e: HeadError) -> Refusal {
+    // Codec-level refusals close the HTTP/1 connection as Envoy's codec does (l7-security.md §4); a missing or
+    // doubled Host is the connection manager's and leaves it open.
+    let close = !matches!(e, HeadError::MissingHost | HeadError::DuplicateHost);
+    Refusal::bad(e.reason(), close)
+}
+
+fn version_name(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "0.9",
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_2 => "2",
+        _ => "1.1",
+    }
+}
+
+/// Log lines carry at most this much of a request target.
+const LOG_TARGET: usize = 200;
+
+fn clip(s: &str) -> &str {
+    match s.char_indices().nth(LOG_TARGET) {
+        Some((i, _)) => s.get(..i).unwrap_or(s),
+        None => s,
+    }
+}
+
+impl Conn<'_> {
+    pub async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<RespBody>, Infallible> {
+        let started = Instant::now();
+        let head = req.method() == Method::HEAD;
+        let target = match req.uri().scheme() {
+            Some(_) => req.uri().to_string(),
+            None => req
+                .uri()
+                .path_and_query()
+                .map_or_else(|| req.uri().to_string(), |p| p.as_str().to_owned()),
+        };
+        // Every request line is looked up, in order, so the next lookup starts after this one (tap.rs).
+        let chunked = req.headers().contains_key(http::header::TRANSFER_ENCODING);
+        let raw = self.recent.lookup(req.method().as_str(), &target, chunked);
+        // Filled only while the access log is on: nothing else reads it.
+        let ex = if self.policy.access_log.is_none() {
+            Exchange::default()
+        } else {
+            Exchange {
+                started: Some(started),
+                listener: self.stats.name.to_string(),
+                method: req.method().as_str().to_owned(),
+                path: target.clone(),
+                version: version_name(req.version()),
+                downstream_address: self.client_ip.clone(),
+                source_service: self.peer.id.service.clone(),
+                authority: header_str(&req, HOST),
+                user_agent: header_str(&req, USER_AGENT),
+                ..Exchange::default()
+            }
+        };
+        let websocket = {
+            let received = received(req.headers());
+            req.method() == Method::GET && headers::is_websocket(&received)
+        };
+        let on_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+        let (parts, body) = req.into_parts();
+        let resp = match self.admit(&parts, &target, raw, websocket) {
+            Err(r) => self.refuse(r, head, ex),
+            Ok(a) => self.forward(&parts, a, body, on_upgrade, head, ex).await,
+        };
+        self.policy
+            .stats
+            .response(resp.status().as_u16(), started.elapsed());
+        Ok(resp)
+    }
+
+    /// The checks, in Envoy's order; Ok is a request the app may get.
+    fn admit(
+        &self,
+        parts: &Parts,
+        target: &str,
+        raw: super::tap::Raw,
+        websocket: bool,
+    ) -> Result<Admitted, Refusal> {
+        // Consul leaves accept_http_10 false: 426 from the codec (l7-security.md §4, §6.16).
+        if parts.version != Version::HTTP_11 {
+            return Err(Refusal {
+                status: StatusCode::UPGRADE_REQUIRED,
+                text: "",
+                reason: "http_1_0",
+                close: true,
+                location: None,
+            });
+        }
+        // hyper drops a Content-Length beside Transfer-Encoding (and closes after the answer); Consul's Envoy
+        // refuses the request (allow_chunked_length false, l7-security.md §4, §6.16).
+        if raw.content_length {
+            return Err(head_error(HeadError::ContentLengthWithTransferEncoding));
+        }
+        // Per request, as the Python path did: an intention (or mesh entry) change applies to the next request
+        // of a kept-alive connection too, not only to new connections (design.md "decides per request").
+        let snap = self.stats.shared().current.load();
+        let current = match snap.plans.get(&self.policy.plan_key).map(|p| &**p) {
+            Some(State::Inbound(p)) => Some(p),
+            _ => None,
+        };
+        let (plan, norm) = match current {
+            Some(p) => (
+                p,
+                p.http
+                    .as_ref()
+                    .map_or(self.policy.normalization, |h| h.normalization),
+            ),
+            // The listener has no usable plan now: its connections are refused (fail closed).
+            None => return Err(Refusal::denied()),
+        };
+        let received = received(&parts.headers);
+        let verdict: HeaderVerdict =
+            check_request_headers(&received, norm.headers_with_underscores_action)
+                .map_err(head_error)?;
+        // Absolute-form: origin form, and the URL's authority replaces Host (l7-security.md §4, §6.17).
+        let t = split_target(target).map_err(head_error)?;
+        if raw.fragment {
+            return Err(Refusal::bad(REJECT_FRAGMENT, false));
+        }
+        let path = match normalize_path(&t.path_and_query, &norm) {
+            PathOutcome::Forward(p) => p,
+            PathOutcome::Redirect(location) => {
+                return Err(Refusal {
+                    status: StatusCode::TEMPORARY_REDIRECT,
+                    text: "",
+                    reason: "escaped_slash_redirect",
+                    close: false,
+                    location: Some(location),
+                })
+            }
+            PathOutcome::Reject(reason) => {
+                // A path without its leading `/` once normalization is off: Envoy's 404 (l7-security.md §4).
+                let mut r = Refusal::bad(reason, false);
+                if reason == meshgw_proto::normalize::REJECT_NOT_ABSOLUTE {
+                    r.status = StatusCode::NOT_FOUND;
+                }
+                return Err(r);
+            }
+        };
+        // The headers intentions see: what is forwarded, with DROP_HEADER's gone and Host = the authority.
+        let mut seen: Vec<(&str, &[u8])> = received
+            .iter()
+            .enumerate()
+            .filter(|(i, (n, _))| {
+                let replaced = t.authority.is_some() && *n == "host";
+                !(verdict.drop.contains(i) || replaced)
+            })
+            .map(|(_, h)| *h)
+            .collect();
+        if let Some(a) = &t.authority {
+            seen.push(("host", a.as_bytes()));
+        }
+        let d = plan.intentions.authorize_http(
+            &self.peer.id,
+            &AuthzRequest {
+                method: parts.method.as_str(),
+                path: &path,
+                headers: &seen,
+            },
+        );
+        if !d.allowed {
+            self.stats.shared().log(
+                Level::Info,
+                format!(
+                    "{}: denied {} {} from {}: {}",
+                    self.stats.name,
+                    parts.method,
+                    clip(&path),
+                    self.peer.uri,
+                    d.reason
+                ),
+            );
+            return Err(Refusal::denied());
+        }
+        let sent = headers::request(
+            &received,
+            &verdict,
+            t.authority.as_deref(),
+            &self.client_ip,
+            websocket,
+        );
+        Ok(Admitted {
+            path,
+            sent,
+            websocket,
+        })
+    }
+
+    fn finish(&self, ex: Exchange, req: Option<Arc<ReqState>>) -> Finish {
+        Finish {
+            exchange: ex,
+            fields: self.policy.access_log.clone(),
+            stats: self.stats.clone(),
+            http: self.policy.stats.clone(),
+            req,
+            complete: false,
+        }
+    }
+
+    fn refuse(&self, r: Refusal, head: bool, mut ex: Exchange) -> Response<RespBody> {
+        self.policy.stats.denied(r.reason);
+        ex.status = r.status.as_u16();
+        ex.flags = if r.status == StatusCode::FORBIDDEN {
+            "RBAC"
+        } else {
+            ""
+        };
+        let mut resp = match &r.location {
+            Some(l) => local::redirect(l),
+            None => answer(r.status, r.text, head, r.close),
+        };
+        let body = std::mem::replace(resp.body_mut(), RespBody::empty());
+        *resp.body_mut() = body.with_finish(self.finish(ex, None));
+        resp
+    }
+
+    /// A local answer after the request was admitted (the app failed or timed out).
+    fn fail(
+        &self,
+        status: StatusCode,
+        text: &'static str,
+        flags: &'static str,
+        head: bool,
+        state: &Arc<ReqState>,
+        mut ex: Exchange,
+    ) -> Response<RespBody> {
+        ex.status = status.as_u16();
+        ex.flags = flags;
+        // The connection goes on only if the whole request body was read (gateway/http/proxy.py
+        // local_response): otherwise its rest would be taken for the next request.
+        let close = !state.is_whole();
+        let mut resp = answer(status, text, head, close);
+        let body = std::mem::replace(resp.body_mut(), RespBody::empty());
+        *resp.body_mut() = body.with_finish(self.finish(ex, Some(state.clone())));
+        resp
+    }
+
+    async fn forward(
+        &self,
+        parts: &Parts,
+        a: Admitted,
+        body: Incoming,
+        on_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        head: bool,
+        mut ex: Exchange,
+    ) -> Response<RespBody> {
+        ex.request_id = a.sent.request_id.clone();
+        ex.traceparent = a.sent.traceparent.clone();
+        let Ok(uri) = Uri::try_from(a.path.as_str()) else {
+            return self.refuse(Refusal::bad("invalid_request_target", false), head, ex);
+        };
+        let state = ReqState::new();
+        let mut out = Request::new(ReqBody::new(
+            body,
+            state.clone(),
+            self.policy.stream_idle_timeout,
+        ));
+        *out.method_mut() = parts.method.clone();
+        *out.uri_mut() = uri;
+        *out.headers_mut() = a.sent.headers;
+        let app = &self.plan.app;
+        let exchange = self.exchange(out, &app.address, app.port);
+        let timed = async {
+            // The route timeout runs from the end of the request, as Envoy's (and the Python path's) does.
+            match self.policy.request_timeout {
+                Some(t) => {
+                    state.complete().await;
+                    tokio::time::sleep(t).await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        let outcome = tokio::select! {
+            r = exchange => r,
+            _ = timed => {
+                self.policy.stats.timeout(Timeout::Request);
+                return self.fail(StatusCode::GATEWAY_TIMEOUT, local::UPSTREAM_TIMEOUT, "UT", head, &state, ex);
+            }
+        };
+        let (sender, mut resp) = match outcome {
+            Ok(x) => x,
+            Err(Failure::Dial(e)) => {
+                if matches!(e, DialError::Timeout) {
+                    self.policy.stats.timeout(Timeout::Connect);
+                }
+                self.stats.upstream_error("connect_failed", || {
+                    format!(
+                        "cannot reach the local app at {}:{}: {e}",
+                        app.address, app.port
+                    )
+                });
+                return self.fail(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    local::CONNECT_FAILURE,
+                    "UF",
+                    head,
+                    &state,
+                    ex,
+                );
+            }
+            Err(Failure::Send(e)) => {
+                if state.broken.load(Ordering::Relaxed) {
+                    // The caller's body framing broke after the head went on (a bad chunk): 400, as the
+                    // Python proxy answered it, and the connection closes (hyper stops reading it).
+                    return self.fail(StatusCode::BAD_REQUEST, "", "", head, &state, ex);
+                }
+                if state.idle.load(Ordering::Relaxed) {
+                    self.policy.stats.timeout(Timeout::StreamIdle);
+                    return self.fail(
+                        StatusCode::REQUEST_TIMEOUT,
+                        local::STREAM_TIMEOUT,
+                        "SI",
+                        head,
+                        &state,
+                        ex,
+                    );
+                }
+                if e.is_parse() {
+                    return self.fail(
+                        StatusCode::BAD_GATEWAY,
+                        local::BAD_RESPONSE,
+                        "UC",
+                        head,
+                        &state,
+                        ex,
+                    );
+                }
+                return self.fail(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    local::CONNECTION_TERMINATION,
+                    "UC",
+                    head,
+                    &state,
+                    ex,
+                );
+            }
+        };
+        ex.head_time = Some(Instant::now());
+        ex.status = resp.status().as_u16();
+        ex.upstream_host = format!("{}:{}", app.address, app.port);
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let (true, Some(down)) = (a.websocket, on_upgrade) {
+                self.tunnel(down, hyper::upgrade::on(&mut resp));
+                headers::response(resp.headers_mut(), true);
+                let (p, _) = resp.into_parts();
+                let mut finish = self.finish(ex, Some(state));
+                finish.complete = true;
+                return Response::from_parts(p, RespBody::empty().with_finish(finish));
+            }
+            // A 101 to a request that asked for no (WebSocket) upgrade cannot be relayed.
+            return self.fail(
+                StatusCode::BAD_GATEWAY,
+                local::BAD_RESPONSE,
+                "UC",
+                head,
+                &state,
+                ex,
+            );
+        }
+        headers::response(resp.headers_mut(), false);
+        let (p, incoming) = resp.into_parts();
+        let checkin = self
+            .policy
+            .pool
+            .checkin(&app.address, app.port, sender, state.clone());
+        let body = RespBody::proxied(
+            incoming,
+            Some(checkin),
+            self.policy.stream_idle_timeout,
+            self.finish(ex, Some(state)),
+        );
+        Response::from_parts(p, body)
+    }
+
+    /// A pooled connection (or a new one), and the request sent on it. A pooled connection the app closed just
+    /// before the request went out gives the request back unsent; it is sent once more on a new connection.
+    async fn exchange(
+        &self,
+        req: Request<ReqBody>,
+        host: &str,
+        port: u16,
+    ) -> Result<(SendRequest<ReqBody>, Response<Incoming>), Failure> {
+        let pool = &self.policy.pool;
+        let mut sender = match pool.take(host, port).await {
+            Some(s) => s,
+            None => pool.dial(host, port).await.map_err(Failure::Dial)?,
+        };
+        match sender.try_send_request(req).await {
+            Ok(r) => Ok((sender, r)),
+            Err(mut e) => match e.take_message() {
+                Some(req) => {
+                    let mut fresh = pool.dial(host, port).await.map_err(Failure::Dial)?;
+                    let r = fresh.send_request(req).await.map_err(Failure::Send)?;
+                    Ok((fresh, r))
+                }
+                None => Err(Failure::Send(e.into_error())),
+            },
+        }
+    }
+
+    /// 101 from the app: both upgraded connections relayed as bytes (crate::relay), on their own task that the
+    /// connection waits for before it counts as closed.
+    fn tunnel(&self, down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) {
+        self.recent.stop();
+        let stats = self.stats.clone();
+        let task = tokio::spawn(async move {
+            let (Ok(down), Ok(up)) = tokio::join!(down, up) else {
+                return;
+            };
+            let mut d = TokioIo::new(down);
+            let mut u = TokioIo::new(up);
+            relay(&mut d, &mut u, &stats).await;
+        });
+        *self.tunnel.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+    }
+}
+
+enum Failure {
+    Dial(DialError),
+    Send(hyper::Error),
+}
+
+/// The header list as `http_head` and intentions take it: lower-case names (hyper's), values as received.
+fn received(h: &http::HeaderMap) -> Vec<(&str, &[u8])> {
+    h.iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect()
+}
+
+fn header_str<B>(req: &Request<B>, name: http::header::HeaderName) -> Option<String> {
+    req.headers()
+        .get(name)
+        .map(|v: &HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned())
+}

@@ -1,0 +1,219 @@
+//! Envoy refuses any `#` in a request target with 400 (`http_reject_path_with_fragment`, l7-security.md §1.2
+//! step 1, §6.3), but the `http` crate under hyper silently cuts the fragment off while parsing the target, so
+//! the service never sees it. This tap keeps the most recent bytes the caller sent (bounded) and the service
+//! looks its request line up there: `METHOD SP target` followed by `#` is a fragment. The same lookup finds a
+//! `Content-Length` that hyper removed because `Transfer-Encoding` came with it (Envoy: 400).
+//!
+//! Security does not rest on this: without it the fragment-free target is what is both authorized and forwarded
+//! (l7-security.md §6.7). It makes the answer Envoy's (400) instead of forwarding the target without fragment.
+
+use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// What a connection of small requests keeps allocated.
+const SMALL: usize = 4096;
+
+struct Ring {
+    bytes: VecDeque<u8>,
+    cap: usize,
+    /// Where the search for the next request line starts (index into `bytes`).
+    cursor: usize,
+    on: bool,
+    /// Bytes read and written while the connection speaks HTTP (a tunnel counts its own in `relay`).
+    rx: u64,
+    tx: u64,
+    last: tokio::time::Instant,
+}
+
+#[derive(Clone)]
+pub struct Recent(Arc<Mutex<Ring>>);
+
+impl Recent {
+    /// `cap` must hold a whole head plus what hyper may read ahead of it (its read buffer bound).
+    pub fn new(cap: usize) -> Recent {
+        Recent(Arc::new(Mutex::new(Ring {
+            bytes: VecDeque::new(),
+            cap,
+            cursor: 0,
+            on: true,
+            rx: 0,
+            tx: 0,
+            last: tokio::time::Instant::now(),
+        })))
+    }
+
+    fn record(&self, data: &[u8]) {
+        let mut r = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if !r.on {
+            return;
+        }
+        r.rx += data.len() as u64;
+        r.last = tokio::time::Instant::now();
+        r.bytes.extend(data);
+        let over = r.bytes.len().saturating_sub(r.cap);
+        if over > 0 {
+            r.bytes.drain(..over);
+            r.cursor = r.cursor.saturating_sub(over);
+        }
+    }
+
+    fn wrote(&self, n: usize) {
+        let mut r = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if r.on {
+            r.tx += n as u64;
+            r.last = tokio::time::Instant::now();
+        }
+    }
+
+    /// (bytes read, bytes written) while the connection spoke HTTP.
+    pub fn counts(&self) -> (u64, u64) {
+        let r = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        (r.rx, r.tx)
+    }
+
+    /// When a byte last went either way.
+    pub fn last_activity(&self) -> tokio::time::Instant {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).last
+    }
+
+    /// An upgraded connection carries no more requests: stop copying its bytes.
+    pub fn stop(&self) {
+        let mut r = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        r.on = false;
+        r.bytes = VecDeque::new();
+    }
+
+    /// What hyper's parsing hides about the head of `method target` as received: whether the target went on
+    /// with `#`, and (asked only with `Transfer-Encoding`) whether the head also had a `Content-Length`, which
+    /// hyper removes before the service sees it (l7-security.md §4, §6.16 want 400 for both). Requests are
+    /// looked up in the order hyper hands them over, each search starting after the previous request line.
+    pub fn lookup(&self, method: &str, target: &str, want_length: bool) -> Raw {
+        let mut r = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let needle: Vec<u8> = [method.as_bytes(), b" ", target.as_bytes()].concat();
+        let cursor = r.cursor.min(r.bytes.len());
+        let hay = r.bytes.make_contiguous();
+        let Some(hay) = hay.get(cursor..) else {
+            return Raw::default();
+        };
+        let found = hay
+            .windows(needle.len() + 1)
+            .position(|w| w.starts_with(&needle) && matches!(w.last(), Some(b'#') | Some(b' ')));
+        let Some(at) = found else {
+            return Raw::default();
+        };
+        let line_end = at + needle.len();
+        let raw = Raw {
+            fragment: hay.get(line_end) == Some(&b'#'),
+            content_length: want_length && head_has_length(hay.get(line_end..).unwrap_or_default()),
+        };
+        // What came before this request line is of no more use: keep the ring small between requests (an
+        // upload's bytes otherwise stay allocated for the connection's life).
+        let used = (cursor + line_end).min(r.bytes.len());
+        r.bytes.drain(..used);
+        r.cursor = 0;
+        let (len, cap) = (r.bytes.len(), r.bytes.capacity());
+        if cap > SMALL && len < cap / 4 {
+            r.bytes.shrink_to(SMALL.max(len));
+        }
+        raw
+    }
+}
+
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Raw {
+    pub fragment: bool,
+    pub content_length: bool,
+}
+
+/// A `content-length:` line before the head's end (names carry no whitespace before the colon: hyper
+/// refuses them).
+fn head_has_length(rest: &[u8]) -> bool {
+    let end = rest
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(rest.len());
+    rest.get(..end)
+        .unwrap_or_default()
+        .split(|&b| b == b'\n')
+        .any(|line| {
+            line.len() >= 15
+                && line
+                    .get(..15)
+                    .is_some_and(|n| n.eq_ignore_ascii_case(b"content-length:"))
+        })
+}
+
+pub struct Tap<T> {
+    inner: T,
+    recent: Recent,
+}
+
+impl<T> Tap<T> {
+    pub fn new(inner: T, recent: Recent) -> Tap<T> {
+        Tap { inner, recent }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Tap<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = r {
+            if let Some(new) = buf.filled().get(before..) {
+                self.recent.record(new);
+            }
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Tap<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            self.recent.wrote(n);
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = r {
+            self.recent.wrote(n);
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+#[path = "tap_test.rs"]
+mod tests;

@@ -1,0 +1,243 @@
+//! One downstream connection of an outbound HTTP listener: hyper's HTTP/1.1 server over the app's socket (bytes
+//! counted for the listener), the idle keep-alive watchdog, drain, and the per-request look-up of the current plan.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::balancer::now_ns;
+use super::forward::handle;
+use super::Plan;
+use crate::listener::ListenerStats;
+use crate::state::{self, Compiled, Shared};
+use crate::stats::GaugeGuard;
+
+/// Requests in flight on one downstream connection and when it last had one: the idle-timeout watchdog's view.
+#[derive(Default)]
+pub(super) struct IdleTrack {
+    pub(super) inflight: std::sync::atomic::AtomicUsize,
+    pub(super) last_ns: AtomicU64,
+}
+
+pub(super) struct ConnCtx {
+    /// An HTTP/1.0 request's answer is on its way: its status line says HTTP/1.1 (see `Counted`).
+    pub(super) http10: Arc<std::sync::atomic::AtomicBool>,
+    /// The key of this listener's plan in every snapshot (its bind address, state.rs).
+    pub(super) key: Option<String>,
+    pub(super) idle: Arc<IdleTrack>,
+    pub(super) shared: Arc<Shared>,
+    pub(super) accept_plan: Arc<Plan>,
+    pub(super) peer_ip: String,
+    pub(super) stats: ListenerStats,
+}
+
+impl ConnCtx {
+    /// Per request, as the Python listener read `holder.current`: a route change applies to the next request
+    /// of a kept-alive connection too.
+    pub(super) fn current(&self) -> (Arc<Compiled>, Arc<Plan>) {
+        let snap = self.shared.current.load_full();
+        let plan = match self
+            .key
+            .as_ref()
+            .and_then(|k| snap.plans.get(k))
+            .map(|p| &**p)
+        {
+            Some(state::Plan::Upstream(p)) => p.http.clone(),
+            _ => None,
+        }
+        .unwrap_or_else(|| self.accept_plan.clone());
+        (snap, plan)
+    }
+}
+
+pub async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    snap: Arc<Compiled>,
+    plan: Arc<Plan>,
+    stats: ListenerStats,
+) {
+    // Which plan key is ours: found once per connection by identity, then looked up per request.
+    let key = snap.plans.iter().find_map(|(k, p)| match &**p {
+        state::Plan::Upstream(u) if u.http.as_ref().is_some_and(|h| Arc::ptr_eq(h, &plan)) => {
+            Some(k.clone())
+        }
+        _ => None,
+    });
+    stats.accepted.inc();
+    let _active = GaugeGuard::new(&stats.active);
+    let shared = stats.shared().clone();
+    plan.registry.ensure_sweeper(&shared);
+    let mut b = hyper::server::conn::http1::Builder::new();
+    // hyper's own header-read timer would also close idle keep-alive connections, uncounted: the watchdog below
+    // does it instead, counted as meshgw_http_timeouts_total{kind="idle"} as the Python listener's sweep did.
+    b.timer(TokioTimer::new())
+        .keep_alive(true)
+        .max_headers(plan.max_headers)
+        .header_read_timeout(None);
+    let idle_timeout = plan.idle_timeout;
+    let idle = Arc::new(IdleTrack::default());
+    idle.last_ns.store(now_ns(), Ordering::Relaxed);
+    let m_idle = plan.m.timeouts[2].clone();
+    let mut draining = shared.draining.subscribe();
+    let http10 = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cx = Arc::new(ConnCtx {
+        http10: http10.clone(),
+        key,
+        idle: idle.clone(),
+        shared,
+        accept_plan: plan,
+        peer_ip: peer.ip().to_string(),
+        stats: stats.clone(),
+    });
+    let svc = service_fn(move |req| {
+        let cx = cx.clone();
+        async move { Ok::<_, Infallible>(handle(req, cx).await) }
+    });
+    let io = TokioIo::new(Counted {
+        http10,
+        inner: stream,
+        rx: 0,
+        tx: 0,
+        stats,
+    });
+    let conn = b.serve_connection(io, svc).with_upgrades();
+    tokio::pin!(conn);
+    let check = (idle_timeout / 4).clamp(
+        std::time::Duration::from_millis(10),
+        std::time::Duration::from_secs(1),
+    );
+    let idle_ns = u64::try_from(idle_timeout.as_nanos()).unwrap_or(u64::MAX);
+    let mut closing = false;
+    if *draining.borrow_and_update() {
+        conn.as_mut().graceful_shutdown();
+        closing = true;
+    }
+    loop {
+        tokio::select! {
+            _ = &mut conn => return,
+            // Drain: the exchange in flight finishes, then the connection closes (idle ones at once).
+            r = draining.changed(), if !closing => {
+                if r.is_err() || *draining.borrow() {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+            _ = tokio::time::sleep(check), if !closing => {
+                let quiet = idle.inflight.load(Ordering::Relaxed) == 0
+                    && now_ns().saturating_sub(idle.last_ns.load(Ordering::Relaxed)) >= idle_ns;
+                if quiet {
+                    m_idle.inc();
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+/// The downstream socket with its byte counts, added to the listener's when the connection ends.
+struct Counted {
+    http10: Arc<std::sync::atomic::AtomicBool>,
+    inner: TcpStream,
+    rx: u64,
+    tx: u64,
+    stats: ListenerStats,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.stats.bytes_received.add(self.rx);
+        self.stats.bytes_sent.add(self.tx);
+    }
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        self.rx += n as u64;
+        r
+    }
+}
+
+impl Counted {
+    /// hyper answers an HTTP/1.0 request with an HTTP/1.0 status line; the Python proxy (and RFC 9110 §6.2: the
+    /// highest minor version the server conforms to) said HTTP/1.1. Framing stays hyper's (close-delimited or
+    /// Content-Length, never chunked, for a 1.0 client); only the version digit of the head's first write is
+    /// changed, same length.
+    fn patched(&self, buf: &[u8]) -> Option<Vec<u8>> {
+        if self.http10.load(Ordering::Relaxed) && buf.starts_with(b"HTTP/1.0 ") {
+            let mut v = buf.to_vec();
+            v[7] = b'1';
+            Some(v)
+        } else {
+            None
+        }
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let patched = self.patched(buf);
+        let r = match &patched {
+            Some(v) => Pin::new(&mut self.inner).poll_write(cx, v),
+            None => Pin::new(&mut self.inner).poll_write(cx, buf),
+        };
+        if let Poll::Ready(Ok(n)) = &r {
+            self.tx += *n as u64;
+            if patched.is_some() && *n > 0 {
+                self.http10.store(false, Ordering::Relaxed);
+            }
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        if let Some(first) = bufs.iter().find(|b| !b.is_empty()) {
+            if self.http10.load(Ordering::Relaxed) && first.starts_with(b"HTTP/1.0 ") {
+                // A short write of the head alone is allowed; the rest follows in the next call.
+                let first: &[u8] = first;
+                return self.poll_write(cx, first);
+            }
+        }
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = &r {
+            self.tx += *n as u64;
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,217 @@
+//! One request's way through the outbound HTTP path (gateway/listeners.py UpstreamListener._request, _dial,
+//! _done, _route_observe; gateway/http/outbound.py Call): chain → route → split → cluster, breakers, the
+//! attempts (endpoint pick, pooled or new mTLS connection, retries with budget and backoff, outlier results)
+//! under the request timeout, then the response streamed back and the exchange settled and logged.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use super::attempt::Attempts;
+use super::body::{Payload, RespBody};
+use super::conn::ConnCtx;
+use super::exchange::{bad_body, local, Exchange};
+use super::hash::request_hash;
+use super::headers;
+use super::retry::RetryPolicy;
+use super::rng;
+use super::router::{pick_split, RequestView};
+use super::runtime::BREAKERS;
+
+/// An Upgrade request (WebSocket): after a 101 the connection becomes a tunnel (RFC 9110 §7.8).
+fn upgrade_of(h: &HeaderMap) -> Option<HeaderValue> {
+    let conn_upgrade = h.get_all(http::header::CONNECTION).iter().any(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
+    });
+    if conn_upgrade {
+        h.get(http::header::UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+/// Both sides upgraded: bytes both ways until either ends (the one relay's half-close semantics).
+async fn tunnel(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) {
+    let (Ok(d), Ok(u)) = tokio::join!(down, up) else {
+        return;
+    };
+    let mut d = TokioIo::new(d);
+    let mut u = TokioIo::new(u);
+    let _ = tokio::io::copy_bidirectional_with_sizes(
+        &mut d,
+        &mut u,
+        crate::relay::BUFFER,
+        crate::relay::BUFFER,
+    )
+    .await;
+}
+
+pub(super) async fn handle(mut req: Request<Incoming>, cx: Arc<ConnCtx>) -> Response<RespBody> {
+    let (snap, plan) = cx.current();
+    if req.version() == Version::HTTP_10 {
+        cx.http10.store(true, Ordering::Relaxed);
+    }
+    let upgrade = upgrade_of(req.headers());
+    let down_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    let mut ex = Box::new(Exchange::new(&plan, &cx, &req));
+    let Some(tls) = snap.tls.clone().filter(|t| t.valid_now()) else {
+        plan.m.not_ready.inc();
+        return local(ex, 503, "no healthy upstream (not_ready)", "UH", None);
+    };
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()));
+    let Some(ci) = (if plan.ingress {
+        plan.chain_for(host.as_deref())
+            .and_then(|c| plan.chains.iter().position(|x| std::ptr::eq(x, c)))
+    } else {
+        Some(0)
+    }) else {
+        return local(ex, 404, "no service for this host", "NR", None);
+    };
+    let chain = &plan.chains[ci];
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let (path, query) = pq.split_once('?').unwrap_or((pq.as_str(), ""));
+    let view = RequestView {
+        method: req.method().as_str(),
+        path: path.as_bytes(),
+        query: query.as_bytes(),
+        headers: req.headers(),
+    };
+    let ri = chain
+        .routes
+        .iter()
+        .position(|r| r.matcher.matches(&view))
+        .unwrap_or(chain.routes.len() - 1);
+    let route = &chain.routes[ri];
+    let split = &route.splits[pick_split(&route.cum, rng::f64())];
+    let cluster = split.cluster.clone();
+    if cluster.endpoints.is_empty() {
+        plan.m.no_healthy.inc();
+        return local(
+            ex,
+            503,
+            "no healthy upstream (no_healthy_endpoints)",
+            "UH",
+            None,
+        );
+    }
+    let rt = cluster.rt.clone();
+    if rt.active.load(Ordering::Relaxed) >= cluster.limits.max_concurrent_requests {
+        rt.m.trips[2].inc();
+        return local(ex, 503, "upstream overflow", "UO", Some(BREAKERS[2]));
+    }
+    rt.active.fetch_add(1, Ordering::Relaxed);
+    ex.active = true;
+    ex.route = Some((ci, ri));
+    ex.cluster = Some(cluster.clone());
+    let hash = if cluster.hash.is_empty() {
+        None
+    } else {
+        request_hash(&cluster.hash, req.headers(), query.as_bytes(), &cx.peer_ip)
+    };
+    let (parts, body) = req.into_parts();
+    let target = match &route.prefix_rewrite {
+        Some(rw) if pq.starts_with(route.match_prefix.as_str()) => {
+            format!("{rw}{}", &pq[route.match_prefix.len()..])
+        }
+        _ => pq.clone(),
+    };
+    let uri = Uri::try_from(target.as_str())
+        .unwrap_or_else(|_| Uri::try_from(pq.as_str()).unwrap_or_else(|_| Uri::from_static("/")));
+    let mut hdrs = parts.headers;
+    if !hdrs.contains_key(http::header::HOST) {
+        if let Some(h) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
+            hdrs.insert(http::header::HOST, h);
+        }
+    }
+    // hyper answers Expect: 100-continue itself when the body is read; the upstream must not wait for it.
+    hdrs.remove(http::header::EXPECT);
+    let sent = headers::forward_request(&mut hdrs, &cx.peer_ip, &split.request);
+    if let Some(u) = &upgrade {
+        hdrs.insert(
+            http::header::CONNECTION,
+            HeaderValue::from_static("upgrade"),
+        );
+        hdrs.insert(http::header::UPGRADE, u.clone());
+    }
+    if let Some(l) = &mut ex.log {
+        l.request_id = sent.request_id;
+        l.traceparent = sent.traceparent;
+    }
+    let policy = route
+        .retry
+        .clone()
+        .unwrap_or_else(|| Arc::new(RetryPolicy::compile(&super::spec::RetrySpec::default())));
+    let timeout = route
+        .request_timeout
+        .or(cluster.request_timeout)
+        .unwrap_or(plan.request_timeout);
+    let a = Attempts {
+        cx: &cx,
+        plan: &plan,
+        cluster: &cluster,
+        tls: &tls,
+        policy: &policy,
+        method: parts.method,
+        uri,
+        headers: hdrs,
+        hash,
+    };
+    let replay = upgrade.is_none() && a.policy.wants_replay(&a.method);
+    let tap = ex.tap.clone();
+    let run = async {
+        let payload = Payload::prepare(body, replay, &tap).await;
+        if tap.failed.load(Ordering::Relaxed) {
+            return Err(bad_body());
+        }
+        a.run(&mut ex, payload).await
+    };
+    match tokio::time::timeout(timeout, run).await {
+        Err(_) => {
+            plan.m.timeouts[1].inc();
+            ex.detach();
+            local(ex, 504, "upstream request timeout", "UT", None)
+        }
+        Ok(Err(f)) => local(ex, f.status, f.text, f.flags, f.overloaded),
+        Ok(Ok((mut resp, conn))) => {
+            if let (StatusCode::SWITCHING_PROTOCOLS, Some(down)) = (resp.status(), down_upgrade) {
+                let up = hyper::upgrade::on(&mut resp);
+                let value = resp.headers().get(http::header::UPGRADE).cloned();
+                let (mut rp, _) = resp.into_parts();
+                headers::forward_response(&mut rp.headers, &split.response);
+                rp.headers.insert(
+                    http::header::CONNECTION,
+                    HeaderValue::from_static("upgrade"),
+                );
+                if let Some(v) = value {
+                    rp.headers.insert(http::header::UPGRADE, v);
+                }
+                ex.head(101);
+                // The upstream connection is the tunnel's now: it never goes back to the pool.
+                drop(conn);
+                tokio::spawn(tunnel(down, up));
+                return Response::from_parts(rp, RespBody::local(Bytes::new(), Some(ex)));
+            }
+            let (mut rp, rbody) = resp.into_parts();
+            headers::forward_response(&mut rp.headers, &split.response);
+            rp.version = Version::HTTP_11;
+            ex.head(rp.status.as_u16());
+            let pool = rt.pool.clone();
+            Response::from_parts(rp, RespBody::upstream(rbody, conn, pool, ex))
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! Header work of the outbound HTTP path (gateway/http/headers.py): hop-by-hop fields removed both ways (RFC
+//! 9110 §7.6.1, plus the ones Envoy and HAProxy strip), the route's and split's header rules, X-Forwarded-For
+//! (and an incoming Forwarded) extended with the client, x-request-id kept or made (UUID v4, as Envoy), and a
+//! W3C traceparent with a new span id per hop. The field rules are shared with the inbound hop
+//! (crate::http::forwarding); the route's and split's header rules are this path's own.
+
+use http::header::{HeaderName, HeaderValue};
+use http::HeaderMap;
+
+use super::spec::HeaderRulesSpec;
+use crate::http::forwarding::{
+    extend_forwarding, join, new_traceparent, request_id, strip_hop_by_hop,
+};
+
+/// Header changes compiled once per snapshot: names to drop, then fields to add.
+#[derive(Default, Debug, Clone)]
+pub struct HeaderRules {
+    pub drop: Vec<HeaderName>,
+    pub add: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl HeaderRules {
+    pub fn compile(s: &HeaderRulesSpec) -> Result<HeaderRules, String> {
+        let name = |n: &str| {
+            HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes())
+                .map_err(|_| format!("header rules: {n:?} is not a header name"))
+        };
+        Ok(HeaderRules {
+            drop: s.drop.iter().map(|n| name(n)).collect::<Result<_, _>>()?,
+            add: s
+                .add
+                .iter()
+                .map(|(n, v)| {
+                    Ok((
+                        name(n)?,
+                        HeaderValue::from_str(v)
+                            .map_err(|_| format!("header rules: bad value for {n}"))?,
+                    ))
+                })
+                .collect::<Result<_, String>>()?,
+        })
+    }
+
+    pub fn apply(&self, h: &mut HeaderMap) {
+        for n in &self.drop {
+            h.remove(n);
+        }
+        for (n, v) in &self.add {
+            h.append(n.clone(), v.clone());
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.drop.is_empty() && self.add.is_empty()
+    }
+}
+
+/// What the access log says was sent: (x-request-id, traceparent).
+pub struct Sent {
+    pub request_id: String,
+    pub traceparent: String,
+}
+
+/// The request head as it goes upstream (headers.py render_request_head).
+pub fn forward_request(h: &mut HeaderMap, client_ip: &str, rules: &HeaderRules) -> Sent {
+    strip_hop_by_hop(h, false);
+    let joined = |h: &HeaderMap, n: &str| -> Option<Vec<u8>> {
+        let mut out: Option<Vec<u8>> = None;
+        for v in h.get_all(n) {
+            join(out.get_or_insert_with(Vec::new), v.as_bytes().trim_ascii());
+        }
+        out
+    };
+    let mut xff = joined(h, "x-forwarded-for").unwrap_or_default();
+    let mut fwd = joined(h, "forwarded");
+    let incoming_trace = h.get("traceparent").map(|v| v.as_bytes().to_vec());
+    h.remove("x-forwarded-for");
+    h.remove("forwarded");
+    h.remove("traceparent");
+    rules.apply(h);
+    extend_forwarding(&mut xff, fwd.as_mut(), client_ip);
+    if let Ok(v) = HeaderValue::from_bytes(&xff) {
+        if !xff.is_empty() {
+            h.insert("x-forwarded-for", v);
+        }
+    }
+    if let Some(Ok(v)) = fwd.as_deref().map(HeaderValue::from_bytes) {
+        h.insert("forwarded", v);
+    }
+    let (request_id, made) = request_id(h.get("x-request-id").map(HeaderValue::as_bytes));
+    if made {
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            h.insert("x-request-id", v);
+        }
+    }
+    let traceparent = new_traceparent(incoming_trace.as_deref());
+    if let Ok(v) = HeaderValue::from_str(&traceparent) {
+        h.insert("traceparent", v);
+    }
+    Sent {
+        request_id,
+        traceparent,
+    }
+}
+
+/// The response head as it goes downstream: hop-by-hop removed (an outbound response never keeps `Upgrade`:
+/// this path relays no upgrade), the split's response rules applied.
+pub fn forward_response(h: &mut HeaderMap, rules: &HeaderRules) {
+    strip_hop_by_hop(h, false);
+    rules.apply(h);
+}
+
+#[cfg(test)]
+#[path = "headers_test.rs"]
+mod tests;

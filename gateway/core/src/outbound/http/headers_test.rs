@@ -1,0 +1,44 @@
+use super::*;
+
+#[test]
+fn forwarding_headers() {
+    let mut h = HeaderMap::new();
+    h.insert("connection", "keep-alive, x-secret".parse().unwrap());
+    h.insert("x-secret", "1".parse().unwrap());
+    h.insert("te", "trailers".parse().unwrap());
+    h.append("x-forwarded-for", "1.1.1.1".parse().unwrap());
+    h.append("x-forwarded-for", "2.2.2.2".parse().unwrap());
+    h.insert(
+        "traceparent",
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+            .parse()
+            .unwrap(),
+    );
+    h.insert("x-drop", "a".parse().unwrap());
+    let rules = HeaderRules::compile(&HeaderRulesSpec {
+        drop: vec!["X-Drop".into()],
+        add: vec![("x-add".into(), "v".into())],
+    })
+    .unwrap();
+    let sent = forward_request(&mut h, "127.0.0.1", &rules);
+    assert!(h.get("connection").is_none() && h.get("x-secret").is_none() && h.get("te").is_none());
+    assert_eq!(
+        h.get("x-forwarded-for").unwrap(),
+        "1.1.1.1, 2.2.2.2, 127.0.0.1"
+    );
+    assert!(h.get("x-drop").is_none());
+    assert_eq!(h.get("x-add").unwrap(), "v");
+    assert_eq!(sent.request_id.len(), 36);
+    assert_eq!(&sent.request_id[14..15], "4");
+    assert!(sent
+        .traceparent
+        .starts_with("00-0af7651916cd43dd8448eb211c80319c-"));
+    assert!(sent.traceparent.ends_with("-01"));
+    assert_ne!(&sent.traceparent[36..52], "b7ad6b7169203331");
+    let mut h = HeaderMap::new();
+    h.insert("x-request-id", "abc".parse().unwrap());
+    let sent = forward_request(&mut h, "::1", &HeaderRules::default());
+    assert_eq!(sent.request_id, "abc");
+    assert_eq!(h.get("x-forwarded-for").unwrap(), "::1");
+    assert_eq!(sent.traceparent.len(), 55);
+}
