@@ -448,7 +448,10 @@ def test_wheel_is_self_contained_and_runs_the_demo_on_the_core(tmp_path: Path) -
     )
     (wheel,) = wheels.glob("meshgw-*.whl")
     with zipfile.ZipFile(wheel) as z:
-        assert any(n.startswith("gateway/_core") and n.endswith(".so") for n in z.namelist())
+        names = z.namelist()
+        assert any(n.startswith("gateway/_core") and n.endswith(".so") for n in names)
+        assert any(n.startswith("gateway/share/") for n in names), "the dashboard, alerts and templates ship"
+        assert not any(n.startswith("gateway/core/") for n in names), "the crate's tree stays out of the wheel"
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     py = venv / "bin" / "python"
