@@ -257,7 +257,7 @@ struct Canon<'a> {
 
 /// Step 3: Envoy `PathUtil::canonicalPath` on the path part (l7-security.md §1.3): dot segments (with their
 /// `;params` stripped) removed with clamping at the root, `\` → `/`, unreserved escapes decoded, other escapes
-/// kept byte for byte, unsafe raw bytes escaped, `%00` refused, leading `/` added.
+/// kept byte for byte, raw bytes outside the URL safe set escaped, `%00` refused, leading `/` added.
 fn canonicalize(path: &str) -> Result<String, &'static str> {
     let mut canon = Canon {
         input: path.as_bytes(),

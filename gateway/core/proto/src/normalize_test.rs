@@ -153,7 +153,7 @@ fn only_unreserved_escapes_decoded() {
     ]);
 }
 
-// l7-security.md §1.3: malformed escapes pass literally; unsafe raw bytes come out escaped (Chromium table).
+// l7-security.md §1.3: malformed escapes pass literally; raw bytes outside the URL safe set come out escaped (Chromium table).
 #[test]
 fn malformed_escapes_and_raw_bytes() {
     assert_all(&[
