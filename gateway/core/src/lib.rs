@@ -19,6 +19,10 @@ pub mod state;
 pub mod stats;
 pub mod tls;
 
+/// Rust-side allocations (the whole data plane) go through mimalloc; Python keeps its own allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
