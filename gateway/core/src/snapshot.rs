@@ -44,12 +44,29 @@ pub struct ListenerSpec {
     pub limits: Limits,
 }
 
+/// A listener's protocol as Consul resolves it (http2-grpc.md §1; Python lower-cases it and sends unknown
+/// values as `tcp`). `http`, `http2` and `grpc` are HTTP-like: requests are authorized and routed one by one.
 #[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     #[default]
     Tcp,
     Http,
+    Http2,
+    Grpc,
+}
+
+impl Protocol {
+    /// `IsProtocolHTTPLike` (`C:agent/structs/config_entry_discoverychain.go`).
+    pub fn is_http(self) -> bool {
+        !matches!(self, Protocol::Tcp)
+    }
+
+    /// The hops Consul configures with explicit HTTP/2 (the app's and the upstream cluster's, http2-grpc.md
+    /// §2.2, §2.4): h2c with prior knowledge to the app, h2 over mTLS between sidecars.
+    pub fn is_h2(self) -> bool {
+        matches!(self, Protocol::Http2 | Protocol::Grpc)
+    }
 }
 
 #[derive(Deserialize, Debug, Clone, PartialEq)]

@@ -41,7 +41,7 @@ impl Plan {
         };
         let http = match protocol {
             Protocol::Tcp => None,
-            Protocol::Http => Some(Arc::new(
+            _ => Some(Arc::new(
                 http::Policy::build(http, &l.limits)?.with_stats(shared, &l.name, &l.bind),
             )),
         };

@@ -35,7 +35,7 @@ impl Plan {
         };
         let http = match protocol {
             Protocol::Tcp => None,
-            Protocol::Http => Some(Arc::new(http::Plan::build(
+            _ => Some(Arc::new(http::Plan::build(
                 &l.name, http, &l.limits, shared,
             )?)),
         };
