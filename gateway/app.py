@@ -18,6 +18,7 @@ from connect.local import LocalControlPlane
 from gateway import core_metrics, corespec, dataplane, metrics, sdnotify
 from gateway.admin import Admin
 from gateway.config import Config, ConfigError, load_config
+from gateway.config.reader import HTTP_LIKE
 from gateway.preflight import check_files
 from gateway.render import TemplateRunner
 from gateway.snapshot import SnapshotBuilder, upstream_key
@@ -63,7 +64,7 @@ def _listener_specs(cfg: Config) -> dict[tuple[Any, ...], Any]:
         specs[(cfg.mode, cfg.gateway, cfg.datacenter)] = None
     ingress_http: dict[Any, list[Any]] = {}
     for u in cfg.upstreams:
-        if cfg.mode == "ingress-gateway" and u.protocol == "http":
+        if cfg.mode == "ingress-gateway" and u.protocol in HTTP_LIKE:
             ingress_http.setdefault(u.bind, []).append(u)  # one listener, its services told apart by Host
             continue
         # The snapshot key is part of it: an upstream that gains a twin (same service and datacenter) gets a new key.

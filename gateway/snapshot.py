@@ -20,6 +20,7 @@ from connect.spiffe import service_uri, upstream_sni
 from gateway import metrics
 from gateway.accesslog import AccessLog
 from gateway.config import Config, UpstreamConfig
+from gateway.config.reader import HTTP_LIKE
 from gateway.http.routing import BalancerCache, cfg_entries, compile_chain, subset_endpoints
 
 log = logging.getLogger("meshgw.snapshot")
@@ -374,12 +375,12 @@ class SnapshotBuilder:
                 cfg.datacenter,
                 td,
                 self._catalog,
-                entries if u.protocol == "http" else resolvers,
+                entries if u.protocol in HTTP_LIKE else resolvers,
                 self._balancers,
                 cfg.service.name,
                 via,
             )
-            if u.protocol == "http":
+            if u.protocol in HTTP_LIKE:
                 # Requests follow the chain's clusters; the view says what the upstream's own service has.
                 dc = u.datacenter or cfg.datacenter
                 if via is not None and dc != cfg.datacenter:

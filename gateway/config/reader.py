@@ -14,7 +14,9 @@ T = TypeVar("T")
 
 SERVICE_NAME_RE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9_-]{0,62}[a-zA-Z0-9])?$")
 
-PROTOCOLS = ("tcp", "http")
+PROTOCOLS = ("tcp", "http", "http2", "grpc")
+# Consul's IsProtocolHTTPLike (http2-grpc.md §1.1).
+HTTP_LIKE = ("http", "http2", "grpc")
 
 MODES = ("sidecar", "mesh-gateway", "ingress-gateway", "terminating-gateway")
 
