@@ -39,6 +39,8 @@ DATA_PLANE = (
     metrics.OUTLIER_EJECTIONS,
     metrics.OUTLIER_EJECTED,
     metrics.HTTP_TIMEOUTS,
+    metrics.GRPC_RESPONSES,
+    metrics.HTTP2_CUTS,
 )
 
 

@@ -212,7 +212,7 @@ HTTP_ROUTE_DURATION = Histogram(
 )
 HTTP_RETRIES = Counter(
     "meshgw_http_retries",
-    "Request attempts made again, by upstream cluster and cause (connect_failure, reset, status).",
+    "Request attempts made again, by upstream cluster and cause (connect_failure, reset, status, grpc_status).",
     ["listener", "cluster", "reason"],
     registry=REGISTRY,
 )
@@ -250,6 +250,20 @@ HTTP_TIMEOUTS = Counter(
     "meshgw_http_timeouts",
     "HTTP timeouts by kind: connect (to an upstream endpoint or the app), request (504), idle (connection closed).",
     ["listener", "kind"],
+    registry=REGISTRY,
+)
+GRPC_RESPONSES = Counter(
+    "meshgw_grpc_responses",
+    "gRPC calls by the grpc-status they ended with (the answer's head when trailers-only, else its trailers; the "
+    "proxy's own answers included, e.g. 7 for an intention's deny).",
+    ["listener", "grpc_status"],
+    registry=REGISTRY,
+)
+HTTP2_CUTS = Counter(
+    "meshgw_http2_connections_cut",
+    "HTTP/2 connections closed because the peer broke a bound or the protocol, by reason (rapid_reset, "
+    "stream_error_flood, header_flood, small_frame_flood, flow_control, protocol_error).",
+    ["listener", "reason"],
     registry=REGISTRY,
 )
 VAULT_FAILURES = Counter(

@@ -36,6 +36,12 @@ RETRY_ON = (
     "retriable-4xx",
     "refused-stream",
     "retriable-status-codes",
+    # gRPC: retried when a trailers-only answer carries this grpc-status (Envoy router_filter.rst, http2-grpc.md §2.7).
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+    "resource-exhausted",
+    "unavailable",
 )
 
 ACCESS_LOG_FIELDS = (
@@ -61,6 +67,7 @@ ACCESS_LOG_FIELDS = (
     "source_service",
     "authority",
     "user_agent",
+    "grpc_status",
 )
 
 DEFAULT_ACCESS_LOG_FIELDS = (

@@ -74,8 +74,17 @@ pub fn certified_key(
 
 /// The proxy's mTLS material, compiled: what inbound listeners accept with and upstream dials connect with.
 pub struct MeshTls {
+    /// `tcp` listeners: no ALPN (Consul's Envoy offers none there, http2-grpc.md §2.5).
     pub server: Arc<ServerConfig>,
+    /// HTTP-like listeners, by the ALPN list they offer ([`Alpn`]).
+    pub server_http: Arc<ServerConfig>,
+    pub server_h2: Arc<ServerConfig>,
     pub client: Arc<ClientConfig>,
+    /// Upstream clusters of `http`: ALPN `http/1.1`, as Envoy's HTTP/1 pool offers (§2.4), so the callee knows
+    /// the codec without sniffing.
+    pub client_http: Arc<ClientConfig>,
+    /// Upstream clusters of `http2`/`grpc`: ALPN `h2` only, as Envoy's explicit-HTTP/2 pool offers (§2.4).
+    pub client_h2: Arc<ClientConfig>,
     pub roots: Arc<RootCertStore>,
     pub not_before: f64,
     pub not_after: f64,
@@ -93,7 +102,19 @@ impl MeshTls {
             Some(ck),
         )?;
         Ok(MeshTls {
+            server_http: with_alpn(&server, Alpn::Http),
+            server_h2: with_alpn(&server, Alpn::H2),
             server,
+            client_h2: {
+                let mut c = (*client).clone();
+                c.alpn_protocols = vec![H2.to_vec()];
+                Arc::new(c)
+            },
+            client_http: {
+                let mut c = (*client).clone();
+                c.alpn_protocols = vec![HTTP11.to_vec()];
+                Arc::new(c)
+            },
             client,
             roots,
             not_before: m.not_before,
@@ -109,6 +130,31 @@ impl MeshTls {
             .unwrap_or(0.0);
         self.not_before <= now && now < self.not_after
     }
+}
+
+pub const H2: &[u8] = b"h2";
+pub const HTTP11: &[u8] = b"http/1.1";
+
+/// What an HTTP-like mesh listener offers in ALPN. Consul's Envoy offers `http/1.1` for `http` and
+/// `h2,http/1.1` for `http2`/`grpc` (`getAlpnProtocols`, http2-grpc.md §2.5), and a caller offering neither still
+/// gets served: BoringSSL then selects nothing and Envoy's AUTO codec sniffs the preface. rustls instead fails
+/// a handshake whose ALPN lists do not meet, so an `http` listener offers `h2` too, after `http/1.1`: the server's
+/// order decides, so a caller offering both gets HTTP/1.1 there as from Envoy, and one offering only `h2` gets
+/// the HTTP/2 that Envoy would have sniffed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alpn {
+    Http,
+    H2,
+}
+
+fn with_alpn(base: &Arc<ServerConfig>, a: Alpn) -> Arc<ServerConfig> {
+    // A clone shares the ticketer and the session cache (Arcs), so resumption works across the variants.
+    let mut c = (**base).clone();
+    c.alpn_protocols = match a {
+        Alpn::Http => vec![HTTP11.to_vec(), H2.to_vec()],
+        Alpn::H2 => vec![H2.to_vec(), HTTP11.to_vec()],
+    };
+    Arc::new(c)
 }
 
 #[derive(Debug)]

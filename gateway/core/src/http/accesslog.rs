@@ -32,9 +32,10 @@ pub enum Field {
     SourceService,
     Authority,
     UserAgent,
+    GrpcStatus,
 }
 
-const NAMES: [(&str, Field); 22] = [
+const NAMES: [(&str, Field); 23] = [
     ("start_time", Field::StartTime),
     ("listener", Field::Listener),
     ("method", Field::Method),
@@ -57,6 +58,7 @@ const NAMES: [(&str, Field); 22] = [
     ("source_service", Field::SourceService),
     ("authority", Field::Authority),
     ("user_agent", Field::UserAgent),
+    ("grpc_status", Field::GrpcStatus),
 ];
 
 /// gateway/config.py DEFAULT_ACCESS_LOG_FIELDS.
@@ -121,6 +123,8 @@ pub struct Record {
     pub source: String,
     pub authority: Option<String>,
     pub user_agent: Option<String>,
+    /// A gRPC call's status (head of a trailers-only answer, else trailers); None otherwise.
+    pub grpc_status: Option<u32>,
 }
 
 fn opt(s: &str) -> Value {
@@ -177,6 +181,7 @@ pub fn render(
             Field::SourceService => opt(&r.source),
             Field::Authority => r.authority.clone().map_or(Value::Null, Value::String),
             Field::UserAgent => r.user_agent.clone().map_or(Value::Null, Value::String),
+            Field::GrpcStatus => r.grpc_status.map_or(Value::Null, Value::from),
         };
         if out.len() > 1 {
             out.push(',');

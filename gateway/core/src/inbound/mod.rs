@@ -24,8 +24,9 @@ pub struct Plan {
     pub intentions: Intentions,
     pub handshake_timeout: Duration,
     pub connect_timeout: Duration,
-    /// Some for `protocol: http`: requests are authorized one by one.
+    /// Some for HTTP-like protocols: requests are authorized one by one.
     pub http: Option<Arc<http::Policy>>,
+    pub protocol: Protocol,
 }
 
 impl Plan {
@@ -51,6 +52,7 @@ impl Plan {
             handshake_timeout: Duration::from_millis(l.limits.handshake_timeout_ms),
             connect_timeout: Duration::from_millis(l.limits.connect_timeout_ms),
             http,
+            protocol: *protocol,
         })
     }
 }
@@ -85,7 +87,11 @@ impl Plan {
         snap.tls
             .as_ref()
             .filter(|t| t.valid_now())
-            .map(|t| t.server.clone())
+            .map(|t| match self.protocol {
+                Protocol::Tcp => t.server.clone(),
+                Protocol::Http => t.server_http.clone(),
+                Protocol::Http2 | Protocol::Grpc => t.server_h2.clone(),
+            })
     }
 }
 

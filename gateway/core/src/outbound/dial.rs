@@ -25,6 +25,16 @@ pub async fn dial_one(
     tls: &MeshTls,
     t: &Timeouts,
 ) -> Result<TlsStream<TcpStream>, (&'static str, String)> {
+    dial_one_with(ep, cluster, &tls.client, t).await
+}
+
+/// [`dial_one`] with the client configuration given (`MeshTls::client_h2` offers ALPN `h2`).
+pub async fn dial_one_with(
+    ep: &EndpointSpec,
+    cluster: &Cluster,
+    client: &std::sync::Arc<rustls::ClientConfig>,
+    t: &Timeouts,
+) -> Result<TlsStream<TcpStream>, (&'static str, String)> {
     let where_ = format!("{}:{}", ep.address, ep.port);
     let tcp = match tokio::time::timeout(
         t.connect,
@@ -44,7 +54,7 @@ pub async fn dial_one(
     let _ = tcp.set_nodelay(true);
     let name = ServerName::try_from(cluster.sni.clone())
         .map_err(|_| ("tls_failed", format!("{} is not a usable SNI", cluster.sni)))?;
-    let conn = TlsConnector::from(tls.client.clone());
+    let conn = TlsConnector::from(client.clone());
     let s = match tokio::time::timeout(t.handshake, conn.connect(name, tcp)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(("tls_failed", format!("TLS with {where_} failed: {e}"))),

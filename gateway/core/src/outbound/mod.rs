@@ -35,8 +35,12 @@ impl Plan {
         };
         let http = match protocol {
             Protocol::Tcp => None,
-            _ => Some(Arc::new(http::Plan::build(
-                &l.name, http, &l.limits, shared,
+            p => Some(Arc::new(http::Plan::build(
+                &l.name,
+                http,
+                &l.limits,
+                shared,
+                p.is_h2(),
             )?)),
         };
         Ok(Plan {

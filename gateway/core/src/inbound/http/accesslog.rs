@@ -33,6 +33,9 @@ pub struct Exchange {
     pub source_service: String,
     pub authority: Option<String>,
     pub user_agent: Option<String>,
+    /// The request is gRPC (`http::grpc::is_grpc`); its status once known.
+    pub grpc: bool,
+    pub grpc_status: Option<u32>,
 }
 
 impl Exchange {
@@ -69,6 +72,7 @@ impl Exchange {
             source: self.source_service.clone(),
             authority: self.authority.clone(),
             user_agent: self.user_agent.clone(),
+            grpc_status: self.grpc_status,
         };
         render(fields.iter().copied(), &r, age, SystemTime::now() - age)
     }

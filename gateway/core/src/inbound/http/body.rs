@@ -181,6 +181,11 @@ pub struct Finish {
 
 impl Drop for Finish {
     fn drop(&mut self) {
+        if self.exchange.grpc {
+            if let Some(s) = self.exchange.grpc_status {
+                self.http.grpc.count(s);
+            }
+        }
         let Some(fields) = &self.fields else { return };
         if let Some(r) = &self.req {
             self.exchange.bytes_received = r.bytes.load(Ordering::Relaxed);
@@ -292,6 +297,10 @@ impl Body for RespBody {
                 Poll::Ready(Some(Ok(f))) => {
                     if let Some(d) = f.data_ref() {
                         p.finish.exchange.bytes_sent += d.len() as u64;
+                    } else if let Some(t) = f.trailers_ref() {
+                        if let Some(s) = crate::http::grpc::status_of(t) {
+                            p.finish.exchange.grpc_status = Some(s);
+                        }
                     }
                     if let Some(i) = p.idle.as_mut() {
                         i.touch();

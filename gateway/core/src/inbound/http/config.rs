@@ -82,6 +82,8 @@ pub struct Policy {
     pub pool: Arc<AppPool>,
     /// Set by `with_stats` at plan-build time; until then the series are detached (counted nowhere).
     pub stats: HttpStats,
+    /// HTTP/2 connections cut for abuse (`http::h2`).
+    pub cuts: crate::http::h2::CutStats,
     /// This listener's key in `Compiled::plans`, to find its current plan per request.
     pub plan_key: String,
 }
@@ -135,6 +137,7 @@ impl Policy {
                 Duration::from_millis(limits.connect_timeout_ms.max(1)),
             ),
             stats: HttpStats::detached(),
+            cuts: crate::http::h2::CutStats::default(),
             plan_key: String::new(),
         })
     }
@@ -143,6 +146,7 @@ impl Policy {
     /// remembers the key of its plan in later snapshots (`Compiled::plans` is keyed by bind address).
     pub fn with_stats(mut self, shared: &Shared, listener: &str, bind: &str) -> Policy {
         self.stats = HttpStats::new(shared, listener);
+        self.cuts = crate::http::h2::CutStats::new(shared, listener);
         self.plan_key = bind.to_owned();
         self
     }

@@ -38,6 +38,8 @@ pub fn request(
         }
         match *name {
             "upgrade" if websocket => {}
+            // A `TE` of only `trailers` goes on as it is (http_head decides; gRPC needs it, RFC 9113 §8.2.2).
+            "te" if !verdict.strip.contains("te") => {}
             n if HOP_BY_HOP.contains(&n) || verdict.strip.contains(n) => continue,
             // Envoy answers 100 itself and strips the header (l7-security.md §4); hyper sent the 100.
             "expect" => continue,

@@ -137,3 +137,14 @@ fn response_hop_by_hop() {
     assert_eq!(h.get("connection").unwrap(), "upgrade");
     assert_eq!(h.get("upgrade").unwrap(), "websocket");
 }
+
+#[test]
+fn te_trailers_alone_goes_on_other_codings_do_not() {
+    // gRPC's `te: trailers` reaches the app (RFC 9113 §8.2.2; the app may refuse a call without it).
+    let s = sent(&[("host", "api"), ("te", "trailers")], None);
+    assert_eq!(get(&s, "te"), ["trailers"]);
+    let s = sent(&[("host", "api"), ("te", "gzip, trailers")], None);
+    assert_eq!(get(&s, "te"), ["trailers"]);
+    let s = sent(&[("host", "api"), ("te", "gzip")], None);
+    assert!(get(&s, "te").is_empty());
+}

@@ -48,6 +48,18 @@ pub fn answer(
     r
 }
 
+/// The same answer to a gRPC request: trailers-only, `grpc-status` from the HTTP status (`http::grpc`). A
+/// HEAD cannot be gRPC (always POST), so there is never a body to leave out.
+pub fn grpc_answer(status: StatusCode, text: &'static str, close: bool) -> Response<RespBody> {
+    let mut r = Response::new(RespBody::empty());
+    *r.headers_mut() = crate::http::grpc::local_reply_headers(status.as_u16(), text);
+    if close {
+        r.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    r
+}
+
 /// UNESCAPE_AND_REDIRECT (l7-security.md §1.2 step 2): 307 to the final path and query, no body.
 pub fn redirect(location: &str) -> Response<RespBody> {
     let mut r = answer(StatusCode::TEMPORARY_REDIRECT, "", false, false);

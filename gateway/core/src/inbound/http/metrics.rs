@@ -55,6 +55,7 @@ pub struct HttpStats {
     duration: Histogram,
     denied: Vec<Counter>,
     timeouts: [Counter; 5],
+    pub grpc: crate::http::grpc::GrpcStats,
 }
 
 impl HttpStats {
@@ -94,6 +95,7 @@ impl HttpStats {
                     &[("listener", listener), ("kind", k)],
                 )
             }),
+            grpc: crate::http::grpc::GrpcStats::new(shared, listener),
         }
     }
 

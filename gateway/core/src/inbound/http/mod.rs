@@ -1,4 +1,5 @@
-//! Inbound HTTP/1.1 (the sidecar's public listener with `protocol: http`) on hyper: per request, Envoy's
+//! Inbound HTTP (the sidecar's public listener with an HTTP-like protocol) on hyper, HTTP/1.1 and HTTP/2 on the
+//! same pipeline: per request, Envoy's
 //! order as a Consul ≥ 1.20.1 sidecar runs it (l7-security.md §1.2, §6.1): codec checks → target form → Host
 //! and header checks → path normalization → L7 intentions on the normalized path → the local app over pooled
 //! keep-alive connections, with the same normalized path forwarded (§6.7). Replaces the inbound side of
@@ -46,6 +47,18 @@
 //! `Transfer-Encoding` or `Host` away (the smuggling bypass); `TE: trailers` is kept as Envoy keeps it.
 //! No `x-forwarded-client-cert`: the Python inbound path did not add one either.
 
+//!
+//! # HTTP/2 (`http2`, `grpc`; http2-grpc.md §2.1, §7)
+//! The codec is the one ALPN chose (`tls::Alpn`), else the preface decides (`http::sniff`), as Envoy's AUTO
+//! codec. An HTTP/2 request goes through the same checks (`:authority` stands for Host; h2 itself refuses
+//! connection-specific fields, a `te` other than `trailers`, bad names and a content-length that disagrees
+//! with the DATA, RFC 9113 §8.2, §8.1.1, as stream errors) and intentions. The app gets h2c with prior knowledge
+//! when the listener's protocol is `http2`/`grpc` (one multiplexed connection per app address) and HTTP/1.1
+//! when it is `http`, so callers and app may differ (hyper translates; trailers pass on h2). A gRPC request's
+//! local answers are trailers-only with a `grpc-status` (`http::grpc`). `CONNECT` (and so extended CONNECT,
+//! never enabled in SETTINGS) is refused with 404 as Envoy's route table without a connect matcher does.
+//! Abuse bounds and their counter: `http::h2`.
+
 mod accesslog;
 mod body;
 mod config;
@@ -62,6 +75,7 @@ use std::sync::{Arc, Mutex};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_rustls::server::TlsStream;
@@ -69,8 +83,11 @@ use tokio_rustls::server::TlsStream;
 pub use config::Policy;
 
 use super::Plan;
+use crate::http::h2::{cut_reason, server_builder, ResetWatch};
+use crate::http::sniff::{sniff, Codec, Prefixed};
 use crate::identity::Peer;
 use crate::listener::ListenerStats;
+use crate::snapshot::Addr;
 use crate::state::{Compiled, Level};
 use crate::stats::GaugeGuard;
 use metrics::Timeout;
@@ -79,13 +96,18 @@ use metrics::Timeout;
 const READ_AHEAD: usize = 16 * 1024;
 
 /// One downstream connection: what every request on it shares.
-pub(crate) struct Conn<'a> {
+pub(crate) struct Conn {
     pub peer: Peer,
     pub client_ip: String,
-    pub plan: &'a Plan,
-    pub policy: &'a Policy,
-    pub stats: &'a ListenerStats,
+    pub app: Addr,
+    /// The app speaks h2c (the listener's protocol is `http2` or `grpc`).
+    pub app_h2: bool,
+    pub codec: Codec,
+    pub policy: Arc<Policy>,
+    pub stats: ListenerStats,
     pub recent: tap::Recent,
+    /// HTTP/2: Envoy's premature-reset accounting of this connection.
+    pub resets: Option<Arc<ResetWatch>>,
     /// The relay of an upgraded (WebSocket) exchange: the connection is over when it is.
     pub tunnel: Mutex<Option<JoinHandle<()>>>,
 }
@@ -96,24 +118,64 @@ pub async fn serve(
     peer_addr: SocketAddr,
     _snap: &Arc<Compiled>,
     plan: &Plan,
-    policy: &Policy,
+    policy: &Arc<Policy>,
     stats: &ListenerStats,
 ) {
     stats.accepted.inc();
     let _active = GaugeGuard::new(&stats.active);
+    let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+    let (codec, io) = match alpn.as_deref() {
+        Some(crate::tls::H2) => (Codec::Http2, Prefixed::new(tls)),
+        Some(_) => (Codec::Http1, Prefixed::new(tls)),
+        // No ALPN: the preface decides (Envoy's AUTO codec, http2-grpc.md §7 item 4).
+        None => {
+            let mut draining = stats.shared().draining.subscribe();
+            tokio::select! {
+                r = sniff(tls, policy.request_headers_timeout) => match r {
+                    Ok(x) => x,
+                    Err(_) => return,
+                },
+                _ = draining.wait_for(|d| *d) => return,
+            }
+        }
+    };
     // hyper's read buffer bound: when it hands a request over, its head and everything read past it are
     // within the last max_buf_size bytes read (tap.rs).
     let recent = tap::Recent::new(max_buf(policy) + 4096);
-    let io = TokioIo::new(tap::Tap::new(tls, recent.clone()));
-    let conn = Conn {
+    if codec == Codec::Http2 {
+        recent.counting_only();
+    }
+    let io = TokioIo::new(tap::Tap::new(io, recent.clone()));
+    let conn = Arc::new(Conn {
         peer,
         client_ip: peer_addr.ip().to_string(),
-        plan,
-        policy,
-        stats,
+        app: plan.app.clone(),
+        app_h2: plan.protocol.is_h2(),
+        codec,
+        policy: policy.clone(),
+        stats: stats.clone(),
         recent: recent.clone(),
+        resets: (codec == Codec::Http2).then(ResetWatch::new),
         tunnel: Mutex::new(None),
-    };
+    });
+    match codec {
+        Codec::Http1 => serve_http1(io, &conn).await,
+        Codec::Http2 => serve_http2(io, &conn).await,
+    }
+    let (rx, tx) = recent.counts();
+    stats.bytes_received.add(rx);
+    stats.bytes_sent.add(tx);
+    let tunnel = conn.tunnel.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(t) = tunnel {
+        let _ = t.await;
+    }
+}
+
+async fn serve_http1<I>(io: TokioIo<I>, conn: &Arc<Conn>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let policy = &conn.policy;
     let mut b = http1::Builder::new();
     b.timer(TokioTimer::new())
         .header_read_timeout(policy.request_headers_timeout)
@@ -125,10 +187,10 @@ pub async fn serve(
         .serve_connection(io, service_fn(|req| conn.handle(req)))
         .with_upgrades();
     tokio::pin!(served);
-    let mut draining = stats.shared().draining.subscribe();
+    let mut draining = conn.stats.shared().draining.subscribe();
     let mut closing = false;
     let result = loop {
-        let deadline = policy.idle_timeout.map(|t| recent.last_activity() + t);
+        let deadline = policy.idle_timeout.map(|t| conn.recent.last_activity() + t);
         tokio::select! {
             r = served.as_mut() => break r,
             Ok(_) = draining.wait_for(|d| *d), if !closing => {
@@ -155,22 +217,75 @@ pub async fn serve(
             // counted as the Python path counted its malformed-request 400s.
             let status = if e.is_parse_too_large() { 431 } else { 400 };
             policy.stats.response(status, std::time::Duration::ZERO);
-            stats.shared().log(
+            conn.stats.shared().log(
                 Level::Info,
                 format!(
                     "{}: malformed request from {}: {e}",
-                    stats.name, conn.peer.uri
+                    conn.stats.name, conn.peer.uri
                 ),
             );
         }
     }
-    let (rx, tx) = recent.counts();
-    stats.bytes_received.add(rx);
-    stats.bytes_sent.add(tx);
-    let tunnel = conn.tunnel.lock().unwrap_or_else(|p| p.into_inner()).take();
-    if let Some(t) = tunnel {
-        let _ = t.await;
+}
+
+/// HTTP/2: each stream is a task of its own (hyper's executor), so the handler owns its connection state.
+/// Drain sends GOAWAY twice (h2's graceful shutdown: last-stream-id 2^31-1, a PING, then the real one,
+/// RFC 9113 §6.8, http2-grpc.md §5.4); the streams in flight finish.
+async fn serve_http2<I>(io: TokioIo<I>, conn: &Arc<Conn>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let policy = &conn.policy;
+    let header_list = u32::try_from(policy.max_head_bytes).unwrap_or(u32::MAX);
+    let svc_conn = conn.clone();
+    let svc = service_fn(move |req| {
+        let c = svc_conn.clone();
+        async move { c.handle(req).await }
+    });
+    let served = server_builder(header_list).serve_connection(io, svc);
+    tokio::pin!(served);
+    let mut draining = conn.stats.shared().draining.subscribe();
+    let resets = conn.resets.clone().unwrap_or_default();
+    let mut closing = false;
+    let result = loop {
+        let deadline = policy.idle_timeout.map(|t| conn.recent.last_activity() + t);
+        tokio::select! {
+            r = served.as_mut() => break r,
+            _ = resets.cut.notified() => {
+                // Rapid Reset: cut at once, without a graceful GOAWAY the peer would use for more of it.
+                policy.cuts.count("rapid_reset");
+                log_cut(conn, "rapid_reset");
+                return;
+            }
+            Ok(_) = draining.wait_for(|d| *d), if !closing => {
+                served.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = sleep_until(deadline), if !closing => {
+                if deadline.is_some_and(|d| d <= tokio::time::Instant::now()) {
+                    policy.stats.timeout(Timeout::Idle);
+                    served.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
+    };
+    if let Err(e) = result {
+        if let Some(reason) = cut_reason(&e) {
+            policy.cuts.count(reason);
+            log_cut(conn, reason);
+        }
     }
+}
+
+fn log_cut(conn: &Conn, reason: &str) {
+    conn.stats.shared().log(
+        Level::Warning,
+        format!(
+            "{}: HTTP/2 connection from {} closed: {reason}",
+            conn.stats.name, conn.peer.uri
+        ),
+    );
 }
 
 fn max_buf(policy: &Policy) -> usize {

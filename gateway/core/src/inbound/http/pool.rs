@@ -3,12 +3,15 @@
 //! and goes back only when its response body ended and its request body was sent whole, so a slow caller never
 //! holds an idle app connection (l7-security.md §6; the brief's slow-head rule). Pools are shared across
 //! snapshots with the same settings, so a snapshot swap does not drop the warm connections.
+//!
+//! An `http2`/`grpc` app is reached over h2c with prior knowledge (http2-grpc.md §2.2): one connection per app
+//! address carries every stream (hyper's HTTP/2 sender is a handle to it), replaced when it closes.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use hyper::client::conn::http1::{self, SendRequest};
+use hyper::client::conn::{http1, http2};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
@@ -20,17 +23,22 @@ const READY_WAIT: Duration = Duration::from_millis(100);
 
 type Key = (usize, Option<Duration>, Duration);
 
+pub type AppSender = http1::SendRequest<ReqBody>;
+pub type AppSender2 = http2::SendRequest<ReqBody>;
+
 static POOLS: Mutex<Vec<(Key, Weak<AppPool>)>> = Mutex::new(Vec::new());
 
 struct Idle {
     host: String,
     port: u16,
-    sender: SendRequest<ReqBody>,
+    sender: AppSender,
     since: Instant,
 }
 
 pub struct AppPool {
     idle: Mutex<VecDeque<Idle>>,
+    /// h2c connections by app address (a handful at most: one per address the listeners name).
+    h2: Mutex<Vec<(String, u16, AppSender2)>>,
     max_idle: usize,
     idle_timeout: Option<Duration>,
     pub connect_timeout: Duration,
@@ -57,7 +65,7 @@ pub struct Checkin {
     pool: Arc<AppPool>,
     host: String,
     port: u16,
-    sender: SendRequest<ReqBody>,
+    sender: AppSender,
     req: Arc<ReqState>,
 }
 
@@ -90,6 +98,7 @@ impl AppPool {
         }
         let p = Arc::new(AppPool {
             idle: Mutex::new(VecDeque::new()),
+            h2: Mutex::new(Vec::new()),
             max_idle,
             idle_timeout,
             connect_timeout,
@@ -98,7 +107,7 @@ impl AppPool {
         p
     }
 
-    fn put(&self, host: String, port: u16, sender: SendRequest<ReqBody>) {
+    fn put(&self, host: String, port: u16, sender: AppSender) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() >= self.max_idle {
             idle.pop_front(); // the oldest goes: the bound holds (design.md "every queue")
@@ -112,7 +121,7 @@ impl AppPool {
     }
 
     /// The newest idle connection to `host:port` that is still usable, or None.
-    pub async fn take(&self, host: &str, port: u16) -> Option<SendRequest<ReqBody>> {
+    pub async fn take(&self, host: &str, port: u16) -> Option<AppSender> {
         loop {
             let cand = {
                 let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
@@ -133,8 +142,32 @@ impl AppPool {
         }
     }
 
-    /// A new connection to the app; its connection task runs until the app or the pool lets go of it.
-    pub async fn dial(&self, host: &str, port: u16) -> Result<SendRequest<ReqBody>, DialError> {
+    /// The open h2c connection to `host:port`, if there is one.
+    pub fn take_h2(&self, host: &str, port: u16) -> Option<AppSender2> {
+        let mut h2 = self.h2.lock().unwrap_or_else(|p| p.into_inner());
+        h2.retain(|(_, _, s)| !s.is_closed());
+        h2.iter()
+            .find(|(h, p, s)| h == host && *p == port && s.is_ready())
+            .map(|(_, _, s)| s.clone())
+    }
+
+    /// A new h2c connection to the app, kept for the requests after this one.
+    pub async fn dial_h2(&self, host: &str, port: u16) -> Result<AppSender2, DialError> {
+        let stream = self.connect(host, port).await?;
+        let (sender, conn) = crate::http::h2::client_builder()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(DialError::Handshake)?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut h2 = self.h2.lock().unwrap_or_else(|p| p.into_inner());
+        h2.retain(|(h, p, s)| !(s.is_closed() || (h == host && *p == port)));
+        h2.push((host.to_owned(), port, sender.clone()));
+        Ok(sender)
+    }
+
+    async fn connect(&self, host: &str, port: u16) -> Result<TcpStream, DialError> {
         let stream = match tokio::time::timeout(
             self.connect_timeout,
             TcpStream::connect((host, port)),
@@ -146,6 +179,12 @@ impl AppPool {
             Ok(Ok(s)) => s,
         };
         let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    /// A new connection to the app; its connection task runs until the app or the pool lets go of it.
+    pub async fn dial(&self, host: &str, port: u16) -> Result<AppSender, DialError> {
+        let stream = self.connect(host, port).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -160,7 +199,7 @@ impl AppPool {
         self: &Arc<Self>,
         host: &str,
         port: u16,
-        sender: SendRequest<ReqBody>,
+        sender: AppSender,
         req: Arc<ReqState>,
     ) -> Checkin {
         Checkin {

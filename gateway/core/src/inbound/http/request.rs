@@ -12,7 +12,6 @@ use http::header::{HeaderValue, HOST, USER_AGENT};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use meshgw_proto::http_head::{check_request_headers, split_target, HeadError, HeaderVerdict};
 use meshgw_proto::intentions::Request as AuthzRequest;
@@ -23,8 +22,10 @@ use super::body::{Finish, ReqBody, ReqState, RespBody};
 use super::headers;
 use super::local::{self, answer};
 use super::metrics::Timeout;
-use super::pool::DialError;
+use super::pool::{AppSender, DialError};
 use super::Conn;
+use crate::http::grpc;
+use crate::http::sniff::Codec;
 use crate::relay::relay;
 use crate::state::{Level, Plan as State};
 
@@ -94,23 +95,37 @@ fn clip(s: &str) -> &str {
     }
 }
 
-impl Conn<'_> {
+impl Conn {
     pub async fn handle(
         &self,
         mut req: Request<Incoming>,
     ) -> Result<Response<RespBody>, Infallible> {
         let started = Instant::now();
+        // HTTP/2: a stream the caller resets before its answer counts towards Rapid Reset (http::h2).
+        let mut stream = self.resets.as_ref().map(|r| r.stream());
         let head = req.method() == Method::HEAD;
+        let h2 = self.codec == Codec::Http2;
         let target = match req.uri().scheme() {
+            // HTTP/2 always has `:scheme` and `:authority`: its target is `:path` (RFC 9113 §8.3.1).
+            Some(_) if h2 && req.method() != Method::CONNECT => req
+                .uri()
+                .path_and_query()
+                .map_or_else(String::new, |p| p.as_str().to_owned()),
             Some(_) => req.uri().to_string(),
+            None if h2 => req.uri().to_string(),
             None => req
                 .uri()
                 .path_and_query()
                 .map_or_else(|| req.uri().to_string(), |p| p.as_str().to_owned()),
         };
         // Every request line is looked up, in order, so the next lookup starts after this one (tap.rs).
-        let chunked = req.headers().contains_key(http::header::TRANSFER_ENCODING);
-        let raw = self.recent.lookup(req.method().as_str(), &target, chunked);
+        let raw = if h2 {
+            super::tap::Raw::default()
+        } else {
+            let chunked = req.headers().contains_key(http::header::TRANSFER_ENCODING);
+            self.recent.lookup(req.method().as_str(), &target, chunked)
+        };
+        let grpc = grpc::is_grpc(req.headers());
         // Filled only while the access log is on: nothing else reads it.
         let ex = if self.policy.access_log.is_none() {
             Exchange::default()
@@ -123,11 +138,14 @@ impl Conn<'_> {
                 version: version_name(req.version()),
                 downstream_address: self.client_ip.clone(),
                 source_service: self.peer.id.service.clone(),
-                authority: header_str(&req, HOST),
+                authority: header_str(&req, HOST)
+                    .or_else(|| req.uri().authority().map(|a| a.to_string())),
                 user_agent: header_str(&req, USER_AGENT),
                 ..Exchange::default()
             }
         };
+        let mut ex = ex;
+        ex.grpc = grpc;
         let websocket = {
             let received = received(req.headers());
             req.method() == Method::GET && headers::is_websocket(&received)
@@ -141,6 +159,9 @@ impl Conn<'_> {
         self.policy
             .stats
             .response(resp.status().as_u16(), started.elapsed());
+        if let Some(s) = stream.as_mut() {
+            s.answered();
+        }
         Ok(resp)
     }
 
@@ -153,7 +174,8 @@ impl Conn<'_> {
         websocket: bool,
     ) -> Result<Admitted, Refusal> {
         // Consul leaves accept_http_10 false: 426 from the codec (l7-security.md §4, §6.16).
-        if parts.version != Version::HTTP_11 {
+        let h2 = self.codec == Codec::Http2;
+        if parts.version != Version::HTTP_11 && !(h2 && parts.version == Version::HTTP_2) {
             return Err(Refusal {
                 status: StatusCode::UPGRADE_REQUIRED,
                 text: "",
@@ -184,7 +206,20 @@ impl Conn<'_> {
             // The listener has no usable plan now: its connections are refused (fail closed).
             None => return Err(Refusal::denied()),
         };
-        let received = received(&parts.headers);
+        let mut received = received(&parts.headers);
+        if h2 {
+            // `:authority` is HTTP/2's Host (RFC 9113 §8.3.1): the checks, intentions and an HTTP/1.1 app see it
+            // as Host; a `host` field beside it is dropped so there are never two.
+            received.retain(|(n, _)| *n != "host");
+            if parts.method == Method::CONNECT {
+                // CONNECT (and extended CONNECT, never enabled in SETTINGS) is not routed: Consul configures
+                // no connect matcher (http2-grpc.md §7; the issue: refused cleanly). Same answer as HTTP/1.1.
+                return Err(head_error(HeadError::AuthorityForm));
+            }
+            if let Some(a) = parts.uri.authority() {
+                received.push(("host", a.as_str().as_bytes()));
+            }
+        }
         let verdict: HeaderVerdict =
             check_request_headers(&received, norm.headers_with_underscores_action)
                 .map_err(head_error)?;
@@ -276,6 +311,10 @@ impl Conn<'_> {
     fn refuse(&self, r: Refusal, head: bool, mut ex: Exchange) -> Response<RespBody> {
         self.policy.stats.denied(r.reason);
         ex.status = r.status.as_u16();
+        let grpc = ex.grpc;
+        if grpc {
+            ex.grpc_status = Some(grpc::status_for_http(ex.status));
+        }
         ex.flags = if r.status == StatusCode::FORBIDDEN {
             "RBAC"
         } else {
@@ -283,7 +322,8 @@ impl Conn<'_> {
         };
         let mut resp = match &r.location {
             Some(l) => local::redirect(l),
-            None => answer(r.status, r.text, head, r.close),
+            None if grpc => local::grpc_answer(r.status, r.text, r.close && !self.is_h2()),
+            None => answer(r.status, r.text, head, r.close && !self.is_h2()),
         };
         let body = std::mem::replace(resp.body_mut(), RespBody::empty());
         *resp.body_mut() = body.with_finish(self.finish(ex, None));
@@ -300,12 +340,21 @@ impl Conn<'_> {
         state: &Arc<ReqState>,
         mut ex: Exchange,
     ) -> Response<RespBody> {
+        let grpc = ex.grpc;
         ex.status = status.as_u16();
         ex.flags = flags;
+        if grpc {
+            ex.grpc_status = Some(grpc::status_for_http(ex.status));
+        }
         // The connection goes on only if the whole request body was read (gateway/http/proxy.py
-        // local_response): otherwise its rest would be taken for the next request.
-        let close = !state.is_whole();
-        let mut resp = answer(status, text, head, close);
+        // local_response): otherwise its rest would be taken for the next request. HTTP/2 frames each stream
+        // apart: the connection always goes on.
+        let close = !state.is_whole() && !self.is_h2();
+        let mut resp = if grpc {
+            local::grpc_answer(status, text, close)
+        } else {
+            answer(status, text, head, close)
+        };
         let body = std::mem::replace(resp.body_mut(), RespBody::empty());
         *resp.body_mut() = body.with_finish(self.finish(ex, Some(state.clone())));
         resp
@@ -322,7 +371,24 @@ impl Conn<'_> {
     ) -> Response<RespBody> {
         ex.request_id = a.sent.request_id.clone();
         ex.traceparent = a.sent.traceparent.clone();
-        let Ok(uri) = Uri::try_from(a.path.as_str()) else {
+        let mut headers = a.sent.headers;
+        let uri = if self.app_h2 {
+            // h2c to the app: `:authority` from Host (RFC 9113 §8.3.1), `:scheme` http (plaintext hop).
+            let host = headers.remove(HOST);
+            let authority = host.as_ref().and_then(|h| h.to_str().ok()).map_or_else(
+                || format!("{}:{}", self.app.address, self.app.port),
+                str::to_owned,
+            );
+            Uri::builder()
+                .scheme("http")
+                .authority(authority)
+                .path_and_query(a.path.as_str())
+                .build()
+                .ok()
+        } else {
+            Uri::try_from(a.path.as_str()).ok()
+        };
+        let Some(uri) = uri else {
             return self.refuse(Refusal::bad("invalid_request_target", false), head, ex);
         };
         let state = ReqState::new();
@@ -333,8 +399,8 @@ impl Conn<'_> {
         ));
         *out.method_mut() = parts.method.clone();
         *out.uri_mut() = uri;
-        *out.headers_mut() = a.sent.headers;
-        let app = &self.plan.app;
+        *out.headers_mut() = headers;
+        let app = &self.app;
         let exchange = self.exchange(out, &app.address, app.port);
         let timed = async {
             // The route timeout runs from the end of the request, as Envoy's (and the Python path's) does.
@@ -391,6 +457,16 @@ impl Conn<'_> {
                         ex,
                     );
                 }
+                self.stats.shared().log(
+                    Level::Info,
+                    format!(
+                        "{}: the local app at {}:{} failed the request: {}",
+                        self.stats.name,
+                        app.address,
+                        app.port,
+                        error_chain(&e)
+                    ),
+                );
                 if e.is_parse() {
                     return self.fail(
                         StatusCode::BAD_GATEWAY,
@@ -413,6 +489,7 @@ impl Conn<'_> {
         };
         ex.head_time = Some(Instant::now());
         ex.status = resp.status().as_u16();
+        ex.grpc_status = grpc::status_of(resp.headers());
         ex.upstream_host = format!("{}:{}", app.address, app.port);
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let (true, Some(down)) = (a.websocket, on_upgrade) {
@@ -435,13 +512,14 @@ impl Conn<'_> {
         }
         headers::response(resp.headers_mut(), false);
         let (p, incoming) = resp.into_parts();
-        let checkin = self
-            .policy
-            .pool
-            .checkin(&app.address, app.port, sender, state.clone());
+        let checkin = sender.map(|s| {
+            self.policy
+                .pool
+                .checkin(&app.address, app.port, s, state.clone())
+        });
         let body = RespBody::proxied(
             incoming,
-            Some(checkin),
+            checkin,
             self.policy.stream_idle_timeout,
             self.finish(ex, Some(state)),
         );
@@ -455,19 +533,37 @@ impl Conn<'_> {
         req: Request<ReqBody>,
         host: &str,
         port: u16,
-    ) -> Result<(SendRequest<ReqBody>, Response<Incoming>), Failure> {
+    ) -> Result<(Option<AppSender>, Response<Incoming>), Failure> {
         let pool = &self.policy.pool;
+        if self.app_h2 {
+            // One multiplexed h2c connection per app address: nothing to check in or out per request.
+            let mut sender = match pool.take_h2(host, port) {
+                Some(s) => s,
+                None => pool.dial_h2(host, port).await.map_err(Failure::Dial)?,
+            };
+            return match sender.try_send_request(req).await {
+                Ok(r) => Ok((None, r)),
+                Err(mut e) => match e.take_message() {
+                    Some(req) => {
+                        let mut fresh = pool.dial_h2(host, port).await.map_err(Failure::Dial)?;
+                        let r = fresh.send_request(req).await.map_err(Failure::Send)?;
+                        Ok((None, r))
+                    }
+                    None => Err(Failure::Send(e.into_error())),
+                },
+            };
+        }
         let mut sender = match pool.take(host, port).await {
             Some(s) => s,
             None => pool.dial(host, port).await.map_err(Failure::Dial)?,
         };
         match sender.try_send_request(req).await {
-            Ok(r) => Ok((sender, r)),
+            Ok(r) => Ok((Some(sender), r)),
             Err(mut e) => match e.take_message() {
                 Some(req) => {
                     let mut fresh = pool.dial(host, port).await.map_err(Failure::Dial)?;
                     let r = fresh.send_request(req).await.map_err(Failure::Send)?;
-                    Ok((fresh, r))
+                    Ok((Some(fresh), r))
                 }
                 None => Err(Failure::Send(e.into_error())),
             },
@@ -489,6 +585,24 @@ impl Conn<'_> {
         });
         *self.tunnel.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
     }
+}
+
+impl Conn {
+    fn is_h2(&self) -> bool {
+        self.codec == Codec::Http2
+    }
+}
+
+/// An error with its causes, `: `-joined (hyper's own text is only its kind).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
 }
 
 enum Failure {

@@ -24,6 +24,8 @@ struct Ring {
     /// Where the search for the next request line starts (index into `bytes`).
     cursor: usize,
     on: bool,
+    /// False on an HTTP/2 connection: bytes are counted, not kept (no request line to look up there).
+    keep: bool,
     /// Bytes read and written while the connection speaks HTTP (a tunnel counts its own in `relay`).
     rx: u64,
     tx: u64,
@@ -41,6 +43,7 @@ impl Recent {
             cap,
             cursor: 0,
             on: true,
+            keep: true,
             rx: 0,
             tx: 0,
             last: tokio::time::Instant::now(),
@@ -54,6 +57,9 @@ impl Recent {
         }
         r.rx += data.len() as u64;
         r.last = tokio::time::Instant::now();
+        if !r.keep {
+            return;
+        }
         r.bytes.extend(data);
         let over = r.bytes.len().saturating_sub(r.cap);
         if over > 0 {
@@ -79,6 +85,13 @@ impl Recent {
     /// When a byte last went either way.
     pub fn last_activity(&self) -> tokio::time::Instant {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).last
+    }
+
+    /// HTTP/2 frames its heads itself (HPACK): nothing to look up, only counts and activity.
+    pub fn counting_only(&self) {
+        let mut r = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        r.keep = false;
+        r.bytes = VecDeque::new();
     }
 
     /// An upgraded connection carries no more requests: stop copying its bytes.

@@ -13,11 +13,11 @@ use super::balancer::{now_ns, Pick};
 use super::body::Payload;
 use super::conn::ConnCtx;
 use super::exchange::{bad_body, Exchange, Fail};
-use super::pool::Conn;
+use super::pool::{Conn, Sender};
 use super::retry::{Kind, RetryPolicy};
 use super::runtime::BREAKERS;
 use super::{HttpCluster, Plan};
-use crate::outbound::dial::{dial_one, Timeouts};
+use crate::outbound::dial::{dial_one_with, Timeouts};
 use crate::tls::MeshTls;
 
 pub(super) enum ConnErr {
@@ -114,6 +114,14 @@ impl Attempts<'_> {
                 Ok(resp) => {
                     host.observe_rtt(t0.elapsed());
                     let status = resp.status().as_u16();
+                    let grpc_retry = ex.grpc && self.policy.grpc_retriable(resp.headers());
+                    if grpc_retry && self.may_retry(ex, Kind::Grpc, &payload) {
+                        ex.detach();
+                        rt.host_result(host, status, &c.outlier, &self.cx.shared);
+                        drop(resp);
+                        self.backoff(ex).await;
+                        continue;
+                    }
                     if self.policy.status_retriable(status)
                         && self.may_retry(ex, Kind::Status, &payload)
                     {
@@ -182,7 +190,9 @@ impl Attempts<'_> {
             rt.m.retry_overflow.inc();
             return false;
         }
-        rt.m.retries[kind as usize].inc();
+        if let Some(c) = rt.m.retries.get(kind as usize) {
+            c.inc();
+        }
         true
     }
 
@@ -242,7 +252,12 @@ impl Attempts<'_> {
             connect: c.connect_timeout,
             handshake: self.plan.handshake_timeout,
         };
-        let s = match dial_one(ep, &c.dial, self.tls, &t).await {
+        let client = if self.plan.h2 {
+            &self.tls.client_h2
+        } else {
+            &self.tls.client_http
+        };
+        let s = match dial_one_with(ep, &c.dial, client, &t).await {
             Ok(s) => {
                 self.cx.stats.handshake(s.get_ref().1);
                 s
@@ -255,6 +270,31 @@ impl Attempts<'_> {
                 return Err(ConnErr::Failed);
             }
         };
+        let open = c.rt.pool.opened();
+        if self.plan.h2 {
+            // h2 whatever ALPN said, as Envoy's explicit-HTTP/2 cluster (http2-grpc.md §2.4, §7 item 5).
+            let (tx, conn) = match crate::http::h2::client_builder()
+                .handshake(TokioIo::new(s))
+                .await
+            {
+                Ok(x) => x,
+                Err(e) => {
+                    self.cx
+                        .stats
+                        .upstream_error("connect_failed", || format!("HTTP/2 set-up failed: {e}"));
+                    return Err(ConnErr::Failed);
+                }
+            };
+            tokio::spawn(async move {
+                let _open = open;
+                let _ = conn.await;
+            });
+            c.rt.pool.add_h2(&c.keys[i], &tx);
+            return Ok(Conn {
+                tx: Sender::H2(tx),
+                key: c.keys[i].clone(),
+            });
+        }
         let (tx, conn) = match hyper::client::conn::http1::Builder::new()
             .handshake(TokioIo::new(s))
             .await
@@ -267,13 +307,12 @@ impl Attempts<'_> {
                 return Err(ConnErr::Failed);
             }
         };
-        let open = c.rt.pool.opened();
         tokio::spawn(async move {
             let _open = open;
             let _ = conn.with_upgrades().await;
         });
         Ok(Conn {
-            tx,
+            tx: Sender::H1(tx),
             key: c.keys[i].clone(),
         })
     }

@@ -61,22 +61,20 @@ impl Body for ReqBody {
                 if let Some(b) = prefix.pop_front() {
                     return Poll::Ready(Some(Ok(Frame::data(b))));
                 }
-                loop {
-                    return match Pin::new(&mut *rest).poll_frame(cx) {
-                        Poll::Ready(Some(Ok(f))) => match f.into_data() {
-                            Ok(d) => {
-                                tap.bytes.fetch_add(d.len() as u64, Ordering::Relaxed);
-                                Poll::Ready(Some(Ok(Frame::data(d))))
-                            }
-                            // Trailers are dropped, as the Python proxy and Envoy's HTTP/1 codec do.
-                            Err(_) => continue,
-                        },
-                        Poll::Ready(Some(Err(e))) => {
-                            tap.failed.store(true, Ordering::Relaxed);
-                            Poll::Ready(Some(Err(e)))
+                // Trailers go on as they came (HTTP/2 end to end, RFC 9113 §8.1); hyper's HTTP/1.1 writer
+                // sends them only in a chunked body.
+                match Pin::new(&mut *rest).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(f))) => {
+                        if let Some(d) = f.data_ref() {
+                            tap.bytes.fetch_add(d.len() as u64, Ordering::Relaxed);
                         }
-                        other => other,
-                    };
+                        Poll::Ready(Some(Ok(f)))
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        tap.failed.store(true, Ordering::Relaxed);
+                        Poll::Ready(Some(Err(e)))
+                    }
+                    other => other,
                 }
             }
         }
@@ -227,13 +225,17 @@ impl Body for RespBody {
         let this = self.get_mut();
         let r = match &mut this.inner {
             Inner::Local(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Inner::Upstream(b) => loop {
-                match Pin::new(&mut *b).poll_frame(cx) {
-                    // Trailers are dropped (HTTP/1.1 to the app, as the Python proxy).
-                    Poll::Ready(Some(Ok(f))) if !f.is_data() => continue,
-                    other => break other,
+            // Trailers pass (gRPC's status travels in them, http2-grpc.md §5.5); an HTTP/1.1 caller gets them
+            // only in a chunked answer to a request that said `TE: trailers` (hyper's rule).
+            Inner::Upstream(b) => {
+                let r = Pin::new(&mut *b).poll_frame(cx);
+                if let (Poll::Ready(Some(Ok(f))), Some(ex)) = (&r, this.ex.as_mut()) {
+                    if let Some(t) = f.trailers_ref() {
+                        ex.grpc_trailers(t);
+                    }
                 }
-            },
+                r
+            }
         };
         match &r {
             Poll::Ready(Some(Ok(f))) => {

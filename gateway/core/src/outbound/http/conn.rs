@@ -1,5 +1,7 @@
-//! One downstream connection of an outbound HTTP listener: hyper's HTTP/1.1 server over the app's socket (bytes
-//! counted for the listener), the idle keep-alive watchdog, drain, and the per-request look-up of the current plan.
+//! One downstream connection of an outbound HTTP listener: hyper's HTTP/1.1 or HTTP/2 (h2c with prior knowledge,
+//! told by its preface as Envoy's AUTO codec does on the local upstream port, http2-grpc.md §2.3, §7 item 7)
+//! server over the app's socket (bytes counted for the listener), the idle keep-alive watchdog, drain, and the
+//! per-request look-up of the current plan.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -16,6 +18,8 @@ use tokio::net::TcpStream;
 use super::balancer::now_ns;
 use super::forward::handle;
 use super::Plan;
+use crate::http::h2::{cut_reason, server_builder, ResetWatch};
+use crate::http::sniff::{sniff, Codec, Prefixed};
 use crate::listener::ListenerStats;
 use crate::state::{self, Compiled, Shared};
 use crate::stats::GaugeGuard;
@@ -98,16 +102,28 @@ pub async fn serve_connection(
         peer_ip: peer.ip().to_string(),
         stats: stats.clone(),
     });
-    let svc = service_fn(move |req| {
-        let cx = cx.clone();
-        async move { Ok::<_, Infallible>(handle(req, cx).await) }
-    });
+    // Until its first bytes the connection is idle: drain closes it as it would an idle keep-alive one.
+    let (codec, stream) = tokio::select! {
+        r = sniff(stream, Some(idle_timeout)) => match r {
+            Ok(x) => x,
+            Err(_) => return,
+        },
+        _ = draining.wait_for(|d| *d) => return,
+    };
     let io = TokioIo::new(Counted {
         http10,
         inner: stream,
         rx: 0,
         tx: 0,
-        stats,
+        stats: stats.clone(),
+    });
+    if codec == Codec::Http2 {
+        serve_h2(io, cx, draining, &stats).await;
+        return;
+    }
+    let svc = service_fn(move |req| {
+        let cx = cx.clone();
+        async move { Ok::<_, Infallible>(handle(req, cx).await) }
     });
     let conn = b.serve_connection(io, svc).with_upgrades();
     tokio::pin!(conn);
@@ -144,10 +160,83 @@ pub async fn serve_connection(
     }
 }
 
+/// h2c from the app: streams multiplexed, each its own task. A stream reset before its answer counts towards
+/// Rapid Reset as on the mesh side (`http::h2`); drain is h2's double GOAWAY. Idle connections close after the
+/// listener's idle timeout as HTTP/1.1 ones do.
+async fn serve_h2(
+    io: TokioIo<Counted>,
+    cx: Arc<ConnCtx>,
+    mut draining: tokio::sync::watch::Receiver<bool>,
+    stats: &ListenerStats,
+) {
+    let plan = cx.accept_plan.clone();
+    let resets = ResetWatch::new();
+    let idle = cx.idle.clone();
+    let svc_resets = resets.clone();
+    let svc = service_fn(move |req| {
+        let cx = cx.clone();
+        let mut stream = svc_resets.stream();
+        async move {
+            let r = handle(req, cx).await;
+            stream.answered();
+            Ok::<_, Infallible>(r)
+        }
+    });
+    // The app's own requests: the header list bound is the listener's header count bound's order of size.
+    let conn = server_builder(64 * 1024).serve_connection(io, svc);
+    tokio::pin!(conn);
+    let idle_ns = u64::try_from(plan.idle_timeout.as_nanos()).unwrap_or(u64::MAX);
+    let check = (plan.idle_timeout / 4).clamp(
+        std::time::Duration::from_millis(10),
+        std::time::Duration::from_secs(1),
+    );
+    let mut closing = false;
+    if *draining.borrow_and_update() {
+        conn.as_mut().graceful_shutdown();
+        closing = true;
+    }
+    let result = loop {
+        tokio::select! {
+            r = &mut conn => break r,
+            _ = resets.cut.notified() => {
+                plan.m.h2_cuts.count("rapid_reset");
+                return;
+            }
+            r = draining.changed(), if !closing => {
+                if r.is_err() || *draining.borrow() {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+            _ = tokio::time::sleep(check), if !closing => {
+                let quiet = idle.inflight.load(Ordering::Relaxed) == 0
+                    && now_ns().saturating_sub(idle.last_ns.load(Ordering::Relaxed)) >= idle_ns;
+                if quiet {
+                    plan.m.timeouts[2].inc();
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    };
+    if let Err(e) = result {
+        if let Some(reason) = cut_reason(&e) {
+            plan.m.h2_cuts.count(reason);
+            stats.shared().log(
+                crate::state::Level::Warning,
+                format!(
+                    "{}: HTTP/2 connection from the app closed: {reason}",
+                    plan.listener
+                ),
+            );
+        }
+    }
+}
+
 /// The downstream socket with its byte counts, added to the listener's when the connection ends.
 struct Counted {
     http10: Arc<std::sync::atomic::AtomicBool>,
-    inner: TcpStream,
+    inner: Prefixed<TcpStream>,
     rx: u64,
     tx: u64,
     stats: ListenerStats,

@@ -42,6 +42,9 @@ pub struct Exchange {
     pub(super) sent: u64,
     pub(super) log: Option<Record>,
     pub(super) idle: Arc<IdleTrack>,
+    /// The request is gRPC (`http::grpc::is_grpc`): local answers are trailers-only, the status is counted.
+    pub(super) grpc: bool,
+    pub(super) grpc_status: Option<u32>,
 }
 
 impl Exchange {
@@ -61,12 +64,13 @@ impl Exchange {
                     .map_or_else(|| req.uri().to_string(), |p| p.as_str().to_string()),
                 protocol: match req.version() {
                     Version::HTTP_10 => "HTTP/1.0",
+                    Version::HTTP_2 => "HTTP/2",
                     _ => "HTTP/1.1",
                 }
                 .into(),
                 downstream_address: cx.peer_ip.clone(),
                 source: plan.source.clone(),
-                authority: hv("host"),
+                authority: hv("host").or_else(|| req.uri().authority().map(|a| a.to_string())),
                 user_agent: hv("user-agent"),
                 ..Record::default()
             }
@@ -89,6 +93,8 @@ impl Exchange {
             tap: Arc::new(Tap::default()),
             sent: 0,
             log,
+            grpc: crate::http::grpc::is_grpc(req.headers()),
+            grpc_status: None,
             idle: {
                 cx.idle.inflight.fetch_add(1, Ordering::Relaxed);
                 cx.idle.clone()
@@ -119,6 +125,13 @@ impl Exchange {
     pub fn finish(mut self: Box<Self>, sent: u64, _complete: bool) {
         self.sent = sent;
     }
+
+    /// The response head or trailers may carry the call's `grpc-status`.
+    pub fn grpc_trailers(&mut self, h: &http::HeaderMap) {
+        if let Some(s) = crate::http::grpc::status_of(h) {
+            self.grpc_status = Some(s);
+        }
+    }
 }
 
 impl Drop for Exchange {
@@ -127,6 +140,9 @@ impl Drop for Exchange {
         self.idle.last_ns.store(now_ns(), Ordering::Relaxed);
         self.idle.inflight.fetch_sub(1, Ordering::Relaxed);
         let elapsed = self.started.elapsed();
+        if let (true, Some(s)) = (self.grpc, self.grpc_status) {
+            self.plan.m.grpc.count(s);
+        }
         if let Some(c) = &self.cluster {
             if self.active {
                 c.rt.active.fetch_sub(1, Ordering::Relaxed);
@@ -160,6 +176,7 @@ impl Drop for Exchange {
         rec.bytes_sent = self.sent;
         rec.upstream_service_time = self.head_at.map(|h| h - self.started);
         rec.retries = self.retries;
+        rec.grpc_status = self.grpc_status;
         rec.host = std::mem::take(&mut self.upstream_host);
         if let Some(c) = &self.cluster {
             rec.cluster = c.name.clone();
@@ -188,6 +205,17 @@ pub(super) fn local(
 ) -> Response<RespBody> {
     ex.flags = flags;
     ex.head(status);
+    if ex.grpc {
+        // Trailers-only with the mapped status, as Envoy's local replies to gRPC (http2-grpc.md §3).
+        ex.grpc_status = Some(crate::http::grpc::status_for_http(status));
+        let mut r = Response::new(RespBody::local(Bytes::new(), Some(ex)));
+        *r.headers_mut() = crate::http::grpc::local_reply_headers(status, text);
+        if let Some(b) = overloaded {
+            r.headers_mut()
+                .insert("x-meshgw-overloaded", HeaderValue::from_static(b));
+        }
+        return r;
+    }
     let body = Bytes::from(format!("{text}\n"));
     let len = body.len();
     let mut r = Response::new(RespBody::local(body, Some(ex)));

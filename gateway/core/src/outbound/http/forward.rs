@@ -54,6 +54,7 @@ async fn tunnel(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) 
 
 pub(super) async fn handle(mut req: Request<Incoming>, cx: Arc<ConnCtx>) -> Response<RespBody> {
     let (snap, plan) = cx.current();
+    let down_version = req.version();
     if req.version() == Version::HTTP_10 {
         cx.http10.store(true, Ordering::Relaxed);
     }
@@ -130,14 +131,39 @@ pub(super) async fn handle(mut req: Request<Incoming>, cx: Arc<ConnCtx>) -> Resp
         }
         _ => pq.clone(),
     };
-    let uri = Uri::try_from(target.as_str())
-        .unwrap_or_else(|_| Uri::try_from(pq.as_str()).unwrap_or_else(|_| Uri::from_static("/")));
     let mut hdrs = parts.headers;
-    if !hdrs.contains_key(http::header::HOST) {
-        if let Some(h) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
-            hdrs.insert(http::header::HOST, h);
+    let uri = if plan.h2 {
+        // HTTP/2 upstream: `:authority` from Host (or the caller's own `:authority`), `:scheme` as the app spoke
+        // it (plaintext: http); no `host` field beside it (RFC 9113 §8.3.1).
+        hdrs.remove(http::header::HOST);
+        let authority = host.clone().unwrap_or_else(|| cluster.name.clone());
+        Uri::builder()
+            .scheme("http")
+            .authority(authority.as_str())
+            .path_and_query(target.as_str())
+            .build()
+            .or_else(|_| {
+                Uri::builder()
+                    .scheme("http")
+                    .authority(cluster.name.as_str())
+                    .path_and_query(target.as_str())
+                    .build()
+            })
+            .ok()
+    } else {
+        if !hdrs.contains_key(http::header::HOST) {
+            // An HTTP/2 caller's `:authority` becomes Host for an HTTP/1.1 upstream.
+            if let Some(h) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
+                hdrs.insert(http::header::HOST, h);
+            }
         }
-    }
+        Some(Uri::try_from(target.as_str()).unwrap_or_else(|_| {
+            Uri::try_from(pq.as_str()).unwrap_or_else(|_| Uri::from_static("/"))
+        }))
+    };
+    let Some(uri) = uri else {
+        return local(ex, 400, "invalid request target", "", None);
+    };
     // hyper answers Expect: 100-continue itself when the body is read; the upstream must not wait for it.
     hdrs.remove(http::header::EXPECT);
     let sent = headers::forward_request(&mut hdrs, &cx.peer_ip, &split.request);
@@ -171,7 +197,7 @@ pub(super) async fn handle(mut req: Request<Incoming>, cx: Arc<ConnCtx>) -> Resp
         headers: hdrs,
         hash,
     };
-    let replay = upgrade.is_none() && a.policy.wants_replay(&a.method);
+    let replay = upgrade.is_none() && a.policy.wants_replay(&a.method, ex.grpc);
     let tap = ex.tap.clone();
     let run = async {
         let payload = Payload::prepare(body, replay, &tap).await;
@@ -208,7 +234,12 @@ pub(super) async fn handle(mut req: Request<Incoming>, cx: Arc<ConnCtx>) -> Resp
             }
             let (mut rp, rbody) = resp.into_parts();
             headers::forward_response(&mut rp.headers, &split.response);
-            rp.version = Version::HTTP_11;
+            rp.version = if down_version == Version::HTTP_2 {
+                Version::HTTP_2
+            } else {
+                Version::HTTP_11
+            };
+            ex.grpc_trailers(&rp.headers);
             ex.head(rp.status.as_u16());
             let pool = rt.pool.clone();
             Response::from_parts(rp, RespBody::upstream(rbody, conn, pool, ex))

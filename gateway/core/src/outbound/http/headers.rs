@@ -63,7 +63,17 @@ pub struct Sent {
 
 /// The request head as it goes upstream (headers.py render_request_head).
 pub fn forward_request(h: &mut HeaderMap, client_ip: &str, rules: &HeaderRules) -> Sent {
+    // `TE: trailers` is the one TE a proxy keeps (RFC 9113 §8.2.2; gRPC needs it end to end, and Envoy keeps it,
+    // http2-grpc.md §5.5); any other TE goes with the hop-by-hop fields.
+    let te_trailers = h.get_all(http::header::TE).iter().any(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+    });
     strip_hop_by_hop(h, false);
+    if te_trailers {
+        h.insert(http::header::TE, HeaderValue::from_static("trailers"));
+    }
     let joined = |h: &HeaderMap, n: &str| -> Option<Vec<u8>> {
         let mut out: Option<Vec<u8>> = None;
         for v in h.get_all(n) {

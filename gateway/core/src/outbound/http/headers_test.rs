@@ -21,7 +21,9 @@ fn forwarding_headers() {
     })
     .unwrap();
     let sent = forward_request(&mut h, "127.0.0.1", &rules);
-    assert!(h.get("connection").is_none() && h.get("x-secret").is_none() && h.get("te").is_none());
+    assert!(h.get("connection").is_none() && h.get("x-secret").is_none());
+    // `TE: trailers` is the one TE that goes on (RFC 9113 §8.2.2; Envoy since 1.29.3, http2-grpc.md §5.5).
+    assert_eq!(h.get("te").unwrap(), "trailers");
     assert_eq!(
         h.get("x-forwarded-for").unwrap(),
         "1.1.1.1, 2.2.2.2, 127.0.0.1"
@@ -35,6 +37,10 @@ fn forwarding_headers() {
         .starts_with("00-0af7651916cd43dd8448eb211c80319c-"));
     assert!(sent.traceparent.ends_with("-01"));
     assert_ne!(&sent.traceparent[36..52], "b7ad6b7169203331");
+    let mut h = HeaderMap::new();
+    h.insert("te", "gzip".parse().unwrap());
+    forward_request(&mut h, "::1", &HeaderRules::default());
+    assert!(h.get("te").is_none(), "other codings are hop-by-hop");
     let mut h = HeaderMap::new();
     h.insert("x-request-id", "abc".parse().unwrap());
     let sent = forward_request(&mut h, "::1", &HeaderRules::default());

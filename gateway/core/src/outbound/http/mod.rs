@@ -162,6 +162,8 @@ pub struct ListenerMetrics {
     pub class: [Counter; 5],
     pub latency: Histogram,
     pub timeouts: [Counter; 3],
+    pub grpc: crate::http::grpc::GrpcStats,
+    pub h2_cuts: crate::http::h2::CutStats,
 }
 
 pub struct Plan {
@@ -175,6 +177,9 @@ pub struct Plan {
     pub source: String,
     pub access_fields: Option<Vec<String>>,
     pub max_headers: usize,
+    /// `http2`/`grpc`: upstream clusters are spoken to in h2 over mTLS with ALPN `h2`, as Consul configures
+    /// Envoy's (explicit HTTP/2, http2-grpc.md §2.4); `http`: HTTP/1.1.
+    pub h2: bool,
     pub registry: Arc<Registry>,
     pub m: ListenerMetrics,
 }
@@ -185,6 +190,7 @@ impl Plan {
         v: &serde_json::Value,
         limits: &Limits,
         shared: &Shared,
+        h2: bool,
     ) -> Result<Plan, String> {
         let s: HttpSpec = serde_json::from_value(v.clone()).map_err(|e| format!("http: {e}"))?;
         let registry = shared.outbound_http.get(name);
@@ -335,6 +341,7 @@ impl Plan {
             source: s.source.clone(),
             access_fields: s.access_log.map(|a| a.fields),
             max_headers: s.max_headers.unwrap_or(MAX_HEADERS).clamp(1, 1024),
+            h2,
             registry,
             m: ListenerMetrics {
                 no_healthy: st.counter(
@@ -358,6 +365,8 @@ impl Plan {
                         &[("listener", name), ("kind", k)],
                     )
                 }),
+                grpc: crate::http::grpc::GrpcStats::new(shared, name),
+                h2_cuts: crate::http::h2::CutStats::new(shared, name),
             },
         })
     }

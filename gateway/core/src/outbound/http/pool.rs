@@ -2,12 +2,18 @@
 //! connections (hyper) over mTLS. It counts open connections and dials in progress for the max_connections
 //! breaker; a connection going back or going away wakes one request queued at that limit (Envoy's HTTP/1
 //! pool behaviour: requests wait as "pending" while the cluster is at its connection limit).
+//!
+//! For `http2`/`grpc` clusters one h2 connection per endpoint carries every request (Envoy's HTTP/2 pool):
+//! it is registered when dialled and shared by handle, and a request waits for stream capacity inside h2
+//! (the peer's SETTINGS_MAX_CONCURRENT_STREAMS) rather than in this pool.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hyper::client::conn::http1::SendRequest;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2, TrySendError};
 use tokio::sync::Notify;
 
 use super::body::ReqBody;
@@ -17,8 +23,46 @@ pub const MAX_IDLE: usize = 64;
 
 pub type Key = (String, u16);
 
+pub enum Sender {
+    H1(http1::SendRequest<ReqBody>),
+    H2(http2::SendRequest<ReqBody>),
+}
+
+impl Sender {
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Sender::H1(s) => s.is_closed(),
+            Sender::H2(s) => s.is_closed(),
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        match self {
+            Sender::H1(s) => s.is_ready(),
+            Sender::H2(s) => s.is_ready(),
+        }
+    }
+
+    pub async fn ready(&mut self) -> hyper::Result<()> {
+        match self {
+            Sender::H1(s) => s.ready().await,
+            Sender::H2(s) => s.ready().await,
+        }
+    }
+
+    pub async fn try_send_request(
+        &mut self,
+        req: Request<ReqBody>,
+    ) -> Result<Response<Incoming>, TrySendError<Request<ReqBody>>> {
+        match self {
+            Sender::H1(s) => s.try_send_request(req).await,
+            Sender::H2(s) => s.try_send_request(req).await,
+        }
+    }
+}
+
 pub struct Conn {
-    pub tx: SendRequest<ReqBody>,
+    pub tx: Sender,
     pub key: Key,
 }
 
@@ -30,6 +74,8 @@ struct Idle {
 #[derive(Default)]
 struct Inner {
     idle: HashMap<Key, Vec<Idle>>,
+    /// The shared h2 connection of each endpoint (h2 clusters only).
+    h2: HashMap<Key, http2::SendRequest<ReqBody>>,
     /// Open connections made through this pool, busy or idle.
     total: usize,
     dialing: usize,
@@ -49,6 +95,15 @@ impl Pool {
 
     pub fn take(&self, key: &Key) -> Option<Conn> {
         let mut g = self.lock();
+        if let Some(s) = g.h2.get(key) {
+            if !s.is_closed() {
+                return Some(Conn {
+                    tx: Sender::H2(s.clone()),
+                    key: key.clone(),
+                });
+            }
+            g.h2.remove(key);
+        }
         let list = g.idle.get_mut(key)?;
         while let Some(i) = list.pop() {
             if !i.conn.tx.is_closed() && i.conn.tx.is_ready() {
@@ -61,6 +116,13 @@ impl Pool {
     /// Any endpoint's idle connection: at max_connections a request takes what there is.
     pub fn take_any(&self) -> Option<Conn> {
         let mut g = self.lock();
+        g.h2.retain(|_, s| !s.is_closed());
+        if let Some((k, s)) = g.h2.iter().next() {
+            return Some(Conn {
+                tx: Sender::H2(s.clone()),
+                key: k.clone(),
+            });
+        }
         for list in g.idle.values_mut() {
             while let Some(i) = list.pop() {
                 if !i.conn.tx.is_closed() && i.conn.tx.is_ready() {
@@ -71,9 +133,14 @@ impl Pool {
         None
     }
 
+    /// A new h2 connection: every request to its endpoint shares it from now on.
+    pub fn add_h2(&self, key: &Key, s: &http2::SendRequest<ReqBody>) {
+        self.lock().h2.insert(key.clone(), s.clone());
+    }
+
     pub fn release(&self, conn: Conn) {
-        if conn.tx.is_closed() {
-            return;
+        if conn.tx.is_closed() || matches!(conn.tx, Sender::H2(_)) {
+            return; // an h2 handle stays registered by add_h2; this one is a copy
         }
         {
             let mut g = self.lock();
@@ -112,10 +179,13 @@ impl Pool {
             list.retain(|i| i.since.elapsed() < older_than && !i.conn.tx.is_closed());
         }
         g.idle.retain(|_, l| !l.is_empty());
+        g.h2.retain(|_, s| !s.is_closed());
     }
 
     pub fn close_all(&self) {
-        self.lock().idle.clear();
+        let mut g = self.lock();
+        g.idle.clear();
+        g.h2.clear();
     }
 }
 

@@ -14,7 +14,18 @@ pub enum Kind {
     ConnectFailure = 0,
     Reset = 1,
     Status = 2,
+    /// A trailers-only gRPC answer whose `grpc-status` a gRPC token names.
+    Grpc = 3,
 }
+
+/// Consul's gRPC `RetryOn` tokens and the codes they stand for (http2-grpc.md §2.7; Envoy router_filter.rst).
+const GRPC_TOKENS: [(&str, u32); 5] = [
+    ("cancelled", 1),
+    ("deadline-exceeded", 4),
+    ("resource-exhausted", 8),
+    ("internal", 13),
+    ("unavailable", 14),
+];
 
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
@@ -25,6 +36,8 @@ pub struct RetryPolicy {
     on_5xx: bool,
     on_gateway: bool,
     on_409: bool,
+    /// gRPC status codes that retry (from the gRPC tokens).
+    grpc: Vec<u32>,
     non_idempotent: bool,
     budget_percent: f64,
     min_concurrency: usize,
@@ -58,6 +71,11 @@ impl RetryPolicy {
             on_5xx: on("5xx"),
             on_gateway: on("gateway-error"),
             on_409: on("retriable-4xx"),
+            grpc: GRPC_TOKENS
+                .iter()
+                .filter(|(t, _)| on(t))
+                .map(|(_, c)| *c)
+                .collect(),
             non_idempotent: s.retry_non_idempotent,
             budget_percent: s.budget_percent,
             min_concurrency: s.min_retry_concurrency as usize,
@@ -69,9 +87,20 @@ impl RetryPolicy {
         }
     }
 
-    /// Keep the body for a replay (outbound.py Call.__init__).
-    pub fn wants_replay(&self, method: &http::Method) -> bool {
-        self.num_retries > 0 && self.replay && (idempotent(method) || self.non_idempotent)
+    /// Keep the body for a replay (outbound.py Call.__init__). A gRPC call (always POST) is replayed when a
+    /// gRPC token may retry it: Envoy retries whatever the method, and a trailers-only status means the server
+    /// answered without a message.
+    pub fn wants_replay(&self, method: &http::Method, grpc: bool) -> bool {
+        self.num_retries > 0
+            && self.replay
+            && (idempotent(method) || self.non_idempotent || (grpc && !self.grpc.is_empty()))
+    }
+
+    /// Envoy: gRPC tokens fire only when `grpc-status` is in the response headers (trailers-only); "gRPC status
+    /// codes in trailers will not trigger retry logic" (http2-grpc.md §2.7).
+    pub fn grpc_retriable(&self, head: &http::HeaderMap) -> bool {
+        !self.grpc.is_empty()
+            && crate::http::grpc::status_of(head).is_some_and(|s| self.grpc.contains(&s))
     }
 
     /// Whether a response head with this status may be dropped for another attempt (by the policy alone).
@@ -96,6 +125,7 @@ impl RetryPolicy {
         }
         match kind {
             Kind::ConnectFailure => self.connect_failure,
+            Kind::Grpc => can_replay,
             Kind::Reset | Kind::Status => {
                 if kind == Kind::Reset && !self.reset {
                     return false;
@@ -132,8 +162,21 @@ mod tests {
             retry_on_status_codes: vec![503],
             ..RetrySpec::default()
         });
-        assert!(p.wants_replay(&Method::GET));
-        assert!(!p.wants_replay(&Method::POST));
+        assert!(p.wants_replay(&Method::GET, false));
+        assert!(!p.wants_replay(&Method::POST, false));
+        assert!(!p.wants_replay(&Method::POST, true), "no gRPC token");
+        let g = RetryPolicy::compile(&RetrySpec {
+            retry_on: vec!["unavailable".into(), "cancelled".into()],
+            ..RetrySpec::default()
+        });
+        assert!(g.wants_replay(&Method::POST, true));
+        let mut h = http::HeaderMap::new();
+        assert!(!g.grpc_retriable(&h), "no status in the head");
+        h.insert("grpc-status", http::HeaderValue::from_static("14"));
+        assert!(g.grpc_retriable(&h));
+        h.insert("grpc-status", http::HeaderValue::from_static("13"));
+        assert!(!g.grpc_retriable(&h), "internal not named");
+        assert!(g.allows(Kind::Grpc, 0, &Method::POST, true));
         assert!(p.status_retriable(503));
         assert!(!p.status_retriable(500));
         assert!(
@@ -171,7 +214,7 @@ mod tests {
             ..RetrySpec::default()
         });
         assert!(
-            !none.wants_replay(&Method::GET),
+            !none.wants_replay(&Method::GET, false),
             "connect failures only: nothing to replay"
         );
     }

@@ -23,7 +23,7 @@ pub const BREAKERS: [&str; 3] = [
     "max_pending_requests",
     "max_concurrent_requests",
 ];
-pub const RETRY_REASONS: [&str; 3] = ["connect_failure", "reset", "status"];
+pub const RETRY_REASONS: [&str; 4] = ["connect_failure", "reset", "status", "grpc_status"];
 pub const EJECTION_REASONS: [&str; 2] = ["consecutive_5xx", "consecutive_gateway_failure"];
 
 pub fn class_index(status: u16) -> usize {
@@ -127,7 +127,7 @@ pub struct Settings {
 pub struct ClusterMetrics {
     pub class: [Counter; 5],
     pub latency: Histogram,
-    pub retries: [Counter; 3],
+    pub retries: [Counter; 4],
     pub retry_overflow: Counter,
     pub trips: [Counter; 3],
     pub pending: Gauge,

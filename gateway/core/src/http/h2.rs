@@ -1,0 +1,229 @@
+//! HTTP/2 as meshgw serves it: the SETTINGS it advertises, the bounds that cut off an abusive peer, and the
+//! counter of each cut (http2-grpc.md §5.2, §5.8). The h2 crate under hyper already holds most lines; this module
+//! chooses their values, adds Envoy's premature-reset rule (Rapid Reset, CVE-2023-44487) that h2 has only for
+//! streams not yet accepted, and names why a connection was closed:
+//!
+//! | attack | bound | `reason` label |
+//! |---|---|---|
+//! | Rapid Reset (HEADERS then RST_STREAM) | ≥ 50 % of ≥ 500 streams reset within 1 s of opening (Envoy's `overload.premature_reset_*`), and h2's 20 resets of not-yet-accepted streams | `rapid_reset` |
+//! | streams the server had to reset itself (refused, malformed) | h2's `max_local_error_reset_streams` | `stream_error_flood` |
+//! | CONTINUATION flood, HPACK bomb | header list ≤ `max_request_headers_kb` across HEADERS + CONTINUATION, decoded size counted (h2 `header_list_way_too_large`), HPACK table 4096 | `header_flood` |
+//! | tiny DATA frames | h2's per-connection data-frame accounting (`too_many_data_frames`) | `small_frame_flood` |
+//! | too many concurrent streams | `max_concurrent_streams`; excess streams get REFUSED_STREAM (retriable, RFC 9113 §8.7) | `stream_error_flood` when repeated |
+//! | SETTINGS / PING floods | h2 answers one at a time and stops reading while an ACK is unwritten, so a peer that does not read is only slowed; the idle timeout closes it | `protocol_error` on a bad frame |
+//! | flow-control stall | windows bounded (1 MiB stream, 4 MiB connection); a stream that makes no progress hits the stream idle timeout and is reset | `flow_control` on a window violation |
+//!
+//! Every other connection error the peer caused is `protocol_error`.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use crate::state::Shared;
+use crate::stats::Counter;
+
+/// Envoy 1.36's `max_concurrent_streams` default (http2-grpc.md §5.2).
+pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
+/// Flow-control windows: what one stream, and one connection, may have in flight towards us. Envoy's 16/24 MiB
+/// are also its buffer limits; meshgw streams with back-pressure, so these bound what a stalled peer pins.
+pub const STREAM_WINDOW: u32 = 1 << 20;
+pub const CONNECTION_WINDOW: u32 = 4 << 20;
+/// `overload.premature_reset_min_stream_lifetime_seconds` and `overload.premature_reset_total_stream_count`
+/// (`E:changelogs/1.27.1.yaml`).
+pub const PREMATURE_LIFETIME: Duration = Duration::from_secs(1);
+pub const PREMATURE_MIN_STREAMS: u64 = 500;
+/// h2's own defaults, kept explicit: resets of streams not yet accepted, and streams h2 reset itself.
+pub const MAX_PENDING_ACCEPT_RESETS: usize = 20;
+pub const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+
+pub const CUT_REASONS: [&str; 6] = [
+    "rapid_reset",
+    "stream_error_flood",
+    "header_flood",
+    "small_frame_flood",
+    "flow_control",
+    "protocol_error",
+];
+
+/// `meshgw_http2_connections_cut_total{listener,reason}`, every series made with the plan.
+#[derive(Clone, Default)]
+pub struct CutStats(Vec<Counter>);
+
+impl CutStats {
+    pub fn new(shared: &Shared, listener: &str) -> CutStats {
+        CutStats(
+            CUT_REASONS
+                .iter()
+                .map(|r| {
+                    shared.stats.counter(
+                        "meshgw_http2_connections_cut_total",
+                        &[("listener", listener), ("reason", r)],
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    pub fn count(&self, reason: &str) {
+        if let Some(i) = CUT_REASONS.iter().position(|r| *r == reason) {
+            if let Some(c) = self.0.get(i) {
+                c.inc();
+            }
+        }
+    }
+}
+
+/// Why hyper's HTTP/2 connection ended, if the peer broke a bound or the protocol. h2 says it in its error's
+/// text (the GOAWAY reason and debug data), which is all it exposes; None for I/O ends and clean closes.
+pub fn cut_reason(e: &hyper::Error) -> Option<&'static str> {
+    let mut text = String::new();
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = src {
+        text.push_str(&s.to_string());
+        text.push(' ');
+        src = s.source();
+    }
+    if !text.contains("connection error detected") {
+        return None; // not a GOAWAY h2 sent for the peer's fault
+    }
+    Some(if text.contains("too_many_resets") {
+        "rapid_reset"
+    } else if text.contains("too_many_internal_resets") {
+        "stream_error_flood"
+    } else if text.contains("header_list_way_too_large")
+        || text.contains("COMPRESSION_ERROR")
+        || text.contains("CONTINUATION")
+    {
+        "header_flood"
+    } else if text.contains("too_many_data_frames") {
+        "small_frame_flood"
+    } else if text.contains("FLOW_CONTROL_ERROR") {
+        "flow_control"
+    } else {
+        "protocol_error"
+    })
+}
+
+/// Envoy's premature-reset rule for one connection: streams the peer cancelled within a second of opening
+/// them, before any answer. When they reach half of at least 500 streams the connection is cut.
+#[derive(Default)]
+pub struct ResetWatch {
+    streams: AtomicU64,
+    premature: AtomicU64,
+    tripped: AtomicBool,
+    pub cut: Notify,
+}
+
+impl ResetWatch {
+    pub fn new() -> Arc<ResetWatch> {
+        Arc::new(ResetWatch::default())
+    }
+
+    /// Held by a stream's handler; dropped unanswered early, it counts as premature.
+    pub fn stream(self: &Arc<Self>) -> StreamGuard {
+        self.streams.fetch_add(1, Ordering::Relaxed);
+        StreamGuard {
+            watch: self.clone(),
+            opened: Instant::now(),
+            answered: false,
+        }
+    }
+
+    pub fn tripped(&self) -> bool {
+        self.tripped.load(Ordering::Relaxed)
+    }
+}
+
+pub struct StreamGuard {
+    watch: Arc<ResetWatch>,
+    opened: Instant,
+    answered: bool,
+}
+
+impl StreamGuard {
+    pub fn answered(&mut self) {
+        self.answered = true;
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if self.answered || self.opened.elapsed() >= PREMATURE_LIFETIME {
+            return;
+        }
+        let w = &self.watch;
+        let premature = w.premature.fetch_add(1, Ordering::Relaxed) + 1;
+        let total = w.streams.load(Ordering::Relaxed);
+        if total >= PREMATURE_MIN_STREAMS && premature * 2 >= total && !w.tripped() {
+            w.tripped.store(true, Ordering::Relaxed);
+            w.cut.notify_one();
+        }
+    }
+}
+
+/// The server side of every HTTP/2 connection meshgw accepts (mesh inbound, local upstream ports).
+pub fn server_builder(max_header_list: u32) -> hyper::server::conn::http2::Builder<Exec> {
+    let mut b = hyper::server::conn::http2::Builder::new(Exec);
+    b.timer(hyper_util::rt::TokioTimer::new())
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_header_list_size(max_header_list)
+        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
+        .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESETS)
+        // hyper sends its own Date only on HTTP/1; keep HTTP/2 answers alike (the app's Date goes through).
+        .auto_date_header(false);
+    b
+}
+
+/// The client side: h2c to the app, h2 over mTLS to another sidecar (http2-grpc.md §2.2, §2.4).
+pub fn client_builder() -> hyper::client::conn::http2::Builder<Exec> {
+    let mut b = hyper::client::conn::http2::Builder::new(Exec);
+    b.timer(hyper_util::rt::TokioTimer::new())
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_header_list_size(256 * 1024)
+        .max_concurrent_reset_streams(MAX_LOCAL_ERROR_RESETS);
+    b
+}
+
+/// hyper's HTTP/2 runs each stream on a task of the current runtime.
+#[derive(Clone, Copy, Debug)]
+pub struct Exec;
+
+impl<F> hyper::rt::Executor<F> for Exec
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::spawn(fut);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn premature_resets_trip_at_half_of_five_hundred() {
+        let w = ResetWatch::new();
+        for i in 0..PREMATURE_MIN_STREAMS {
+            let mut g = w.stream();
+            if i % 2 == 0 {
+                g.answered();
+            }
+        }
+        assert!(w.tripped(), "250 of 500 streams reset unanswered");
+        let calm = ResetWatch::new();
+        for i in 0..2000 {
+            let mut g = calm.stream();
+            if i % 3 != 0 {
+                g.answered();
+            }
+        }
+        assert!(!calm.tripped(), "a third cancelled is not an attack");
+    }
+}
