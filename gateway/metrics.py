@@ -262,7 +262,7 @@ GRPC_RESPONSES = Counter(
 HTTP2_CUTS = Counter(
     "meshgw_http2_connections_cut",
     "HTTP/2 connections closed because the peer broke a bound or the protocol, by reason (rapid_reset, "
-    "stream_error_flood, header_flood, small_frame_flood, flow_control, protocol_error).",
+    "control_frame_flood, stream_error_flood, header_flood, small_frame_flood, flow_control, protocol_error).",
     ["listener", "reason"],
     registry=REGISTRY,
 )

@@ -46,6 +46,7 @@ class H2App:
         conn.initiate_connection()
         c.sendall(conn.data_to_send())
         streams: dict[int, dict[str, Any]] = {}
+        pending: dict[int, int] = {}  # stream -> bytes of a /big answer still to send
         try:
             while True:
                 data = c.recv(65536)
@@ -58,15 +59,39 @@ class H2App:
                         streams[ev.stream_id]["body"] += ev.data
                         conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
                     elif isinstance(ev, h2.events.StreamEnded):
-                        self._answer(conn, ev.stream_id, streams.pop(ev.stream_id))
+                        self._answer(conn, ev.stream_id, streams.pop(ev.stream_id), pending)
+                    elif isinstance(ev, h2.events.StreamReset):
+                        pending.pop(ev.stream_id, None)
+                self._pump(conn, pending)
                 c.sendall(conn.data_to_send())
         except OSError:
             return
         finally:
             c.close()
 
-    def _answer(self, conn: h2.connection.H2Connection, sid: int, req: dict[str, Any]) -> None:
+    def _pump(self, conn: h2.connection.H2Connection, pending: dict[int, int]) -> None:
+        """Sends what flow control allows of each /big answer (the rest on the next WINDOW_UPDATE)."""
+        for sid, left in list(pending.items()):
+            n = min(left, conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
+            while n > 0:
+                left -= n
+                conn.send_data(sid, b"x" * n, end_stream=left == 0)
+                n = min(left, conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
+            if left:
+                pending[sid] = left
+            else:
+                pending.pop(sid)
+
+    def _answer(
+        self, conn: h2.connection.H2Connection, sid: int, req: dict[str, Any], pending: dict[int, int]
+    ) -> None:
         h = req["headers"]
+        if h.get(":path", "").startswith("/big"):
+            size = 8 << 20
+            conn.send_headers(sid, [(":status", "200"), ("content-length", str(size))])
+            pending[sid] = size
+            self.requests.append({"path": h.get(":path")})
+            return
         seen = {
             "version": "HTTP/2",
             "method": h.get(":method"),

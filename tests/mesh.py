@@ -172,7 +172,7 @@ class Sidecar:
         text = self.admin("/metrics")[1]
         total = 0.0
         for line in text.splitlines():
-            m = re.match(r"^([a-zA-Z_:]+)(\{[^}]*\})? (\S+)$", line)
+            m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$", line)
             if not m or m.group(1) != name:
                 continue
             have = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
@@ -253,7 +253,7 @@ class Mesh:
         self,
         name: str,
         app_port: int | None = None,
-        inbound: bool = True,
+        inbound: bool | dict[str, Any] = True,
         upstreams: dict[str, int] | None = None,
         start: bool = True,
         dc: str = "dc1",
@@ -273,7 +273,8 @@ class Mesh:
         }
         if inbound:
             port = free_port()
-            cfg["inbound"] = {"bind": f"127.0.0.1:{port}"}
+            # inbound=True, or the inbound section's settings (merged with its bind)
+            cfg["inbound"] = {"bind": f"127.0.0.1:{port}", **(inbound if isinstance(inbound, dict) else {})}
             self.register(name, port, dc=dc)
         if upstreams:
             cfg["upstreams"] = [{"service": s, "bind": f"127.0.0.1:{p}"} for s, p in upstreams.items()]

@@ -136,12 +136,17 @@ def parse_config(data: Any, path: Path, env: Mapping[str, str] | None = None) ->
 
     inbound = None
     if top.get("inbound") is not None:
-        i = r.mapping(top.get("inbound"), "inbound", ("bind", "connect_timeout", "request_timeout", "idle_timeout"))
+        i = r.mapping(
+            top.get("inbound"),
+            "inbound",
+            ("bind", "connect_timeout", "request_timeout", "idle_timeout", "stream_idle_timeout"),
+        )
         inbound = InboundConfig(
             bind=r.get(i, "inbound", "bind", parse_address, required=True) or Address("0.0.0.0", 0),
             connect_timeout=r.get(i, "inbound", "connect_timeout", parse_duration, 5.0) or 5.0,
             request_timeout=r.get(i, "inbound", "request_timeout", parse_duration, 15.0) or 15.0,
             idle_timeout=r.get(i, "inbound", "idle_timeout", parse_duration, 3600.0) or 3600.0,
+            stream_idle_timeout=r.get(i, "inbound", "stream_idle_timeout", parse_duration, 300.0) or 300.0,
         )
 
     raw_ups = top.get("upstreams") or []

@@ -33,6 +33,9 @@ class InboundConfig:
     connect_timeout: float = 5.0
     request_timeout: float = 15.0  # http only: Envoy's default route timeout
     idle_timeout: float = 3600.0  # http only: an idle keep-alive connection closes (Envoy's HCM default, 1h)
+    # http only: a request or response stream with no frame either way this long is answered 408 / reset (Envoy's
+    # stream_idle_timeout, 5 min): what frees a stream an HTTP/2 peer stalls by never opening its window.
+    stream_idle_timeout: float = 300.0
 
 
 @dataclass(frozen=True)

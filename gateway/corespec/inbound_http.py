@@ -53,6 +53,7 @@ def spec(cfg: Config, snap: Snapshot) -> dict[str, Any]:
     if cfg.inbound is not None:
         out["request_timeout_ms"] = _ms(cfg.inbound.request_timeout)
         out["idle_timeout_ms"] = _ms(cfg.inbound.idle_timeout)
+        out["stream_idle_timeout_ms"] = _ms(cfg.inbound.stream_idle_timeout)
     norm = normalization(_mesh_entry(cfg, snap))
     if norm:
         out["normalization"] = norm

@@ -10,7 +10,7 @@
 //! | CONTINUATION flood, HPACK bomb | header list ≤ `max_request_headers_kb` across HEADERS + CONTINUATION, decoded size counted (h2 `header_list_way_too_large`), HPACK table 4096 | `header_flood` |
 //! | tiny DATA frames | h2's per-connection data-frame accounting (`too_many_data_frames`) | `small_frame_flood` |
 //! | too many concurrent streams | `max_concurrent_streams`; excess streams get REFUSED_STREAM (retriable, RFC 9113 §8.7) | `stream_error_flood` when repeated |
-//! | SETTINGS / PING floods | h2 answers one at a time and stops reading while an ACK is unwritten, so a peer that does not read is only slowed; the idle timeout closes it | `protocol_error` on a bad frame |
+//! | SETTINGS / PING / PRIORITY / RST_STREAM floods | the peer's control frames ≤ 1000 + 100 × its requests (`meshgw_proto::h2_frames`, on the mesh side); h2 also answers one PING/SETTINGS at a time and stops reading while an ACK is unwritten | `control_frame_flood` |
 //! | flow-control stall | windows bounded (1 MiB stream, 4 MiB connection); a stream that makes no progress hits the stream idle timeout and is reset | `flow_control` on a window violation |
 //!
 //! Every other connection error the peer caused is `protocol_error`.
@@ -38,8 +38,9 @@ pub const PREMATURE_MIN_STREAMS: u64 = 500;
 pub const MAX_PENDING_ACCEPT_RESETS: usize = 20;
 pub const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 
-pub const CUT_REASONS: [&str; 6] = [
+pub const CUT_REASONS: [&str; 7] = [
     "rapid_reset",
+    "control_frame_flood",
     "stream_error_flood",
     "header_flood",
     "small_frame_flood",
@@ -78,32 +79,38 @@ impl CutStats {
 /// Why hyper's HTTP/2 connection ended, if the peer broke a bound or the protocol. h2 says it in its error's
 /// text (the GOAWAY reason and debug data), which is all it exposes; None for I/O ends and clean closes.
 pub fn cut_reason(e: &hyper::Error) -> Option<&'static str> {
-    let mut text = String::new();
-    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(s) = src {
-        text.push_str(&s.to_string());
-        text.push(' ');
-        src = s.source();
-    }
+    let text = error_text(e);
     if !text.contains("connection error detected") {
         return None; // not a GOAWAY h2 sent for the peer's fault
     }
-    Some(if text.contains("too_many_resets") {
-        "rapid_reset"
-    } else if text.contains("too_many_internal_resets") {
-        "stream_error_flood"
-    } else if text.contains("header_list_way_too_large")
-        || text.contains("COMPRESSION_ERROR")
-        || text.contains("CONTINUATION")
-    {
-        "header_flood"
-    } else if text.contains("too_many_data_frames") {
-        "small_frame_flood"
-    } else if text.contains("FLOW_CONTROL_ERROR") {
-        "flow_control"
-    } else {
-        "protocol_error"
-    })
+    // h2 names the bound in its GOAWAY's debug data but hands hyper only the code: ENHANCE_YOUR_CALM (all of
+    // h2's abuse bounds) is told apart by the frames the peer sent (`meshgw_proto::h2_frames::calm_reason`).
+    Some(
+        if text.contains("excessive load") || text.contains("ENHANCE_YOUR_CALM") {
+            CALM
+        } else if text.contains("COMPRESSION_ERROR") || text.contains("compression state") {
+            "header_flood"
+        } else if text.contains("flow-control") || text.contains("FLOW_CONTROL_ERROR") {
+            "flow_control"
+        } else {
+            "protocol_error"
+        },
+    )
+}
+
+/// What [`cut_reason`] says for ENHANCE_YOUR_CALM; the caller names it from the frames it saw.
+pub const CALM: &str = "enhance_your_calm";
+
+/// An error and its causes as one line (hyper's own text names only the kind).
+pub fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        src = s.source();
+    }
+    text
 }
 
 /// Envoy's premature-reset rule for one connection: streams the peer cancelled within a second of opening
@@ -189,7 +196,7 @@ pub fn client_builder() -> hyper::client::conn::http2::Builder<Exec> {
     b
 }
 
-/// hyper's HTTP/2 runs each stream on a task of the current runtime.
+/// hyper's HTTP/2 runs each stream on a task of the current runtime, under a [`StreamWatch`].
 #[derive(Clone, Copy, Debug)]
 pub struct Exec;
 
@@ -199,7 +206,92 @@ where
     F::Output: Send + 'static,
 {
     fn execute(&self, fut: F) {
-        tokio::spawn(fut);
+        let watch = Arc::new(StreamWatch::default());
+        tokio::spawn(watched(watch.clone(), STREAM.scope(watch, fut)));
+    }
+}
+
+tokio::task_local! {
+    /// The watch of the HTTP/2 stream whose task is running (hyper's stream task: handler, then body pipe).
+    static STREAM: Arc<StreamWatch>;
+}
+
+/// Envoy's `stream_idle_timeout` for an HTTP/2 response: hyper stops polling a response body while the peer's
+/// window is shut, so a timer inside the body never fires for a peer that stalls flow control (http2-grpc.md
+/// §5.8, "flow-control stalls"). The body arms this watch and moves it on with each frame; when it expires the
+/// stream's task is dropped, which resets the stream (RST_STREAM CANCEL) and lets go of the upstream side.
+#[derive(Default)]
+pub struct StreamWatch {
+    /// Nanoseconds on `balancer::now_ns`'s clock; 0 = not armed.
+    deadline: AtomicU64,
+    idle_ns: AtomicU64,
+    on_expiry: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    /// Wakes the watcher when armed (it sleeps without a deadline until then).
+    armed: Notify,
+}
+
+impl StreamWatch {
+    /// The watch of the current HTTP/2 stream task, if this runs in one.
+    pub fn current() -> Option<Arc<StreamWatch>> {
+        STREAM.try_with(Arc::clone).ok()
+    }
+
+    /// Arms the watch: `idle` without [`StreamWatch::touch`] ends the stream, after calling `on_expiry`.
+    pub fn arm(&self, idle: Duration, on_expiry: Box<dyn FnOnce() + Send>) {
+        self.idle_ns.store(
+            u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        if let Ok(mut f) = self.on_expiry.lock() {
+            *f = Some(on_expiry);
+        }
+        self.touch();
+        self.armed.notify_one();
+    }
+
+    pub fn touch(&self) {
+        let idle = self.idle_ns.load(Ordering::Relaxed);
+        if idle > 0 {
+            self.deadline
+                .store(now_ns().saturating_add(idle).max(1), Ordering::Relaxed);
+        }
+    }
+
+    /// The body ended: nothing left to watch.
+    pub fn disarm(&self) {
+        self.deadline.store(0, Ordering::Relaxed);
+    }
+}
+
+fn now_ns() -> u64 {
+    crate::outbound::http::balancer::now_ns()
+}
+
+async fn watched<F: std::future::Future>(w: Arc<StreamWatch>, fut: F) {
+    tokio::pin!(fut);
+    loop {
+        let at = w.deadline.load(Ordering::Relaxed);
+        let sleep = async {
+            if at == 0 {
+                std::future::pending::<()>().await;
+            }
+            let left = at.saturating_sub(now_ns());
+            tokio::time::sleep(Duration::from_nanos(left)).await;
+        };
+        tokio::select! {
+            _ = &mut fut => return,
+            _ = w.armed.notified() => {}
+            _ = sleep => {
+                let now = w.deadline.load(Ordering::Relaxed);
+                if now != 0 && now <= now_ns() {
+                    let f = w.on_expiry.lock().ok().and_then(|mut f| f.take());
+                    if let Some(f) = f {
+                        f();
+                    }
+                    return; // dropping the stream's task resets the stream
+                }
+            }
+        }
     }
 }
 

@@ -204,6 +204,8 @@ pub struct Proxied {
     checkin: Option<Checkin>,
     idle: Option<Idle>,
     finish: Finish,
+    /// HTTP/2: the stream's watch, which also fires while hyper waits for the peer's window (crate::http::h2).
+    watch: Option<Arc<crate::http::h2::StreamWatch>>,
 }
 
 pub enum RespBody {
@@ -252,11 +254,18 @@ impl RespBody {
         idle: Option<Duration>,
         finish: Finish,
     ) -> RespBody {
+        let watch = idle.and_then(|d| {
+            let w = crate::http::h2::StreamWatch::current()?;
+            let http = finish.http.clone();
+            w.arm(d, Box::new(move || http.timeout(Timeout::StreamIdle)));
+            Some(w)
+        });
         let mut p = Proxied {
             inner,
             checkin,
             idle: Idle::new(idle),
             finish,
+            watch,
         };
         if p.inner.is_end_stream() {
             p.end();
@@ -267,6 +276,9 @@ impl RespBody {
 
 impl Proxied {
     fn end(&mut self) {
+        if let Some(w) = self.watch.take() {
+            w.disarm();
+        }
         self.finish.complete = true;
         if let Some(c) = self.checkin.take() {
             c.put_back();
@@ -305,6 +317,9 @@ impl Body for RespBody {
                     if let Some(i) = p.idle.as_mut() {
                         i.touch();
                     }
+                    if let Some(w) = &p.watch {
+                        w.touch();
+                    }
                     if p.inner.is_end_stream() {
                         p.end();
                     }
@@ -323,6 +338,9 @@ impl Body for RespBody {
                     if p.idle.as_mut().is_some_and(|i| i.expired(cx)) {
                         // After the head a stream idle timeout resets the stream (l7-security.md §4).
                         p.finish.http.timeout(Timeout::StreamIdle);
+                        if let Some(w) = p.watch.take() {
+                            w.disarm(); // counted here already
+                        }
                         p.finish.exchange.flags = "SI";
                         p.checkin = None;
                         return Poll::Ready(Some(Err(Box::new(IdleTimeout))));

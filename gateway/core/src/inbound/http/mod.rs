@@ -143,7 +143,7 @@ pub async fn serve(
     // within the last max_buf_size bytes read (tap.rs).
     let recent = tap::Recent::new(max_buf(policy) + 4096);
     if codec == Codec::Http2 {
-        recent.counting_only();
+        recent.http2();
     }
     let io = TokioIo::new(tap::Tap::new(io, recent.clone()));
     let conn = Arc::new(Conn {
@@ -270,11 +270,21 @@ where
             }
         }
     };
-    if let Err(e) = result {
-        if let Some(reason) = cut_reason(&e) {
-            policy.cuts.count(reason);
-            log_cut(conn, reason);
-        }
+    let reason = if conn.recent.flooded() {
+        Some("control_frame_flood")
+    } else {
+        result.as_ref().err().and_then(cut_reason).map(|r| match r {
+            crate::http::h2::CALM => conn.recent.calm_reason(),
+            r => r,
+        })
+    };
+    if let Some(reason) = reason {
+        policy.cuts.count(reason);
+        let detail = result
+            .err()
+            .map(|e| format!(" ({})", crate::http::h2::error_text(&e)))
+            .unwrap_or_default();
+        log_cut(conn, &format!("{reason}{detail}"));
     }
 }
 

@@ -26,6 +26,9 @@ struct Ring {
     on: bool,
     /// False on an HTTP/2 connection: bytes are counted, not kept (no request line to look up there).
     keep: bool,
+    /// HTTP/2: the peer's frames, counted against the control-frame budget (meshgw_proto::h2_frames).
+    scan: Option<meshgw_proto::h2_frames::Scanner>,
+    flooded: bool,
     /// Bytes read and written while the connection speaks HTTP (a tunnel counts its own in `relay`).
     rx: u64,
     tx: u64,
@@ -44,21 +47,30 @@ impl Recent {
             cursor: 0,
             on: true,
             keep: true,
+            scan: None,
+            flooded: false,
             rx: 0,
             tx: 0,
             last: tokio::time::Instant::now(),
         })))
     }
 
-    fn record(&self, data: &[u8]) {
+    /// Keeps (or counts) what was read; true once the peer is over its HTTP/2 control-frame budget.
+    fn record(&self, data: &[u8]) -> bool {
         let mut r = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if !r.on {
-            return;
+            return false;
         }
         r.rx += data.len() as u64;
         r.last = tokio::time::Instant::now();
+        if let Some(s) = r.scan.as_mut() {
+            s.feed(data);
+            if s.over_budget() {
+                r.flooded = true;
+            }
+        }
         if !r.keep {
-            return;
+            return r.flooded;
         }
         r.bytes.extend(data);
         let over = r.bytes.len().saturating_sub(r.cap);
@@ -66,6 +78,7 @@ impl Recent {
             r.bytes.drain(..over);
             r.cursor = r.cursor.saturating_sub(over);
         }
+        false
     }
 
     fn wrote(&self, n: usize) {
@@ -87,11 +100,26 @@ impl Recent {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).last
     }
 
-    /// HTTP/2 frames its heads itself (HPACK): nothing to look up, only counts and activity.
-    pub fn counting_only(&self) {
+    /// HTTP/2 frames its heads itself (HPACK): nothing to look up; counts, activity and the frame scan.
+    pub fn http2(&self) {
         let mut r = self.0.lock().unwrap_or_else(|p| p.into_inner());
         r.keep = false;
         r.bytes = VecDeque::new();
+        r.scan = Some(meshgw_proto::h2_frames::Scanner::server());
+    }
+
+    /// Which of h2's bounds an ENHANCE_YOUR_CALM stood for, from the frames this peer sent.
+    pub fn calm_reason(&self) -> &'static str {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|r| r.scan.as_ref().map(meshgw_proto::h2_frames::calm_reason))
+            .unwrap_or("stream_error_flood")
+    }
+
+    /// The peer went over its control-frame budget: its connection is being cut.
+    pub fn flooded(&self) -> bool {
+        self.0.lock().map(|r| r.flooded).unwrap_or(true)
     }
 
     /// An upgraded connection carries no more requests: stop copying its bytes.
@@ -181,8 +209,16 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tap<T> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = r {
-            if let Some(new) = buf.filled().get(before..) {
-                self.recent.record(new);
+            let flooded = buf
+                .filled()
+                .get(before..)
+                .is_some_and(|new| self.recent.record(new));
+            if flooded {
+                // Ends hyper's connection at once (counted by the serve loop as control_frame_flood).
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "HTTP/2 control frame flood",
+                )));
             }
         }
         r

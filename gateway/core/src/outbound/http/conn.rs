@@ -221,6 +221,12 @@ async fn serve_h2(
     };
     if let Err(e) = result {
         if let Some(reason) = cut_reason(&e) {
+            // The local app is not scanned: h2's abuse bounds count as one.
+            let reason = if reason == crate::http::h2::CALM {
+                "stream_error_flood"
+            } else {
+                reason
+            };
             plan.m.h2_cuts.count(reason);
             stats.shared().log(
                 crate::state::Level::Warning,
