@@ -11,10 +11,10 @@ import time
 from collections.abc import Iterator
 
 import h2.config
-import h2.errors
-import h2.exceptions
 import h2.connection
+import h2.errors
 import h2.events
+import h2.exceptions
 import h2.settings
 import pytest
 from h2_app import H2App
@@ -66,7 +66,7 @@ class Peer:
         while time.monotonic() < deadline:
             try:
                 data = self.sock.recv(65536)
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
             except (ssl.SSLError, OSError):
                 return False
@@ -140,7 +140,7 @@ def cut(sc: Sidecar, reason: str) -> float:
 
 
 def test_rapid_reset_is_cut(target: tuple[Mesh, Sidecar, H2App, int]) -> None:
-    mesh, sc, app, port = target
+    mesh, sc, _app, port = target
     p = Peer(mesh, port)
     for _ in range(3000):
         sid = p.conn.get_next_available_stream_id()
@@ -184,7 +184,7 @@ def test_hpack_bomb_is_cut(target: tuple[Mesh, Sidecar, H2App, int]) -> None:
 
 
 def test_ping_and_settings_floods_are_cut(target: tuple[Mesh, Sidecar, H2App, int]) -> None:
-    mesh, sc, app, port = target
+    mesh, sc, _app, port = target
     for kind, payload in ((0x6, b"12345678"), (0x4, b"")):
         p = Peer(mesh, port)
         try:
@@ -198,7 +198,7 @@ def test_ping_and_settings_floods_are_cut(target: tuple[Mesh, Sidecar, H2App, in
 
 def test_pings_within_the_budget_are_answered(target: tuple[Mesh, Sidecar, H2App, int]) -> None:
     """The budget does not bite an honest peer: a PING per request, many requests (Consul's H2PING checks too)."""
-    mesh, sc, app, port = target
+    mesh, sc, _app, port = target
     p = Peer(mesh, port)
     for i in range(50):
         p.conn.ping(f"{i:08d}".encode())
@@ -209,7 +209,7 @@ def test_pings_within_the_budget_are_answered(target: tuple[Mesh, Sidecar, H2App
 
 
 def test_concurrent_streams_are_bounded(target: tuple[Mesh, Sidecar, H2App, int]) -> None:
-    mesh, sc, app, port = target
+    mesh, _sc, app, port = target
     p = Peer(mesh, port)
     p.pump(1)
     assert p.conn.remote_settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] == 1024
@@ -236,7 +236,7 @@ def test_concurrent_streams_are_bounded(target: tuple[Mesh, Sidecar, H2App, int]
 def test_flow_control_stall_is_reset_by_the_stream_idle_timeout(target: tuple[Mesh, Sidecar, H2App, int]) -> None:
     """A peer that never opens its window pins one stream's response, bounded by the windows, until the stream
     idle timeout (1 s here) resets it; the rest of the sidecar is unaffected meanwhile."""
-    mesh, sc, app, port = target
+    mesh, sc, _app, port = target
     p = Peer(mesh, port, settings={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
     p.pump(0.5)
     sid = p.get("/big")
@@ -263,7 +263,7 @@ def test_malformed_requests_never_reach_the_app(
     """h2→h1 smuggling vectors (http2-grpc.md §5.6): each is refused, never forwarded. h2 makes some of them a
     stream error (the connection goes on) and some a connection error (GOAWAY PROTOCOL_ERROR, as Envoy's default
     for an invalid HEADERS frame); either way the app sees nothing of it."""
-    mesh, sc, app, port = target
+    mesh, _sc, app, port = target
     p = Peer(mesh, port)
     sid = p.get("/smuggle", extra)
 
@@ -280,7 +280,7 @@ def test_malformed_requests_never_reach_the_app(
 
 
 def test_garbage_after_the_preface_is_a_protocol_error(target: tuple[Mesh, Sidecar, H2App, int]) -> None:
-    mesh, sc, app, port = target
+    mesh, sc, _app, port = target
     p = Peer(mesh, port)
     p.raw(frame(0x1, 0x4, 0, b"\x82"))  # HEADERS on stream 0
     assert p.closed()
