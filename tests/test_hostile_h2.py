@@ -209,7 +209,7 @@ def test_pings_within_the_budget_are_answered(target: tuple[Mesh, Sidecar, H2App
 
 
 def test_concurrent_streams_are_bounded(target: tuple[Mesh, Sidecar, H2App, int]) -> None:
-    mesh, _sc, app, port = target
+    mesh, _sc, _app, port = target
     p = Peer(mesh, port)
     p.pump(1)
     assert p.conn.remote_settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] == 1024
