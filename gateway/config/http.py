@@ -37,6 +37,9 @@ RETRY_ON = (
     "refused-stream",
     "retriable-status-codes",
 )
+# gRPC's tokens (C:agent/structs/config_entry_discoverychain.go isValidRetryCondition): Envoy retries on them only
+# when grpc-status comes in the response headers (trailers-only), http2-grpc.md §2.7.
+GRPC_RETRY_ON = ("cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable")
 
 ACCESS_LOG_FIELDS = (
     "start_time",
@@ -183,10 +186,12 @@ def _status_codes(value: Any) -> tuple[int, ...]:
 
 def _retry_on(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ValueError(f"{value!r} is not a list of retry conditions (expected some of: {', '.join(RETRY_ON)})")
+        raise ValueError(
+            f"{value!r} is not a list of retry conditions (expected some of: {', '.join(RETRY_ON + GRPC_RETRY_ON)})"
+        )
     for v in value:
-        if v not in RETRY_ON:
-            raise ValueError(f"{v!r} is not a retry condition (expected one of: {', '.join(RETRY_ON)})")
+        if v not in RETRY_ON and v not in GRPC_RETRY_ON:
+            raise ValueError(f"{v!r} is not a retry condition (expected one of: {', '.join(RETRY_ON + GRPC_RETRY_ON)})")
     return tuple(value)
 
 

@@ -14,7 +14,9 @@ T = TypeVar("T")
 
 SERVICE_NAME_RE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9_-]{0,62}[a-zA-Z0-9])?$")
 
-PROTOCOLS = ("tcp", "http")
+PROTOCOLS = ("tcp", "http", "http2", "grpc")
+# Consul's IsProtocolHTTPLike (http2-grpc.md §1.1).
+HTTP_LIKE = ("http", "http2", "grpc")
 
 MODES = ("sidecar", "mesh-gateway", "ingress-gateway", "terminating-gateway")
 
@@ -124,6 +126,12 @@ def choice(*options: str) -> Callable[[Any], str]:
         return value
 
     return parse
+
+
+def is_http_like(protocol: str) -> bool:
+    """The one test of "requests are seen one by one" (L7 intentions, routes, splits, retries, access logs, HTTP
+    metrics): Consul's IsProtocolHTTPLike (C:agent/structs/config_entry_discoverychain.go; http2-grpc.md §1.1)."""
+    return protocol in HTTP_LIKE
 
 
 def text(value: Any) -> str:
