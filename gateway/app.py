@@ -243,8 +243,10 @@ class Sidecar:
         await self.certs.start()
         await self.control_plane.start()
         self.templates = await self._new_templates(self.config)
-        for key in _listener_specs(self.config):
-            await self._start_listener(key, self.config)
+        async with self._listeners_lock:  # Consul may have changed the config (protocols, listeners) meanwhile
+            for key in _listener_specs(self.config):
+                if key not in self.listeners:
+                    await self._start_listener(key, self.config)
         try:
             await self.admin.start()
         except OSError as e:
@@ -315,10 +317,8 @@ class Sidecar:
         self._consul_field = consul_supplied(new)
         if self._consul_field in self._from_consul:  # the file has none: Consul's stay
             new = dataclasses.replace(new, **{self._consul_field: self._from_consul[self._consul_field]})
-        if new.control_plane == self.config.control_plane:
-            new = self._resolved(new)  # else a new control plane says again
-        else:
-            self._protocol_facts = None
+        if new.control_plane.type == "consul":
+            new = self._resolved(new)  # what Consul said last (a new control plane says it again)
         old = self.config
         try:
             await self._apply(old, new)
@@ -327,6 +327,8 @@ class Sidecar:
             metrics.CONFIG_RELOADS.labels("rejected").inc()
             log.error("reload rejected: %s", e)
             return False
+        if new.control_plane.type != "consul":
+            self._protocol_facts = None
         metrics.CONFIG_RELOADS.labels("applied").inc()
         log.info("reloaded %s", path)
         return True
