@@ -669,8 +669,9 @@ class ConsulControlPlane:
 
     async def _watch_chain_protocol(self, q: queries.Query, service: str, dc: str) -> None:
         """The upstream's protocol as Consul compiles its discovery chain (``Chain.Protocol``, http2-grpc.md §1.3,
-        §1.5): the target's service-defaults, else proxy-defaults, else tcp. Blocks on the config entries' index, so
-        a ``consul config write`` of either re-resolves it."""
+        §1.5): the target's service-defaults, else proxy-defaults, else tcp. Read as a blocking query, so a
+        ``consul config write`` of either re-resolves it († that the endpoint blocks is Consul's API documentation
+        from memory, not in the spec; were it not to block, blocking_watch re-reads it with its quick backoff)."""
 
         async def fetch(index: int) -> tuple[int, Any]:
             return await q.fetch(self.api, index)
