@@ -26,13 +26,17 @@ from connect.intentions import IntentionError, parse_entries
 from connect.watch import WatchError, WatchHealth, backoff_delay, blocking_watch
 from gateway import metrics
 from gateway.config import (
+    CheckConfig,
     Config,
     ConfigError,
     ConsulConfig,
+    ServiceConfig,
     ingress_listeners_from_entry,
+    is_http_like,
     linked_services_from_entry,
     upstreams_from_registration,
 )
+from gateway.config.protocol import ProtocolFacts
 from gateway.http.entries import EntryError, parse_entry, referenced_services
 from gateway.snapshot import Endpoint, SnapshotBuilder, gateway_mode
 
@@ -237,6 +241,33 @@ def agent_default_allow(body: Any) -> bool | None:
     return policy == "allow"
 
 
+def _go_duration(seconds: float) -> str:
+    ms = round(seconds * 1000)
+    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
+
+
+def app_check(svc: ServiceConfig) -> dict[str, Any]:
+    """The check registered with the app service (consul.md §3.4): TCP by default; with ``service.check.type: grpc``
+    Consul's GRPC check, ``"<host>:<port>/<service>"`` (a trailing ``/`` probes the whole server), as Nomad registers
+    it (http2-grpc.md §4; C:agent/checks/grpc.go; N:command/agent/consul/service_client.go createCheckReg)."""
+    c = svc.check or CheckConfig()
+    host = f"[{svc.address}]" if ":" in svc.address else svc.address
+    out: dict[str, Any] = {"CheckID": f"service:{svc.id}", "Name": f"{svc.name} listening"}
+    if c.type == "grpc":
+        out["Name"] = f"{svc.name} gRPC health"
+        out["GRPC"] = f"{host}:{svc.port}/{c.grpc_service}"
+        out["GRPCUseTLS"] = c.grpc_use_tls
+        if c.tls_skip_verify:
+            out["TLSSkipVerify"] = True
+        if c.tls_server_name:
+            out["TLSServerName"] = c.tls_server_name
+    else:
+        out["TCP"] = f"{host}:{svc.port}"
+    out["Interval"] = _go_duration(c.interval)
+    out["Timeout"] = _go_duration(c.timeout)
+    return out
+
+
 def find_sidecar_proxy(services: Mapping[str, Any], sidecar_for: str) -> Mapping[str, Any] | None:
     """The Proxy block of the connect-proxy registered for ``sidecar_for`` (consul.md §3.2): by
     DestinationServiceID as Consul's LookupProxyIDForSidecar, else by a unique DestinationServiceName."""
@@ -260,6 +291,7 @@ class ConsulControlPlane:
         provide_certs: bool,
         ready: Callable[[], tuple[bool, str]],
         on_entry: Callable[[tuple[Any, ...]], None] | None = None,
+        on_protocols: Callable[[ProtocolFacts], None] | None = None,
     ):
         assert config.control_plane.consul is not None
         self.config = config
@@ -270,6 +302,10 @@ class ConsulControlPlane:
         # A gateway whose YAML leaves its listeners (ingress) or linked services (terminating) to Consul: what its
         # config entry says goes here.
         self.on_entry = on_entry
+        # Told of every change of what Consul says about protocols (gateway/config/protocol.py resolves them).
+        self.on_protocols = on_protocols
+        self._chain_protocols: dict[tuple[str, str], str] = {}  # (service, dc) -> discovery-chain Protocol
+        self._registration_protocol: str | None = None  # sidecar_for: the agent's merged Proxy.Config.protocol
         self._leaf_watched: set[str] = set()
         self.api = ConsulAPI(self.cfg)
         self.health = WatchHealth(on_change=self._on_health)
@@ -333,17 +369,27 @@ class ConsulControlPlane:
         if cfg.mode == "sidecar" and self.cfg.sidecar_for and self.on_entry is not None:
             self._names.add("agent/services")
             self._spawn(loop, self._watch_sidecar_registration(self.cfg.sidecar_for), "watch-sidecar-registration")
+        own_resolved = cfg.mode == "sidecar" and not cfg.service.protocol_explicit
         if cfg.upstreams or cfg.mode != "sidecar" or self.cfg.sidecar_for:
             # The discovery chain's config entries (consul.md §8.1, §8.3-§8.5): resolvers for every upstream
             # (redirect, subsets, failover), routers and splitters for HTTP ones; a mesh gateway needs the
             # resolvers' subsets for subset SNI names.
             self._watched_services |= set(dcs)
-            for kind in CHAIN_KINDS:
-                self._spawn(loop, self._watch_chain_kind(kind), f"watch-{kind}")
-        elif cfg.service.protocol == "http":
+            kinds: tuple[str, ...] = CHAIN_KINDS
+        else:
             # The mesh entry's HTTP.Incoming.RequestNormalization shapes the inbound HTTP listener
-            # (l7-security.md §1.1); the other kinds concern upstreams only.
-            self._spawn(loop, self._watch_chain_kind("mesh"), "watch-mesh")
+            # (l7-security.md §1.1); service-defaults and proxy-defaults decide its protocol when the YAML does not.
+            kinds = ("service-defaults", "proxy-defaults") if own_resolved else ()
+            if own_resolved or is_http_like(cfg.service.protocol):
+                kinds += ("mesh",)
+        if own_resolved or any(not u.protocol_explicit for u in cfg.upstreams) or self.cfg.sidecar_for:
+            # Not ready before the protocols are known: a first request must not be served as tcp by mistake.
+            self._names |= {"config/service-defaults", "config/proxy-defaults"}
+        for kind in kinds:
+            self._spawn(loop, self._watch_chain_kind(kind), f"watch-{kind}")
+        for u in cfg.upstreams:
+            if not u.protocol_explicit:
+                self._watch_chain(u.service, u.datacenter or cfg.datacenter)
         if cfg.mode == "mesh-gateway":
             self._names |= {"catalog/services", "catalog/datacenters"}
             self._spawn(loop, self._watch_catalog_services(), "watch-catalog-services")
@@ -388,7 +434,15 @@ class ConsulControlPlane:
                     else:
                         for u in value:
                             self._watch_service(u.service, u.datacenter or self.config.datacenter)
+                            if not u.protocol_explicit:
+                                self._watch_chain(u.service, u.datacenter or self.config.datacenter)
                         log.info("%s: %d upstream(s)", where, len(value))
+                        # The agent stores the registration merged with the central defaults (http2-grpc.md §1.2;
+                        # C:agent/service_manager.go), so this is Consul's own answer for the proxy's protocol.
+                        config = proxy.get("Config") or {}
+                        protocol = config.get("protocol") if isinstance(config, Mapping) else None
+                        self._registration_protocol = str(protocol) if protocol else None
+                        self._publish_protocols()
                         assert self.on_entry is not None
                         self.on_entry(value)
             await asyncio.sleep(SIDECAR_POLL)
@@ -594,8 +648,44 @@ class ConsulControlPlane:
                     self._watch_service(self.config.mesh_gateway.service, gdc, "service")
             log.info("consul %s entries: %d", kind, len(parsed))
             self.builder.set_chain_entries(combined)
+            if kind in ("service-defaults", "proxy-defaults"):
+                self._publish_protocols()
 
         await blocking_watch(f"config/{kind}", fetch, on_data, self.health)
+
+    def protocol_facts(self) -> ProtocolFacts:
+        entries = tuple(e for k in ("service-defaults", "proxy-defaults") for e in self._chain.get(k, ()))
+        return ProtocolFacts(entries, tuple(sorted(self._chain_protocols.items())), self._registration_protocol)
+
+    def _publish_protocols(self) -> None:
+        if self.on_protocols is not None:
+            self.on_protocols(self.protocol_facts())
+
+    def _watch_chain(self, service: str, dc: str) -> None:
+        q = queries.discovery_chain(service, dc, self.config.datacenter)
+        if q.name not in self._names:
+            self._names.add(q.name)
+            self._spawn(asyncio.get_running_loop(), self._watch_chain_protocol(q, service, dc), f"watch-{q.name}")
+
+    async def _watch_chain_protocol(self, q: queries.Query, service: str, dc: str) -> None:
+        """The upstream's protocol as Consul compiles its discovery chain (``Chain.Protocol``, http2-grpc.md §1.3,
+        §1.5): the target's service-defaults, else proxy-defaults, else tcp. Read as a blocking query, so a
+        ``consul config write`` of either re-resolves it († that the endpoint blocks is Consul's API documentation
+        from memory, not in the spec; were it not to block, blocking_watch re-reads it with its quick backoff)."""
+
+        async def fetch(index: int) -> tuple[int, Any]:
+            return await q.fetch(self.api, index)
+
+        def on_data(body: Any) -> None:
+            chain = (body or {}).get("Chain") if isinstance(body, Mapping) else None
+            protocol = str((chain or {}).get("Protocol") or "tcp") if isinstance(chain, Mapping) else "tcp"
+            if self._chain_protocols.get((service, dc)) == protocol:
+                return
+            self._chain_protocols[(service, dc)] = protocol
+            log.info("discovery chain of %s in %s: protocol %s", service, dc, protocol)
+            self._publish_protocols()
+
+        await blocking_watch(q.name, fetch, on_data, self.health)
 
     async def _watch_roots(self) -> None:
         async def fetch(index: int) -> tuple[int, Any]:
@@ -701,7 +791,8 @@ class ConsulControlPlane:
                 "DestinationServiceID": svc.id,
                 "LocalServiceAddress": svc.address,
                 "LocalServicePort": svc.port,
-                "Config": {"protocol": svc.protocol},
+                # Only a protocol the YAML sets: else Consul's central defaults decide (http2-grpc.md §1.2).
+                "Config": {"protocol": svc.protocol} if svc.protocol_explicit else {},
                 "Upstreams": [
                     {
                         "DestinationType": "service",
@@ -709,7 +800,7 @@ class ConsulControlPlane:
                         "Datacenter": u.datacenter or "",
                         "LocalBindAddress": u.bind.host,
                         "LocalBindPort": u.bind.port,
-                        "Config": {"protocol": u.protocol},
+                        "Config": {"protocol": u.protocol} if u.protocol_explicit else {},
                     }
                     for u in cfg.upstreams
                 ],
@@ -750,15 +841,7 @@ class ConsulControlPlane:
             "Address": svc.address,
             "Port": svc.port,
             "Meta": {"meshgw": "app"},
-            "Checks": [
-                {
-                    "CheckID": f"service:{svc.id}",
-                    "Name": f"{svc.name} listening",
-                    "TCP": f"{svc.address}:{svc.port}",
-                    "Interval": "10s",
-                    "Timeout": "2s",
-                }
-            ],
+            "Checks": [app_check(svc)],
         }
 
     async def _register(self) -> None:

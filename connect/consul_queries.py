@@ -57,6 +57,14 @@ def config_entry(kind: str, name: str) -> Query:
     return Query(f"config/{kind}", f"/v1/config/{kind}/{name}", {}, allow_404=True)
 
 
+def discovery_chain(service: str, dc: str, local_dc: str) -> Query:
+    """``/v1/discovery-chain/<service>``: the compiled chain, whose ``Chain.Protocol`` is the upstream's protocol
+    when the caller sets none (http2-grpc.md §1.3, §1.5; C:agent/discovery_chain_endpoint.go)."""
+    suffix = "" if dc == local_dc else f"@{dc}"
+    params = {"compile-dc": dc if dc != local_dc else None}
+    return Query(f"discovery-chain/{service}{suffix}", f"/v1/discovery-chain/{service}", params)
+
+
 def roots() -> Query:
     return Query("connect/ca/roots", "/v1/agent/connect/ca/roots", {})
 

@@ -18,7 +18,8 @@ from connect.local import LocalControlPlane
 from gateway import core_metrics, corespec, dataplane, metrics, sdnotify
 from gateway.admin import Admin
 from gateway.config import Config, ConfigError, load_config
-from gateway.config.reader import HTTP_LIKE
+from gateway.config.protocol import ProtocolFacts
+from gateway.config.reader import is_http_like
 from gateway.preflight import check_files
 from gateway.render import TemplateRunner
 from gateway.snapshot import SnapshotBuilder, upstream_key
@@ -64,7 +65,7 @@ def _listener_specs(cfg: Config) -> dict[tuple[Any, ...], Any]:
         specs[(cfg.mode, cfg.gateway, cfg.datacenter)] = None
     ingress_http: dict[Any, list[Any]] = {}
     for u in cfg.upstreams:
-        if cfg.mode == "ingress-gateway" and u.protocol in HTTP_LIKE:
+        if cfg.mode == "ingress-gateway" and is_http_like(u.protocol):
             ingress_http.setdefault(u.bind, []).append(u)  # one listener, its services told apart by Host
             continue
         # The snapshot key is part of it: an upstream that gains a twin (same service and datacenter) gets a new key.
@@ -116,6 +117,7 @@ class Sidecar:
         self._background: set[asyncio.Task[Any]] = set()
         self._listeners_lock = asyncio.Lock()
         self._from_consul: dict[str, Any] = {}  # the last value Consul supplied, per config field
+        self._protocol_facts: ProtocolFacts | None = None  # what Consul last said about protocols
         self.expose: Any = None  # gateway.expose.ExposeServer, when the config exposes paths
 
     # ------------------------------------------------------------------ construction
@@ -131,6 +133,7 @@ class Sidecar:
                 provide_certs=cfg.certificates.type == "consul",
                 ready=self._ready,
                 on_entry=self._on_consul_entry(self._consul_field) if self._consul_field else None,
+                on_protocols=lambda facts: self._bg(self._set_protocol_facts(facts)),
             )
         return LocalControlPlane(
             cfg.control_plane.local, cfg.datacenter, self.builder.set_catalog, self.builder.set_intentions
@@ -139,15 +142,44 @@ class Sidecar:
     def _on_consul_entry(self, field: str) -> Callable[[tuple[Any, ...]], None]:
         return lambda value: self._bg(self._set_from_consul(field, value))
 
+    def _resolved(self, cfg: Config) -> Config:
+        """``cfg`` with the protocols it leaves unset resolved from what Consul last said (gateway/config/protocol.py);
+        without Consul, the loader has resolved them from the file's config entries."""
+        if self._protocol_facts is None:
+            return cfg
+        new, warnings = self._protocol_facts.resolve(cfg)
+        for line in warnings:
+            log.warning("consul %s", line)
+        return new
+
+    async def _set_protocol_facts(self, facts: ProtocolFacts) -> None:
+        """Consul's service-defaults, proxy-defaults, a discovery chain or the registration changed: the protocols
+        are resolved again, and listeners whose protocol changed are served with the new one."""
+        async with self._listeners_lock:
+            self._protocol_facts = facts
+            old = self.config
+            new = self._resolved(old)
+            if new == old:
+                return
+            if new.service.protocol != old.service.protocol:
+                log.info("protocol of %s: %s (was %s)", new.service.name, new.service.protocol, old.service.protocol)
+            for u, was in zip(new.upstreams, old.upstreams, strict=True):
+                if u.protocol != was.protocol:
+                    log.info("protocol of upstream %s: %s (was %s)", u.service, u.protocol, was.protocol)
+            self.config = new
+            self.plane.set_config(new)
+            self.builder.reconfigure(new)
+            await self._sync_listeners(new, strict=False)
+
     async def _set_from_consul(self, field: str, value: tuple[Any, ...]) -> None:
         """A gateway's Consul entry changed ``field`` (consul_supplied): a new config for the snapshot, the leaves
         and the listeners, kept across SIGHUP reloads (the file has none)."""
         async with self._listeners_lock:
             old = self.config
-            if getattr(old, field) == value:
+            if self._from_consul.get(field) == value:
                 return
             self._from_consul[field] = value
-            new = dataclasses.replace(old, **{field: value})
+            new = self._resolved(dataclasses.replace(old, **{field: value}))
             if _needs_new_certs(old, new):
                 certs = self._make_certs(new)
                 await certs.start()
@@ -211,8 +243,10 @@ class Sidecar:
         await self.certs.start()
         await self.control_plane.start()
         self.templates = await self._new_templates(self.config)
-        for key in _listener_specs(self.config):
-            await self._start_listener(key, self.config)
+        async with self._listeners_lock:  # Consul may have changed the config (protocols, listeners) meanwhile
+            for key in _listener_specs(self.config):
+                if key not in self.listeners:
+                    await self._start_listener(key, self.config)
         try:
             await self.admin.start()
         except OSError as e:
@@ -283,6 +317,8 @@ class Sidecar:
         self._consul_field = consul_supplied(new)
         if self._consul_field in self._from_consul:  # the file has none: Consul's stay
             new = dataclasses.replace(new, **{self._consul_field: self._from_consul[self._consul_field]})
+        if new.control_plane.type == "consul":
+            new = self._resolved(new)  # what Consul said last (a new control plane says it again)
         old = self.config
         try:
             await self._apply(old, new)
@@ -291,6 +327,8 @@ class Sidecar:
             metrics.CONFIG_RELOADS.labels("rejected").inc()
             log.error("reload rejected: %s", e)
             return False
+        if new.control_plane.type != "consul":
+            self._protocol_facts = None
         metrics.CONFIG_RELOADS.labels("applied").inc()
         log.info("reloaded %s", path)
         return True

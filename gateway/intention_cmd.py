@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ from gateway.config import Config, ConfigError, _parse_consul, _Reader, load_con
 EXIT_DENIED = 1
 EXIT_ERROR = 1
 EXIT_CHECK_ERROR = 2
+# /<package>.<Service>/<Method>: the package may be empty ("/Service/Method") and has dots (G:doc/PROTOCOL-HTTP2.md).
+GRPC_PATH = re.compile(r"/[A-Za-z_][\w.]*/[A-Za-z_]\w*")
 
 
 class CommandError(Exception):
@@ -208,14 +211,23 @@ async def _run(args: argparse.Namespace, store: Any) -> int:
             if not sep or not name:
                 raise CommandError(f"--header {h!r}: expected NAME=VALUE")
             headers.append((name, value))
-        l7 = args.method is not None or args.path is not None or bool(headers)
+        method = args.method
+        if args.grpc:
+            # A gRPC call is a POST to /<package>.<Service>/<Method> with content-type application/grpc
+            # (http2-grpc.md §3; G:doc/PROTOCOL-HTTP2.md): Consul's L7 intentions match its path like any other.
+            if args.path is None or not GRPC_PATH.fullmatch(args.path):
+                raise CommandError(f"--path {args.path!r}: a gRPC call's path is /package.Service/Method")
+            method = method or "POST"
+            if not any(n.lower() == "content-type" for n, _ in headers):
+                headers.append(("content-type", "application/grpc"))
+        l7 = method is not None or args.path is not None or bool(headers)
         try:
             d = check(
                 await store.entries(),
                 args.src,
                 args.dst,
                 await store.get_default() if args.default is None else args.default == "allow",
-                method=args.method if l7 else None,
+                method=method if l7 else None,
                 path=args.path if l7 else None,
                 headers=headers if l7 else None,
             )
@@ -384,6 +396,11 @@ def add_parser(sub: Any) -> None:
     q.add_argument("--path", help="L7: the request path")
     q.add_argument(
         "--header", action="append", metavar="NAME=VALUE", help="L7: a request header (repeatable, also one name)"
+    )
+    q.add_argument(
+        "--grpc",
+        action="store_true",
+        help="L7: a gRPC call (--path /package.Service/Method; POST, content-type application/grpc)",
     )
     q.add_argument(
         "--default",

@@ -809,6 +809,8 @@ def _meshgw_facts(cfg: Config) -> Mapping[str, Any]:
                     "address": cfg.service.address,
                     "port": cfg.service.port,
                     "protocol": cfg.service.protocol,
+                    # False: Consul's entries resolved it; a registration then leaves it to them (README "Protocols").
+                    "protocol_explicit": cfg.service.protocol_explicit,
                 }
             ),
             "inbound": None
@@ -822,6 +824,7 @@ def _meshgw_facts(cfg: Config) -> Mapping[str, Any]:
                         "address": u.bind.host,
                         "port": u.bind.port,
                         "protocol": u.protocol,
+                        "protocol_explicit": u.protocol_explicit,
                     }
                 )
                 for u in cfg.upstreams

@@ -20,7 +20,7 @@ from connect.spiffe import service_uri, upstream_sni
 from gateway import metrics
 from gateway.accesslog import AccessLog
 from gateway.config import Config, UpstreamConfig
-from gateway.config.reader import HTTP_LIKE
+from gateway.config.reader import is_http_like
 from gateway.http.routing import BalancerCache, cfg_entries, compile_chain, subset_endpoints
 
 log = logging.getLogger("meshgw.snapshot")
@@ -95,7 +95,8 @@ class UpstreamView:
     sni: str
     expected_uri: str
     endpoints: tuple[Endpoint, ...]
-    # protocol http: the compiled discovery chain (gateway.http.routing.Chain): routes, splits, clusters, balancers.
+    # HTTP-like protocols: the compiled discovery chain (gateway.http.routing.Chain): routes, splits, clusters,
+    # balancers.
     chain: Any = None
 
 
@@ -375,12 +376,12 @@ class SnapshotBuilder:
                 cfg.datacenter,
                 td,
                 self._catalog,
-                entries if u.protocol in HTTP_LIKE else resolvers,
+                entries if is_http_like(u.protocol) else resolvers,
                 self._balancers,
                 cfg.service.name,
                 via,
             )
-            if u.protocol in HTTP_LIKE:
+            if is_http_like(u.protocol):
                 # Requests follow the chain's clusters; the view says what the upstream's own service has.
                 dc = u.datacenter or cfg.datacenter
                 if via is not None and dc != cfg.datacenter:

@@ -765,6 +765,20 @@ def test_shipped_consul_service_definition(shipped: Callable[[str], str]) -> Non
     assert sidecar["proxy"]["local_service_port"] == 8080
 
 
+def test_shipped_consul_service_definition_leaves_an_unset_protocol_to_consul(
+    shipped: Callable[[str], str], tmp_path: Path
+) -> None:
+    # A protocol meshgw.yaml leaves out is Consul's to resolve (service-defaults, proxy-defaults): a registration
+    # that wrote one would win over them (http2-grpc.md §1.2).
+    proxy = json.loads(shipped("consul-service.json.j2"))["service"]["connect"]["sidecar_service"]["proxy"]
+    assert "config" not in proxy
+    cfg = tmp_path / "web.yaml"
+    explicit = "service: {name: web, port: 8080, protocol: grpc}"
+    cfg.write_text(cfg.read_text().replace("service: {name: web, port: 8080}", explicit))
+    proxy = json.loads(shipped("consul-service.json.j2"))["service"]["connect"]["sidecar_service"]["proxy"]
+    assert proxy["config"] == {"protocol": "grpc"}
+
+
 def test_shipped_service_intentions(shipped: Callable[[str], str]) -> None:
     entries = json.loads(shipped("service-intentions.json.j2"))
     parsed = parse_entries(entries, "rendered")  # Consul's own validation rules (connect/intentions.py)

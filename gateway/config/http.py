@@ -36,13 +36,10 @@ RETRY_ON = (
     "retriable-4xx",
     "refused-stream",
     "retriable-status-codes",
-    # gRPC: retried when a trailers-only answer carries this grpc-status (Envoy router_filter.rst, http2-grpc.md §2.7).
-    "cancelled",
-    "deadline-exceeded",
-    "internal",
-    "resource-exhausted",
-    "unavailable",
 )
+# gRPC's tokens (C:agent/structs/config_entry_discoverychain.go isValidRetryCondition): Envoy retries on them only
+# when grpc-status comes in the response headers (trailers-only), http2-grpc.md §2.7.
+GRPC_RETRY_ON = ("cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable")
 
 ACCESS_LOG_FIELDS = (
     "start_time",
@@ -190,10 +187,12 @@ def _status_codes(value: Any) -> tuple[int, ...]:
 
 def _retry_on(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ValueError(f"{value!r} is not a list of retry conditions (expected some of: {', '.join(RETRY_ON)})")
+        raise ValueError(
+            f"{value!r} is not a list of retry conditions (expected some of: {', '.join(RETRY_ON + GRPC_RETRY_ON)})"
+        )
     for v in value:
-        if v not in RETRY_ON:
-            raise ValueError(f"{v!r} is not a retry condition (expected one of: {', '.join(RETRY_ON)})")
+        if v not in RETRY_ON and v not in GRPC_RETRY_ON:
+            raise ValueError(f"{v!r} is not a retry condition (expected one of: {', '.join(RETRY_ON + GRPC_RETRY_ON)})")
     return tuple(value)
 
 

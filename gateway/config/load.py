@@ -3,6 +3,7 @@ sidecar takes from Consul instead (entries, registrations)."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,6 +16,7 @@ from gateway.config.http import (
     _parse_access_log,
     _parse_http_upstream,
 )
+from gateway.config.protocol import consul_protocol, parse_protocol, resolve_protocols
 from gateway.config.providers import (
     _parse_consul,
     _parse_vault,
@@ -22,7 +24,6 @@ from gateway.config.providers import (
 from gateway.config.reader import (
     MESH_GATEWAY_MODES,
     MODES,
-    PROTOCOLS,
     Address,
     ConfigError,
     _bool,
@@ -31,6 +32,7 @@ from gateway.config.reader import (
     _resolve,
     _trust_domain,
     choice,
+    is_http_like,
     parse_address,
     parse_duration,
     parse_host,
@@ -42,6 +44,7 @@ from gateway.config.schema import (
     AdminConfig,
     BuiltinCAConfig,
     CertificatesConfig,
+    CheckConfig,
     Config,
     ControlPlaneConfig,
     ExposePathConfig,
@@ -56,6 +59,8 @@ from gateway.config.schema import (
 from gateway.config.templates import (
     _parse_templates,
 )
+
+log = logging.getLogger("meshgw.config")
 
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
@@ -117,7 +122,7 @@ def parse_config(data: Any, path: Path, env: Mapping[str, str] | None = None) ->
     log_level = r.get(top, "", "log_level", _log_level, "info") or "info"
     log_json = bool(r.get(top, "", "log_json", _bool, False))
 
-    s = r.mapping(top.get("service"), "service", ("name", "id", "address", "port", "protocol"))
+    s = r.mapping(top.get("service"), "service", ("name", "id", "address", "port", "protocol", "check"))
     if "service" not in top:
         r.problem("service", "is required (the service this sidecar fronts: name, address, port)")
     # A gateway fronts no local app: its service is only the name it registers and gets a certificate for.
@@ -131,7 +136,10 @@ def parse_config(data: Any, path: Path, env: Mapping[str, str] | None = None) ->
         # An ingress gateway's listeners from Consul's entry bind here: all interfaces unless said otherwise.
         address=r.get(s, "service", "address", parse_host, default_address) or default_address,
         port=r.get(s, "service", "port", parse_port, 0 if gateway_mode else None, required=needs_port) or 0,
-        protocol=r.get(s, "service", "protocol", choice(*PROTOCOLS), "tcp") or "tcp",
+        # Unset: resolved as Consul does (gateway/config/protocol.py), from the config entries.
+        protocol=r.get(s, "service", "protocol", parse_protocol, "tcp") or "tcp",
+        protocol_explicit=s.get("protocol") is not None,
+        check=_parse_check(r, s.get("check")),
     )
 
     inbound = None
@@ -279,9 +287,13 @@ def parse_config(data: Any, path: Path, env: Mapping[str, str] | None = None) ->
     if mode == "sidecar" and inbound is None and not upstreams and not sidecar_for:
         r.problem("inbound", "a sidecar needs an inbound listener or at least one upstream (expected inbound.bind)")
 
+    if service.check is not None and not (cp_type == "consul" and consul is not None and consul.register_service):
+        r.problem(
+            "service.check", "is registered with the app service (expected control_plane.consul.register_service: true)"
+        )
     if r.problems:
         raise ConfigError(r.problems)
-    return Config(
+    cfg = Config(
         path=path,
         datacenter=datacenter,
         mode=mode,
@@ -303,6 +315,47 @@ def parse_config(data: Any, path: Path, env: Mapping[str, str] | None = None) ->
         mesh_gateway=mesh_gateway,
         expose=expose,
     )
+    # The protocols the file leaves unset, from its config entries (with Consul, from Consul's too: gateway/app.py).
+    cfg, warnings = resolve_protocols(cfg, config_entries)
+    for line in warnings:
+        log.warning("%s: config_entries: %s", path, line)
+    return cfg
+
+
+def _parse_check(r: _Reader, raw: Any) -> CheckConfig | None:
+    """``service.check``: the Consul check registered with the app (consul.md §3.4; http2-grpc.md §4)."""
+    if raw is None:
+        return None
+    key = "service.check"
+    m = r.mapping(
+        raw,
+        key,
+        ("type", "grpc_service", "grpc_use_tls", "tls_skip_verify", "tls_server_name", "interval", "timeout"),
+    )
+    typ = r.get(m, key, "type", choice("tcp", "grpc"), "tcp") or "tcp"
+    if typ != "grpc":
+        for k in ("grpc_service", "grpc_use_tls", "tls_skip_verify", "tls_server_name"):
+            if k in m:
+                r.problem(f"{key}.{k}", f"only goes with type: grpc (type is {typ})")
+    interval = r.get(m, key, "interval", parse_duration, 10.0) or 0.0
+    if interval <= 0:
+        r.problem(f"{key}.interval", "must be more than 0 (Consul runs the check every interval)")
+    return CheckConfig(
+        type=typ,
+        grpc_service=r.get(m, key, "grpc_service", _grpc_service, "") or "",
+        grpc_use_tls=bool(r.get(m, key, "grpc_use_tls", _bool, False)),
+        tls_skip_verify=bool(r.get(m, key, "tls_skip_verify", _bool, False)),
+        tls_server_name=r.get(m, key, "tls_server_name", parse_host, "") or "",
+        interval=interval,
+        timeout=r.get(m, key, "timeout", parse_duration, 2.0) or 2.0,
+    )
+
+
+def _grpc_service(value: Any) -> str:
+    # grpc.health.v1 HealthCheckRequest.service: a fully-qualified service name such as pkg.v1.Billing.
+    if not isinstance(value, str) or any(c.isspace() or c == "/" for c in value):
+        raise ValueError(f"{value!r} is not a gRPC service name (expected e.g. billing.v1.Billing, or empty)")
+    return value
 
 
 def _parse_linked_services(r: _Reader, raw: Any, base: Path) -> tuple[LinkedServiceConfig, ...]:
@@ -422,7 +475,8 @@ def _parse_upstreams(r: _Reader, raw_ups: list[Any], binds: dict[Address, str] |
             service=r.get(u, key, "service", parse_service_name, required=True) or "invalid",
             bind=r.get(u, key, "bind", parse_address, required=True) or Address("127.0.0.1", 0),
             datacenter=r.get(u, key, "datacenter", text, None),
-            protocol=r.get(u, key, "protocol", choice(*PROTOCOLS), "tcp") or "tcp",
+            protocol=r.get(u, key, "protocol", parse_protocol, "tcp") or "tcp",
+            protocol_explicit=u.get("protocol") is not None,
             connect_timeout=r.get(u, key, "connect_timeout", parse_duration, 5.0) or 5.0,
             request_timeout=r.get(u, key, "request_timeout", parse_duration, 15.0) or 15.0,
             mesh_gateway=r.get(u, key, "mesh_gateway", choice(*MESH_GATEWAY_MODES), None),
@@ -455,8 +509,12 @@ def upstreams_from_registration(proxy: Mapping[str, Any], where: str) -> tuple[U
         }
         if u.get("Datacenter"):
             item["datacenter"] = u["Datacenter"]
-        protocol = str((u.get("Config") or {}).get("protocol") or "tcp").lower()
-        item["protocol"] = "http" if protocol in ("http", "http2", "grpc") else "tcp"
+        protocol = (u.get("Config") or {}).get("protocol")
+        if protocol:  # else the caller's service-defaults or the discovery chain decide (http2-grpc.md §1.3)
+            warnings: list[str] = []
+            item["protocol"] = consul_protocol(protocol, f"{where}: Proxy.Upstreams[{n}].Config", warnings)
+            for line in warnings:
+                log.warning("%s", line)
         raw.append(item)
     ups = _parse_upstreams(r, raw) if raw else []
     if r.problems:
@@ -510,7 +568,7 @@ def _parse_ingress_listeners(r: _Reader, raw: Any, binds: dict[Address, str]) ->
         lst = r.mapping(
             item, key, ("bind", "protocol", "services", "connect_timeout", "request_timeout", *_HTTP_UPSTREAM_KEYS)
         )
-        protocol = r.get(lst, key, "protocol", choice(*PROTOCOLS), "tcp") or "tcp"
+        protocol = r.get(lst, key, "protocol", parse_protocol, "tcp") or "tcp"
         bind = r.get(lst, key, "bind", parse_address, required=True) or Address("0.0.0.0", 0)
         connect_timeout = r.get(lst, key, "connect_timeout", parse_duration, 5.0) or 5.0
         request_timeout = r.get(lst, key, "request_timeout", parse_duration, 15.0) or 15.0
@@ -520,7 +578,7 @@ def _parse_ingress_listeners(r: _Reader, raw: Any, binds: dict[Address, str]) ->
         if not isinstance(services, list) or not services:
             r.problem(f"{key}.services", "expected a list of services (one for tcp; for http, told apart by Host)")
             services = []
-        elif protocol == "tcp" and len(services) > 1:
+        elif not is_http_like(protocol) and len(services) > 1:
             r.problem(f"{key}.services", f"lists {len(services)} services (a tcp listener reaches exactly one)")
         for m, svc in enumerate(services):
             skey = f"{key}.services[{m}]"

@@ -128,6 +128,12 @@ def choice(*options: str) -> Callable[[Any], str]:
     return parse
 
 
+def is_http_like(protocol: str) -> bool:
+    """The one test of "requests are seen one by one" (L7 intentions, routes, splits, retries, access logs, HTTP
+    metrics): Consul's IsProtocolHTTPLike (C:agent/structs/config_entry_discoverychain.go; http2-grpc.md §1.1)."""
+    return protocol in HTTP_LIKE
+
+
 def text(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"{value!r} is not a non-empty string")

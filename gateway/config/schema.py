@@ -19,12 +19,32 @@ from gateway.config.reader import (
 
 
 @dataclass(frozen=True)
+class CheckConfig:
+    """``service.check``: the health check registered with the app service in Consul (consul.md §3.4). ``grpc``:
+    Consul's GRPC check, ``GRPC: "<address>:<port>/<grpc_service>"`` (http2-grpc.md §4; the same string Nomad
+    builds, N:command/agent/consul/service_client.go createCheckReg); ``tcp``: a TCP connect check."""
+
+    type: str = "tcp"
+    grpc_service: str = ""  # "" asks grpc.health.v1.Health/Check about the whole server
+    grpc_use_tls: bool = False
+    tls_skip_verify: bool = False
+    tls_server_name: str = ""
+    interval: float = 10.0
+    timeout: float = 2.0
+
+
+@dataclass(frozen=True)
 class ServiceConfig:
     name: str
     id: str
     address: str
     port: int
+    # The protocol served (after resolution, gateway/config/protocol.py); ``protocol_explicit``: meshgw.yaml set it,
+    # so neither the registration nor Consul's config entries change it.
     protocol: str = "tcp"
+    protocol_explicit: bool = True
+    # A Consul health check registered with the app (control_plane.consul.register_service).
+    check: CheckConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -44,6 +64,7 @@ class UpstreamConfig:
     bind: Address
     datacenter: str | None = None
     protocol: str = "tcp"
+    protocol_explicit: bool = True  # False: the caller's service-defaults or the discovery chain decide
     connect_timeout: float = 5.0
     request_timeout: float = 15.0  # http only: no answer by then gives 504
     # http only (below): Envoy's cluster defaults as Consul configures them (consul.md §8.1, §8.5).

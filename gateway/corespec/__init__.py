@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from gateway.config import Config, UpstreamConfig
-from gateway.config.reader import HTTP_LIKE
+from gateway.config.reader import is_http_like
 from gateway.snapshot import Endpoint, Snapshot, upstream_key
 
 # What identifies a listener: the keys gateway.app._listener_specs makes ("inbound", ...), as tuples.
@@ -54,7 +54,7 @@ def _inbound(cfg: Config, snap: Snapshot) -> dict[str, Any]:
         "intentions": snap.intentions.to_core(),
         "limits": {"connect_timeout_ms": _ms(cfg.inbound.connect_timeout)},
     }
-    if cfg.service.protocol in HTTP_LIKE:
+    if is_http_like(cfg.service.protocol):
         from gateway.corespec import inbound_http
 
         out["http"] = inbound_http.spec(cfg, snap)
@@ -71,7 +71,7 @@ def _upstream(cfg: Config, snap: Snapshot, ups: list[UpstreamConfig], name: str)
         "cluster": upstream_key(first, cfg),
         "limits": {"connect_timeout_ms": _ms(first.connect_timeout)},
     }
-    if first.protocol in HTTP_LIKE:
+    if is_http_like(first.protocol):
         from gateway.corespec import outbound_http
 
         views = [snap.upstreams[upstream_key(u, cfg)] for u in ups if upstream_key(u, cfg) in snap.upstreams]

@@ -1,4 +1,5 @@
-"""The ``http`` section of an inbound listener with ``protocol: http``, as the core's ``inbound::http`` reads it
+"""The ``http`` section of an inbound listener with an HTTP-like protocol (``http``, ``http2``, ``grpc``), as the
+core's ``inbound::http`` reads it
 (schema: gateway/core/src/inbound/http/mod.rs).
 
 From meshgw.yaml: ``inbound.request_timeout`` (the route timeout, 15 s by default as in the Python path and as

@@ -23,6 +23,7 @@ from typing import Any
 
 from gateway.config import (
     CONSUL_LB_POLICIES,
+    GRPC_RETRY_ON,
     RETRY_ON,
     HashPolicyConfig,
     LimitsConfig,
@@ -180,6 +181,7 @@ class UpstreamSettings:
     connect_timeout: float | None = None
     limits: LimitsConfig | None = None
     passive_health_check: PassiveHealthCheckConfig | None = None
+    protocol: str = ""  # the caller's view of the upstream's protocol (http2-grpc.md §1.3); "": not set
 
 
 @dataclass(frozen=True)
@@ -194,10 +196,12 @@ class ServiceDefaults:
 
 @dataclass(frozen=True)
 class ProxyDefaults:
-    """``proxy-defaults`` (name ``global``, consul.md §8.2): meshgw reads its MeshGateway.Mode, the last layer."""
+    """``proxy-defaults`` (name ``global``, consul.md §8.2): meshgw reads its MeshGateway.Mode and its
+    ``Config.protocol`` (the default protocol, http2-grpc.md §1.2), the last layers."""
 
     name: str = "global"
     mesh_gateway_mode: str = ""
+    protocol: str = ""  # Config.protocol, lower-cased; "": not set
     kind: str = "proxy-defaults"
 
 
@@ -437,10 +441,13 @@ def _http_match(r: _R, raw: Any, key: str) -> HTTPMatch:
 def _retry_on(v: Any) -> tuple[str, ...]:
     items = _list(v)
     for x in items:
-        if x not in RETRY_ON and x not in ("envoy-ratelimited", "http3-post-connect-failure"):
+        if x not in RETRY_ON and x not in GRPC_RETRY_ON and x not in (
+            "envoy-ratelimited",
+            "http3-post-connect-failure",
+        ):
             raise ValueError(f"{x!r} is not a retry condition (expected one of: {', '.join(RETRY_ON)})")
-    # Consul accepts these two; meshgw never rate-limits with Envoy's header nor speaks HTTP/3: they never fire.
-    return tuple(x for x in items if x in RETRY_ON)
+    # gRPC's tokens are kept: the core retries on a trailers-only grpc-status (http2-grpc.md §2.7).
+    return tuple(x for x in items if x in RETRY_ON or x in GRPC_RETRY_ON)
 
 
 def _codes(v: Any) -> tuple[int, ...]:
@@ -659,14 +666,13 @@ def _upstream_settings(r: _R, raw: Any, key: str, named: bool) -> UpstreamSettin
     m = r.obj(
         raw,
         key,
-        ("Name", "ConnectTimeoutMs", "Limits", "PassiveHealthCheck"),
+        ("Name", "ConnectTimeoutMs", "Limits", "PassiveHealthCheck", "Protocol"),
         ignore=(
             "Namespace",
             "Partition",
             "Peer",
             "EnvoyListenerJSON",
             "EnvoyClusterJSON",
-            "Protocol",
             "MeshGateway",
             "BalanceOutboundConnections",
         ),
@@ -704,7 +710,11 @@ def _upstream_settings(r: _R, raw: Any, key: str, named: bool) -> UpstreamSettin
     if named and not name:
         r.problem(f"{key}.Name", "is required in an override")
     return UpstreamSettings(
-        name=name, connect_timeout=ms / 1000 if ms else None, limits=limits, passive_health_check=phc
+        name=name,
+        connect_timeout=ms / 1000 if ms else None,
+        limits=limits,
+        passive_health_check=phc,
+        protocol=(r.get(m, key, "Protocol", _str, "") or "").lower(),
     )
 
 
@@ -731,7 +741,13 @@ def _mesh_gateway_mode(r: _R, d: Mapping[str, Any]) -> str:
 def _proxy_defaults(r: _R, d: Mapping[str, Any], name: str) -> ProxyDefaults:
     if name != "global":
         r.problem("Name", "proxy-defaults must be named global")
-    return ProxyDefaults(name, _mesh_gateway_mode(r, d))
+    config = d.get("Config")
+    if config is not None and not isinstance(config, Mapping):
+        r.problem("Config", f"expected a mapping of proxy settings, got {type(config).__name__}")
+        config = None
+    # An opaque map stored as written: Consul's xDS side lower-cases protocol itself (C:agent/xds/config.go).
+    protocol = next((v for k, v in (config or {}).items() if str(k).lower() == "protocol"), None)
+    return ProxyDefaults(name, _mesh_gateway_mode(r, d), str(protocol or "").lower())
 
 
 def _enum(r: _R, m: Mapping[str, Any], key: str, name: str, allowed: tuple[str, ...]) -> str:

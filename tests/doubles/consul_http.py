@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from doubles.consul_chain import merged_proxy_config
 from doubles.consul_decode import canon, decode_check_registration, decode_registration
 from doubles.consul_intent import ConfigStore
 from doubles.consul_state import STATUSES, ApiError, ConsulState, parse_duration, worst
@@ -236,6 +237,11 @@ class ConsulHTTP:
 
     def agent_service_json(self, sid: str) -> dict[str, Any]:
         svc = {k: v for k, v in self.state.services[sid].items() if k not in ("CreateIndex", "ModifyIndex")}
+        if svc.get("Kind") == "connect-proxy":
+            # The agent keeps the registration merged with the central defaults (http2-grpc.md §1.2).
+            proxy = {k: v for k, v in svc["Proxy"].items() if k != "Config"}
+            config = merged_proxy_config(self.state.config, svc)
+            svc["Proxy"] = {**proxy, **({"Config": config} if config else {})}
         return {**svc, "Datacenter": self.state.datacenter}
 
     async def agent_services(self, request: web.Request, _: tuple[str, ...]) -> web.Response:

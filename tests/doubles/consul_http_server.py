@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from doubles.consul_chain import compile_chain, field
 from doubles.consul_http import body_json, empty, json_response, parse_bool
 from doubles.consul_state import ApiError, parse_duration
 
@@ -160,6 +161,19 @@ def add_server_routes(h: ConsulHTTP) -> None:
         done = h.config.delete(g[0], g[1], cas)
         return json_response(done if cas is not None else {})
 
+    async def discovery_chain(request: web.Request, g: tuple[str, ...]) -> web.Response:
+        # GET, or POST with {"OverrideProtocol", ...} (snake_case too); blocks on the config entries' index
+        # (http2-grpc.md §1.5; C:agent/discovery_chain_endpoint.go).
+        override = ""
+        if request.method == "POST":
+            body = await body_json(request, "Request decoding failed")
+            override = str(field(body, "OverrideProtocol") or field(body, "override_protocol") or "")
+        await h.block(request, "config")
+        dc = request.query.get("compile-dc") or s.datacenter
+        chain = compile_chain(s.config, g[0], dc, s.trust_domain, override)
+        return json_response(chain, s.tables["config"].index)
+
+    h.route("/v1/discovery-chain/(.+)", get=discovery_chain, post=discovery_chain)
     h.route("/v1/config", put=config_put)
     h.route("/v1/config/([^/]+)", get=config_list)
     h.route("/v1/config/([^/]+)/(.+)", get=config_get, delete=config_delete)

@@ -82,7 +82,19 @@ class ConfigStore:
         want = FIXED_NAMES.get(kind)
         if want and name != want:
             raise ApiError(500, f'invalid name "{name}", only "{want}" is supported')
-        return {"Kind": kind, "Name": name, **{k: v for k, v in out.items() if k not in ("Kind", "Name")}}
+        rest = {k: v for k, v in out.items() if k not in ("Kind", "Name")}
+        # Normalize lower-cases service-defaults' Protocol and ingress listeners' (C:agent/structs/config_entry.go,
+        # config_entry_ingress.go; http2-grpc.md §1.1); proxy-defaults' Config stays as written.
+        pk = _key_of(rest, "Protocol")
+        if kind == "service-defaults" and pk is not None and isinstance(rest[pk], str):
+            rest[pk] = rest[pk].lower()
+        lk = _key_of(rest, "Listeners")
+        if kind == "ingress-gateway" and lk is not None and isinstance(rest[lk], list):
+            for lst in rest[lk]:
+                lpk = _key_of(lst, "Protocol") if isinstance(lst, dict) else None
+                if lpk is not None and isinstance(lst[lpk], str):
+                    lst[lpk] = lst[lpk].lower()
+        return {"Kind": kind, "Name": name, **rest}
 
     def apply(self, body: Any, cas: int | None = None) -> bool:
         entry = self.normalize(body)
