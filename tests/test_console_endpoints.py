@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 
 import pytest
 from console_demo import Demo, demo, get
-from mesh import Mesh, refused, wait_for
+from mesh import Mesh, free_port, refused, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -202,3 +202,65 @@ def test_maintenance_endpoints_are_post_only_and_drain(mesh: Mesh) -> None:
         info = fetch_json(base + "/server_info")
         assert info["maintenance"]["drained_listeners"] == ["inbound"]
         assert any("drained" in e["message"] for e in info["last_errors"])
+
+
+def test_clusters_show_an_ejected_endpoint_beside_a_warning_one(mesh: Mesh) -> None:
+    import yaml
+    from http_app import http_app, mesh_server_context
+
+    cert, key = mesh.leaf_files("api")
+    ctx = mesh_server_context(cert, key, mesh.root / "ca" / "ca.crt")
+    with http_app("api-0", ctx) as bad, http_app("api-1", ctx) as good:
+        bad.fail_status = 500
+        mesh.catalog["api"] = [
+            {"address": "127.0.0.1", "port": bad.port, "datacenter": "dc1"},
+            {"address": "127.0.0.1", "port": good.port, "datacenter": "dc1", "health": "warning"},
+        ]
+        mesh.write_catalog()
+        mesh.allow("web", "api")
+        up = free_port()
+        sc = mesh.sidecar("web", inbound=False, upstreams={"api": up}, start=False)
+        cfg = yaml.safe_load(sc.cfg_path.read_text())
+        phc = {"max_failures": 2, "base_ejection_time": "60s", "max_ejection_percent": 50}
+        cfg["upstreams"][0].update(protocol="http", passive_health_check=phc, retries={"num_retries": 0})
+        sc.cfg_path.write_text(yaml.safe_dump(cfg))
+        sc.start()
+        base = f"http://127.0.0.1:{sc.admin_port}"
+
+        def endpoints() -> dict[int, Any] | None:
+            get(up, "/", 4)
+            (api,) = fetch_json(base + "/clusters")["clusters"]
+            eps = {e["port"]: e for e in api["endpoints"]}
+            return eps if len(eps) == 2 and eps[bad.port]["ejected"] else None
+
+        eps = wait_for(endpoints, 15, "api-0 ejected after consecutive 500s")
+        assert eps[bad.port]["ejected_for_seconds"] > 0 and eps[bad.port]["in_rotation"] is False
+        assert eps[good.port]["health"] == "warning" and eps[good.port]["in_rotation"] is True
+        assert not eps[good.port]["ejected"]
+        nodes = {n["id"]: n for n in fetch_json(base + "/console/api/topology")["nodes"]}
+        lines = nodes["cluster:upstream:api/api"]["lines"]
+        assert any(f":{bad.port}" in ln and "ejected" in ln for ln in lines)
+        assert any(f":{good.port}" in ln and "warning" in ln for ln in lines)
+
+
+def test_clusters_count_requests_in_flight_per_endpoint(d: Demo) -> None:
+    import threading
+
+    url = d.admin_url(d.web, "/clusters")
+    statuses: list[int] = []
+    t = threading.Thread(target=lambda: statuses.extend(get(d.web_up, "/hold")), daemon=True)
+    t.start()
+    try:
+
+        def in_flight() -> dict[str, Any] | None:
+            (api,) = [c for c in fetch_json(url)["clusters"] if c["service"] == "api"]
+            return api if api["endpoints"][0]["active_requests"] == 1 else None
+
+        api = wait_for(in_flight, 15, "the held request counted on api's endpoint")
+        assert api["active_requests"] == 1
+    finally:
+        d.app.hold.set()
+        t.join(15)
+        d.app.hold.clear()
+    assert statuses == [200]
+    wait_for(lambda: fetch_json(url)["clusters"][0]["endpoints"][0]["active_requests"] == 0, 10, "no request left")

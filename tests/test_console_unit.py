@@ -224,3 +224,44 @@ def test_no_view_carries_a_token_or_a_key(tmp_path: Path) -> None:
     assert views["clusters"][0]["endpoints"][0]["port"] == 21001
     assert views["listeners"][0]["accepting"] is True
     assert inventory.scrub({"a": ["-----BEGIN PRIVATE KEY-----"]}) == {"a": ["(redacted)"]}
+
+
+def test_mesh_gateway_topology_shows_local_services_and_remote_datacenters(tmp_path: Path) -> None:
+    from gateway.console import topology
+
+    (tmp_path / "gw.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "mode": "mesh-gateway",
+                "service": {"name": "mesh-gateway"},
+                "gateway": {"bind": "127.0.0.1:8443"},
+                "control_plane": {"type": "local", "local": {"catalog": "c.yaml", "intentions": "i.yaml"}},
+                "certificates": {"type": "builtin", "builtin": {"dir": "ca", "create": True}},
+            }
+        )
+    )
+    cfg = load_config(tmp_path / "gw.yaml")
+    builder = SnapshotBuilder(cfg)
+    builder.set_catalog(
+        {
+            "api": (Endpoint("127.0.0.1", 21001, "dc1", health="critical"),),
+            "mesh-gateway": (Endpoint("127.0.0.1", 8444, "dc2"), Endpoint("127.0.0.1", 8443, "dc1")),
+        }
+    )
+    src = ConsoleSource(
+        config=lambda: cfg,
+        holder=builder.holder,
+        core=FakeCore(),
+        listeners=lambda: [ListenerInfo("mesh-gateway", "mesh-gateway", "127.0.0.1:8443", "tcp")],
+        not_ready=lambda: None,
+        drain_listeners=lambda inbound_only: [],
+    )
+    clusters = inventory.clusters(src)
+    assert {c["name"] for c in clusters} >= {"remote:dc2"}
+    topo = topology.build(src, Stats.empty(), None, 0, clusters).to_json()
+    nodes = {n["id"]: n for n in topo["nodes"]}
+    assert nodes["self"]["label"].startswith("mesh-gateway")
+    assert nodes["cluster:remote:dc2"]["kind"] == "datacenter"
+    edges = {e["id"]: e for e in topo["edges"]}
+    assert edges["mesh-gateway"]["source"] == "callers" and edges["mesh-gateway"]["traffic"]["unit"] == "conn/s"
+    assert edges["mesh-gateway/remote:dc2"]["target"] == "cluster:remote:dc2"
