@@ -477,8 +477,8 @@ def test_wheel_is_self_contained_and_runs_the_demo_on_the_core(tmp_path: Path) -
     # The installed package finds the console's templates and assets (package data, not the source tree).
     probe = (
         "from importlib import resources; import jinja2; "
-        "env = jinja2.Environment(loader=jinja2.PackageLoader('gateway.console', 'templates')); "
-        "env.get_template('console.html.j2'); "
+        "loader = jinja2.PackageLoader('gateway.console', 'templates'); "
+        "assert loader.get_source(jinja2.Environment(), 'console.html.j2')[0]; "
         "assert resources.files('gateway.console').joinpath('static', 'console.js').read_bytes()"
     )
     subprocess.run([str(py), "-c", probe], check=True, env=bare, cwd=tmp_path, timeout=60)
