@@ -1,4 +1,5 @@
-"""The admin port: /metrics, /ready, /health, /config. Never serves a private key."""
+"""The admin port: /metrics, /ready, /health, /config, and the console with its operator endpoints
+(gateway/console/). Never serves a private key."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway import dataplane, metrics
 from gateway.config import Address
+from gateway.console.routes import Console
+from gateway.console.source import ConsoleSource
 from gateway.snapshot import SnapshotHolder
 
 
@@ -22,12 +25,15 @@ class Admin:
         holder: SnapshotHolder,
         config_json: Callable[[], dict[str, Any]],
         not_ready: Callable[[], str | None],
+        console: ConsoleSource | None = None,
+        allow_remote_maintenance: bool = False,
     ):
         self.bind = bind
         self.holder = holder
         self.config_json = config_json
         # A reason the process as a whole is not ready (draining, control plane not answered yet), or None.
         self.not_ready = not_ready
+        self.console = None if console is None else Console(console, allow_remote_maintenance)
         self.runner: web.AppRunner | None = None
         self.port = bind.port
 
@@ -37,7 +43,10 @@ class Admin:
         app.router.add_get("/ready", self.ready)
         app.router.add_get("/health", self.health)
         app.router.add_get("/config", self.config)
-        app.router.add_get("/", self.index)
+        if self.console is not None:
+            self.console.install(app)  # the console at /, the operator endpoints (gateway/console/routes.py)
+        else:
+            app.router.add_get("/", self.index)
         return app
 
     async def start(self) -> None:

@@ -20,6 +20,9 @@ from gateway.admin import Admin
 from gateway.config import Config, ConfigError, load_config
 from gateway.config.protocol import ProtocolFacts
 from gateway.config.reader import is_http_like
+from gateway.console.errors import RecentErrors
+from gateway.console.ops import Maintenance
+from gateway.console.source import ConsoleSource, ListenerInfo
 from gateway.preflight import check_files
 from gateway.render import TemplateRunner
 from gateway.snapshot import SnapshotBuilder, upstream_key
@@ -112,7 +115,21 @@ class Sidecar:
         # The Rust core serves every listener (gateway/dataplane.py); its stats are exported at scrape time.
         self.plane = dataplane.CoreDataPlane(self.holder, config)
         core_metrics.install(self.plane.core)
-        self.admin = Admin(config.admin.bind, self.holder, self._config_json, self._not_ready)
+        # The console and operator endpoints (issue #16): what they read, and the maintenance state they set.
+        self.maintenance = Maintenance()
+        self.recent_errors = RecentErrors()
+        logging.getLogger("meshgw").addHandler(self.recent_errors)
+        self.console = ConsoleSource(
+            config=lambda: self.config,
+            holder=self.holder,
+            core=self.plane.core,
+            listeners=self._listener_infos,
+            not_ready=self._not_ready,
+            drain_listeners=self.drain_listeners,
+            maintenance=self.maintenance,
+            errors=self.recent_errors,
+        )
+        self.admin = self._make_admin(config)
         self.draining = False
         self._background: set[asyncio.Task[Any]] = set()
         self._listeners_lock = asyncio.Lock()
@@ -190,9 +207,50 @@ class Sidecar:
             self.builder.reconfigure(new)
             await self._sync_listeners(new, strict=False)
 
+    def _make_admin(self, cfg: Config) -> Admin:
+        return Admin(
+            cfg.admin.bind,
+            self.holder,
+            self._config_json,
+            self._not_ready,
+            console=self.console,
+            allow_remote_maintenance=cfg.admin.allow_remote_maintenance,
+        )
+
+    def _listener_infos(self) -> list[ListenerInfo]:
+        out = []
+        for key, listener in self.listeners.items():
+            kind = key[0]
+            if kind == "inbound":
+                protocol = self.config.service.protocol
+            elif kind == "upstream":
+                protocol = key[1].protocol
+            elif kind == "ingress-http":
+                kind, protocol = "ingress", "http"
+            else:
+                protocol = "tcp"
+            out.append(ListenerInfo(listener.name, kind, str(listener.bind), protocol))
+        return out
+
+    def drain_listeners(self, inbound_only: bool) -> list[str]:
+        """POST /drain_listeners (Envoy's): stop accepting; open connections go on, /ready answers 503. The
+        listeners stay stopped until the process restarts, as Envoy's do."""
+        stopped = []
+        for key, listener in self.listeners.items():
+            if inbound_only and key[0] not in ("inbound", "mesh-gateway", "terminating-gateway"):
+                continue
+            if listener.name not in self.maintenance.drained:
+                listener.stop_accepting()
+                self.maintenance.drained.append(listener.name)
+                stopped.append(listener.name)
+        return stopped
+
     def _not_ready(self) -> str | None:
         if self.draining:
             return "draining"
+        maintenance = self.maintenance.not_ready()
+        if maintenance is not None:
+            return maintenance
         waiting = getattr(self.control_plane, "waiting_for", None)
         return waiting() if waiting is not None else None
 
@@ -298,6 +356,7 @@ class Sidecar:
         if self.expose is not None:
             await self.expose.stop()
         await self.admin.stop()
+        logging.getLogger("meshgw").removeHandler(self.recent_errors)
         log.info("stopped")
 
     # ------------------------------------------------------------------ reload
@@ -375,7 +434,7 @@ class Sidecar:
             await self._start_expose(new)
         if new.admin != old.admin:
             await self.admin.stop()
-            self.admin = Admin(new.admin.bind, self.holder, self._config_json, self._not_ready)
+            self.admin = self._make_admin(new)
             await self.admin.start()
 
     async def _start_expose(self, cfg: Config) -> None:

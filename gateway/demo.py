@@ -208,7 +208,7 @@ class Demo:
             await self.wait_ready()
             say("   sidecars ready: api, web, intruder (mTLS with SPIFFE identities from the built-in CA)")
             await self.traffic()
-            say("\n== admin endpoints (/metrics /ready /health /config)")
+            say("\n== admin consoles (open in a browser; also /clusters /certs /metrics /ready /config_dump)")
             for name in ("api", "web", "intruder"):
                 say(f"   {name:9s} http://127.0.0.1:{self.ports[name + '_admin']}/")
             say(f"   try: curl http://127.0.0.1:{self.ports['web_app']}/   (web -> api through the mesh)")

@@ -452,6 +452,8 @@ def test_wheel_is_self_contained_and_runs_the_demo_on_the_core(tmp_path: Path) -
         assert any(n.startswith("gateway/_core") and n.endswith(".so") for n in names)
         assert any(n.startswith("gateway/share/") for n in names), "the dashboard, alerts and templates ship"
         assert not any(n.startswith("gateway/core/") for n in names), "the crate's tree stays out of the wheel"
+        for asset in ("templates/console.html.j2", "templates/topology.html.j2", "static/console.js"):
+            assert f"gateway/console/{asset}" in names, f"the console's {asset} ships (no build step, no CDN)"
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     py = venv / "bin" / "python"
@@ -472,3 +474,11 @@ def test_wheel_is_self_contained_and_runs_the_demo_on_the_core(tmp_path: Path) -
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "10 answered 200" in out.stdout and "3 refused" in out.stdout, out.stdout[-3000:]
+    # The installed package finds the console's templates and assets (package data, not the source tree).
+    probe = (
+        "from importlib import resources; import jinja2; "
+        "loader = jinja2.PackageLoader('gateway.console', 'templates'); "
+        "assert loader.get_source(jinja2.Environment(), 'console.html.j2')[0]; "
+        "assert resources.files('gateway.console').joinpath('static', 'console.js').read_bytes()"
+    )
+    subprocess.run([str(py), "-c", probe], check=True, env=bare, cwd=tmp_path, timeout=60)

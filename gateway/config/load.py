@@ -244,8 +244,11 @@ def parse_config(data: Any, path: Path, env: Mapping[str, str] | None = None) ->
         )
     certificates = CertificatesConfig(type=ctype, builtin=builtin, vault=vault)
 
-    a = r.mapping(top.get("admin"), "admin", ("bind",))
-    admin = AdminConfig(bind=r.get(a, "admin", "bind", parse_address, Address("127.0.0.1", 19000)))  # type: ignore[arg-type]
+    a = r.mapping(top.get("admin"), "admin", ("bind", "allow_remote_maintenance"))
+    admin = AdminConfig(
+        bind=r.get(a, "admin", "bind", parse_address, Address("127.0.0.1", 19000)),  # type: ignore[arg-type]
+        allow_remote_maintenance=bool(r.get(a, "admin", "allow_remote_maintenance", _bool, False)),
+    )
 
     templates, template_certs = _parse_templates(r, top.get("templates"), base, env)
     access_log = _parse_access_log(r, top.get("access_log"), base)

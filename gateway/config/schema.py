@@ -224,6 +224,8 @@ class CertificatesConfig:
 @dataclass(frozen=True)
 class AdminConfig:
     bind: Address = Address("127.0.0.1", 19000)  # noqa: RUF009 - a frozen dataclass: an immutable default
+    # POST /drain_listeners and /healthcheck/fail|ok answer loopback callers only unless this is true (issue #16).
+    allow_remote_maintenance: bool = False
 
 
 @dataclass(frozen=True)

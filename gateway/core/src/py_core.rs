@@ -107,6 +107,12 @@ impl Core {
         self.shared.stats.render().to_string()
     }
 
+    /// The outbound HTTP clusters' live state as JSON: per endpoint the requests in flight and the outlier
+    /// ejection (outbound/http/runtime_view.rs `describe`), for the admin port's /clusters and console.
+    fn clusters_json(&self) -> String {
+        self.shared.outbound_http.describe().to_string()
+    }
+
     /// Log lines since the last call, as (level, message).
     fn take_logs(&self) -> Vec<(&'static str, String)> {
         self.shared

@@ -381,6 +381,9 @@ impl ClusterRuntime {
     }
 }
 
+#[path = "runtime_view.rs"]
+mod view;
+
 #[cfg(test)]
 #[path = "runtime_test.rs"]
 mod tests;
