@@ -825,3 +825,55 @@ def http_sidecar_bootstrap(**kwargs: Any) -> dict[str, Any]:
                 http_connection_manager(stat_prefix=f"upstream.{service}", route_name=service, cluster=tcp["cluster"])
             ]
     return boot
+
+
+# ----------------------------------------------------------------------------------------------------
+# protocol = "http2" / "grpc" (http2-grpc.md §2, from hashicorp/consul agent/xds):
+# * HCM as for http plus ``http2_protocol_options: {}`` (makeHTTPFilter, for http2 and grpc).
+# * grpc only: filters ``[grpc_stats (stats_for_all_methods), grpc_http1_bridge, rbac, router]`` and no XFCC (the
+#   HCM default, SANITIZE); http2 keeps XFCC APPEND_FORWARD as http does.
+# * The public listener's DownstreamTlsContext offers ALPN ``["h2", "http/1.1"]`` (getAlpnProtocols).
+# * ``local_app`` and the upstream clusters get explicit HTTP/2: typed_extension_protocol_options
+#   ``envoy.extensions.upstreams.http.v3.HttpProtocolOptions {explicit_http_config {http2_protocol_options {}}}``
+#   (clusters.go setHttp2ProtocolOptions): h2c to the app, h2 over mTLS between sidecars, no ALPN configured on the
+#   UpstreamTlsContext (Envoy's HTTP/2 pool then offers ``h2``).
+
+TYPE_GRPC_STATS = "type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig"
+TYPE_GRPC_BRIDGE = "type.googleapis.com/envoy.extensions.filters.http.grpc_http1_bridge.v3.Config"
+TYPE_HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+def h2_sidecar_bootstrap(protocol: str, **kwargs: Any) -> dict[str, Any]:
+    """``http_sidecar_bootstrap`` (same arguments) for ``protocol`` ``http2`` or ``grpc``, as Consul configures it."""
+    import copy
+
+    if protocol not in ("http2", "grpc"):
+        raise ValueError(f"protocol {protocol!r}: expected http2 or grpc")
+    boot = http_sidecar_bootstrap(**kwargs)
+    for listener in boot["static_resources"]["listeners"]:
+        chain = listener["filter_chains"][0]
+        hcm = chain["filters"][0]["typed_config"]
+        hcm["http2_protocol_options"] = {}
+        if protocol == "grpc":
+            hcm.pop("forward_client_cert_details", None)
+            hcm.pop("set_current_client_cert_details", None)
+            hcm["http_filters"] = [
+                {
+                    "name": "envoy.filters.http.grpc_stats",
+                    "typed_config": {"@type": TYPE_GRPC_STATS, "stats_for_all_methods": True},
+                },
+                {"name": "envoy.filters.http.grpc_http1_bridge", "typed_config": {"@type": TYPE_GRPC_BRIDGE}},
+                *hcm["http_filters"],
+            ]
+        if listener["traffic_direction"] == "INBOUND":
+            tls = chain["transport_socket"]["typed_config"]
+            tls["common_tls_context"] = copy.deepcopy(tls["common_tls_context"])
+            tls["common_tls_context"]["alpn_protocols"] = ["h2", "http/1.1"]
+    for cluster in boot["static_resources"]["clusters"]:
+        cluster["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": TYPE_HTTP_OPTIONS,
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        }
+    return boot
