@@ -286,3 +286,19 @@ def test_garbage_after_the_preface_is_a_protocol_error(target: tuple[Mesh, Sidec
     assert p.closed()
     wait_for(lambda: cut(sc, "protocol_error") == 1, 10, "protocol_error counted")
     honest_client_is_served(mesh, port)
+
+
+def test_connect_is_refused_cleanly(target: tuple[Mesh, Sidecar, H2App, int]) -> None:
+    """HTTP/2 CONNECT is not routed (Consul configures no connect matcher), and extended CONNECT cannot even be
+    asked for: meshgw never sends SETTINGS_ENABLE_CONNECT_PROTOCOL (RFC 8441 §3)."""
+    mesh, sc, app, port = target
+    p = Peer(mesh, port)
+    p.pump(0.5)
+    assert p.conn.remote_settings.get(h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL, 0) == 0
+    sid = p.conn.get_next_available_stream_id()
+    p.conn.send_headers(sid, [(":method", "CONNECT"), (":authority", "db.internal:5432")], end_stream=False)
+    p.flush()
+    wait_for(lambda: p.pump(0.2) and p.responses().get(sid) == 400, 10, "400 to CONNECT")
+    assert not app.requests
+    assert sc.metric("meshgw_http_requests_denied_total", listener="inbound", reason="authority_form_target") == 1
+    honest_client_is_served(mesh, port)
