@@ -302,3 +302,38 @@ def test_connect_is_refused_cleanly(target: tuple[Mesh, Sidecar, H2App, int]) ->
     assert not app.requests
     assert sc.metric("meshgw_http_requests_denied_total", listener="inbound", reason="authority_form_target") == 1
     honest_client_is_served(mesh, port)
+
+
+def test_h2_caller_of_an_http_service_is_translated(mesh: Mesh) -> None:
+    """Not an attack: the other translation. An h2 caller (ALPN h2, offered last by an `http` listener) of an
+    HTTP/1.1 app: `:authority` becomes Host, the body goes with a length, the answer comes back on the stream."""
+    import json
+
+    from http_app import http_app
+
+    mesh.allow("web", "api")
+    with http_app("api") as app:
+        sc = mesh.sidecar("api", app.port, service={"protocol": "http"})
+        p = Peer(mesh, mesh.inbound_port("api"))
+        sid = p.conn.get_next_available_stream_id()
+        p.conn.send_headers(
+            sid,
+            [(":method", "POST"), (":scheme", "https"), (":authority", "api.example:8080"), (":path", "/x?y=1"),
+             ("te", "trailers"), ("x-user", "ann")],
+        )
+        p.conn.send_data(sid, b"abc", end_stream=True)
+        p.flush()
+        body = b""
+
+        def answered() -> bool:
+            nonlocal body
+            p.pump(0.2)
+            body = b"".join(e.data for e in p.events if isinstance(e, h2.events.DataReceived) and e.stream_id == sid)
+            return any(isinstance(e, h2.events.StreamEnded) and e.stream_id == sid for e in p.events)
+
+        wait_for(answered, 10, "the answer")
+        assert p.responses()[sid] == 200
+        seen = json.loads(body)
+        assert seen["method"] == "POST" and seen["path"] == "/x?y=1" and seen["size"] == 3
+        assert seen["headers"]["host"] == "api.example:8080" and seen["headers"]["x-user"] == "ann"
+        assert sc.metric("meshgw_http_responses_total", listener="inbound", code_class="2xx") == 1
