@@ -92,6 +92,7 @@ def test_spec_from_config_and_mesh_entry(tmp_path: Path) -> None:
     assert inbound_http.spec(cfg, snap) == {
         "request_timeout_ms": 1000,
         "idle_timeout_ms": 90000,
+        "stream_idle_timeout_ms": 300000,
         "access_log": {"enabled": False, "fields": list(AccessLogConfig().fields)},
     }
     snap = SimpleNamespace(mesh=parse_entry(MESH, "x"), access_log=None)

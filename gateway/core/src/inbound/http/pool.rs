@@ -39,6 +39,8 @@ pub struct AppPool {
     idle: Mutex<VecDeque<Idle>>,
     /// h2c connections by app address (a handful at most: one per address the listeners name).
     h2: Mutex<Vec<(String, u16, AppSender2)>>,
+    /// One h2c dial at a time: a burst of requests on a cold pool shares the first connection.
+    h2_gate: tokio::sync::Mutex<()>,
     max_idle: usize,
     idle_timeout: Option<Duration>,
     pub connect_timeout: Duration,
@@ -99,6 +101,7 @@ impl AppPool {
         let p = Arc::new(AppPool {
             idle: Mutex::new(VecDeque::new()),
             h2: Mutex::new(Vec::new()),
+            h2_gate: tokio::sync::Mutex::new(()),
             max_idle,
             idle_timeout,
             connect_timeout,
@@ -149,6 +152,18 @@ impl AppPool {
         h2.iter()
             .find(|(h, p, s)| h == host && *p == port && s.is_ready())
             .map(|(_, _, s)| s.clone())
+    }
+
+    /// The open h2c connection to the app, or a new one (one dial at a time; waiters share its result).
+    pub async fn take_or_dial_h2(&self, host: &str, port: u16) -> Result<AppSender2, DialError> {
+        if let Some(s) = self.take_h2(host, port) {
+            return Ok(s);
+        }
+        let _gate = self.h2_gate.lock().await;
+        if let Some(s) = self.take_h2(host, port) {
+            return Ok(s);
+        }
+        self.dial_h2(host, port).await
     }
 
     /// A new h2c connection to the app, kept for the requests after this one.

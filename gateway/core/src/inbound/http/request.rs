@@ -537,10 +537,10 @@ impl Conn {
         let pool = &self.policy.pool;
         if self.app_h2 {
             // One multiplexed h2c connection per app address: nothing to check in or out per request.
-            let mut sender = match pool.take_h2(host, port) {
-                Some(s) => s,
-                None => pool.dial_h2(host, port).await.map_err(Failure::Dial)?,
-            };
+            let mut sender = pool
+                .take_or_dial_h2(host, port)
+                .await
+                .map_err(Failure::Dial)?;
             return match sender.try_send_request(req).await {
                 Ok(r) => Ok((None, r)),
                 Err(mut e) => match e.take_message() {

@@ -214,6 +214,18 @@ impl Attempts<'_> {
         if let Some(conn) = rt.pool.take(key) {
             return Ok(conn);
         }
+        // h2: while one request dials the endpoint, the others wait for its connection (held to the end).
+        let gate = self.plan.h2.then(|| rt.pool.h2_gate(key));
+        let _dialing = match &gate {
+            Some(g) => {
+                let held = g.lock().await;
+                if let Some(conn) = rt.pool.take(key) {
+                    return Ok(conn);
+                }
+                Some(held)
+            }
+            None => None,
+        };
         let limits = c.limits;
         loop {
             let (total, dialing) = rt.pool.counts();

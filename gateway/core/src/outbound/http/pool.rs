@@ -84,6 +84,9 @@ struct Inner {
 #[derive(Default)]
 pub struct Pool {
     inner: Mutex<Inner>,
+    /// One h2 dial per endpoint at a time: the requests that arrive meanwhile wait for it and share the
+    /// connection, instead of each opening its own (a burst of calls on a cold pool).
+    h2_gates: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
     /// A connection came back or went away: one queued request tries again.
     pub freed: Notify,
 }
@@ -131,6 +134,15 @@ impl Pool {
             }
         }
         None
+    }
+
+    /// The gate h2 dials to `key` pass one at a time.
+    pub fn h2_gate(&self, key: &Key) -> Arc<tokio::sync::Mutex<()>> {
+        let mut g = self.h2_gates.lock().unwrap_or_else(|p| p.into_inner());
+        if g.len() > 4096 {
+            g.retain(|_, m| Arc::strong_count(m) > 1); // endpoints come and go: keep the map bounded
+        }
+        g.entry(key.clone()).or_default().clone()
     }
 
     /// A new h2 connection: every request to its endpoint shares it from now on.
