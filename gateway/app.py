@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import gc
@@ -54,8 +55,9 @@ def _needs_new_certs(old: Config, new: Config) -> bool:
     )
 
 
-def _listener_specs(cfg: Config) -> dict[tuple[Any, ...], Any]:
-    """Everything that, when changed, needs a new listener (not just a new snapshot)."""
+def _listener_specs(cfg: Config, exposed_checks: tuple[Any, ...] = ()) -> dict[tuple[Any, ...], Any]:
+    """Everything that, when changed, needs a new listener (not just a new snapshot). ``exposed_checks``: the
+    paths the Consul agent exposed for the app's checks (each port a listener, its paths in the snapshot)."""
     specs: dict[tuple[Any, ...], Any] = {}
     if cfg.inbound is not None:
         specs[("inbound", cfg.inbound, cfg.service.address, cfg.service.port)] = None
@@ -70,6 +72,11 @@ def _listener_specs(cfg: Config) -> dict[tuple[Any, ...], Any]:
         specs[("upstream", u, cfg.datacenter, upstream_key(u, cfg))] = u
     for ups in ingress_http.values():
         specs[("ingress-http", tuple(ups), cfg.datacenter, tuple(upstream_key(u, cfg) for u in ups))] = ups
+    if cfg.expose or exposed_checks:
+        from gateway.corespec import expose
+
+        for port in expose.by_port(cfg, exposed_checks):
+            specs[("expose", expose.bind_host(cfg), port)] = None
     return specs
 
 
@@ -115,7 +122,9 @@ class Sidecar:
         self._background: set[asyncio.Task[Any]] = set()
         self._listeners_lock = asyncio.Lock()
         self._from_consul: dict[str, Any] = {}  # the last value Consul supplied, per config field
-        self.expose: Any = None  # gateway.expose.ExposeServer, when the config exposes paths
+        self._exposed_checks: tuple[Any, ...] = ()  # the agent's exposed checks the listeners were made for
+        self._serving = False  # listeners started: from then on exposed checks resync them
+        self.holder.observers.append(self._on_snapshot)
 
     # ------------------------------------------------------------------ construction
 
@@ -210,15 +219,16 @@ class Sidecar:
         await self.certs.start()
         await self.control_plane.start()
         self.templates = await self._new_templates(self.config)
-        for key in _listener_specs(self.config):
+        self._exposed_checks = self.holder.current.exposed_checks
+        for key in _listener_specs(self.config, self._exposed_checks):
             await self._start_listener(key, self.config)
+        self._serving = True
         try:
             await self.admin.start()
         except OSError as e:
             raise StartupError(
                 f"{self.config.path}: admin.bind: cannot listen on {self.config.admin.bind}: {e.strerror or e}"
             ) from None
-        await self._start_expose(self.config)
         log.info(
             "meshgw ready: service %s in %s, admin on %s:%s, %s",
             self.config.service.name,
@@ -233,7 +243,10 @@ class Sidecar:
         try:
             await listener.start()
         except OSError as e:
-            if key[0] in ("inbound", "mesh-gateway", "terminating-gateway"):
+            if key[0] == "expose":
+                at = [n for n, p in enumerate(cfg.expose) if p.listener_port == key[2]]
+                where = f"expose.paths[{at[0]}].listener_port" if at else "expose.checks"
+            elif key[0] in ("inbound", "mesh-gateway", "terminating-gateway"):
                 where = "inbound.bind" if key[0] == "inbound" else "gateway.bind"
             else:
                 first = key[1][0] if key[0] == "ingress-http" else key[1]
@@ -260,8 +273,6 @@ class Sidecar:
         await self.control_plane.stop()
         for t in list(self._background):
             t.cancel()
-        if self.expose is not None:
-            await self.expose.stop()
         await self.admin.stop()
         log.info("stopped")
 
@@ -330,35 +341,29 @@ class Sidecar:
 
         async with self._listeners_lock:
             await self._sync_listeners(new)
-        if new.expose != old.expose or new.service.address != old.service.address:
-            if self.expose is not None:
-                await self.expose.stop()
-            await self._start_expose(new)
         if new.admin != old.admin:
             await self.admin.stop()
             self.admin = Admin(new.admin.bind, self.holder, self._config_json, self._not_ready)
             await self.admin.start()
 
-    async def _start_expose(self, cfg: Config) -> None:
-        """Consul's Expose paths (gateway/expose.py), bound where the inbound listener is."""
-        from gateway.expose import ExposePath, ExposeServer
-
-        self.expose = None
-        if not cfg.expose:
+    def _on_snapshot(self, snap: Any) -> None:
+        """The agent exposed or withdrew a check's port (Expose.Checks): listeners follow, in the background (a port
+        that cannot be bound is logged; the others serve)."""
+        if not self._serving or self.draining or snap.exposed_checks == self._exposed_checks:
             return
-        host = cfg.inbound.bind.host if cfg.inbound is not None else "0.0.0.0"
-        paths = tuple(ExposePath(p.listener_port, p.path, p.local_path_port, p.protocol) for p in cfg.expose)
-        server = ExposeServer(host, cfg.service.address, paths)
-        try:
-            await server.start()
-        except OSError as e:
-            raise StartupError(f"{cfg.path}: expose.paths: cannot listen on {host}: {e.strerror or e}") from None
-        self.expose = server
+        self._exposed_checks = snap.exposed_checks
+
+        async def resync() -> None:
+            async with self._listeners_lock:
+                await self._sync_listeners(self.config, strict=False)
+
+        with contextlib.suppress(RuntimeError):  # no running loop: start() picks them up
+            self._bg(resync())
 
     async def _sync_listeners(self, new: Config, strict: bool = True) -> None:
         """Stop the listeners ``new`` no longer has (they drain), start the ones it adds. ``strict``: a port that
         cannot be bound fails the change (a reload is rejected); otherwise it is logged and the others serve."""
-        want = _listener_specs(new)
+        want = _listener_specs(new, self.holder.current.exposed_checks)
         for key in [k for k in self.listeners if k not in want]:
             listener = self.listeners.pop(key)
             listener.stop_accepting()
@@ -404,6 +409,12 @@ def setup_logging(level: str, json_lines: bool = False) -> None:
 
 async def serve(cfg: Config) -> int:
     sidecar = Sidecar(cfg)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    # Before start: a SIGTERM that arrives once the first listener serves (start is not over yet) still drains
+    # and exits 0 instead of killing the process.
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
     try:
         await sidecar.start()
     except ConfigError as e:
@@ -420,8 +431,6 @@ async def serve(cfg: Config) -> int:
     gc.collect()
     gc.freeze()
     gc.set_threshold(7000, 20, 50)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
     reloading: set[asyncio.Task[bool]] = set()
 
     def on_hup() -> None:
@@ -432,8 +441,6 @@ async def serve(cfg: Config) -> int:
         # READY=1 again whatever the outcome: a rejected reload keeps the running config serving.
         t.add_done_callback(lambda _: sdnotify.ready(f"serving {sidecar.config.service.name}"))
 
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     sdnotify.ready(f"serving {cfg.service.name}")
     await stop.wait()
