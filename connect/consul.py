@@ -9,6 +9,7 @@ Failure never clears state: the builder keeps the last good facts and ``meshgw_c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -16,6 +17,7 @@ import ssl
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from cryptography import x509
@@ -29,6 +31,7 @@ from gateway.config import (
     Config,
     ConfigError,
     ConsulConfig,
+    ExposePathConfig,
     ingress_listeners_from_entry,
     linked_services_from_entry,
     upstreams_from_registration,
@@ -46,6 +49,9 @@ RECOVERY_GRACE = 10.0
 DATACENTERS_POLL = 30.0  # /v1/catalog/datacenters cannot block
 AGENT_POLL = 60.0  # /v1/agent/self cannot block either
 SIDECAR_POLL = 5.0  # /v1/agent/services (sidecar_for) cannot block
+CHECKS_POLL = 5.0  # /v1/agent/checks (Expose.Checks) cannot block either
+# The path Consul exposes for a gRPC check (C:agent/xds/listeners.go parseCheckPath).
+GRPC_HEALTH_PATH = "/grpc.health.v1.Health/Check"
 UNSPECIFIED = ("0.0.0.0", "::", "")
 
 
@@ -237,6 +243,40 @@ def agent_default_allow(body: Any) -> bool | None:
     return policy == "allow"
 
 
+def exposed_check_paths(checks: Any, service_id: str) -> tuple[ExposePathConfig, ...]:
+    """The paths the agent exposed for the HTTP and gRPC checks of ``service_id`` (``/v1/agent/checks``), as
+    Consul's own proxy config builds them for Envoy (C:agent/xds/listeners.go parseCheckPath): the check's URL path
+    (gRPC: the health service's method, over h2c) to the port of its original target, on the listener port the
+    agent picked for it from expose_min_port..expose_max_port and recorded as ExposedPort (C:agent/agent.go
+    rerouteExposedChecks, listenerPortLocked). A check without an ExposedPort is not (yet) exposed."""
+    out: list[ExposePathConfig] = []
+    for cid in sorted(checks or {}):
+        c = checks[cid]
+        if not isinstance(c, Mapping) or c.get("ServiceID") != service_id:
+            continue
+        port, d = c.get("ExposedPort"), c.get("Definition") or {}
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536 or not isinstance(d, Mapping):
+            continue
+        try:
+            if d.get("HTTP"):
+                u = urlsplit(str(d["HTTP"]))
+                local = u.port
+                path, protocol = u.path or "/", "http"
+            elif d.get("GRPC"):
+                local = urlsplit("//" + str(d["GRPC"]).split("/", 1)[0]).port
+                path, protocol = GRPC_HEALTH_PATH, "http2"
+            else:
+                continue
+        except ValueError as e:
+            log.warning("check %s: cannot expose it: %s", cid, e)
+            continue
+        if local is None:
+            log.warning("check %s: cannot expose it: its target names no port", cid)
+            continue
+        out.append(ExposePathConfig(port, path, local, protocol, from_check=True))
+    return tuple(out)
+
+
 def find_sidecar_proxy(services: Mapping[str, Any], sidecar_for: str) -> Mapping[str, Any] | None:
     """The Proxy block of the connect-proxy registered for ``sidecar_for`` (consul.md §3.2): by
     DestinationServiceID as Consul's LookupProxyIDForSidecar, else by a unique DestinationServiceName."""
@@ -284,6 +324,7 @@ class ConsulControlPlane:
         self._names: set[str] = set()
         self._recovered_at = 0.0
         self._wake_registration = asyncio.Event()
+        self._checks_wake = asyncio.Event()  # registered (again): the agent has just exposed the checks
         svc = config.service
         # A gateway registers under its own ID (consul.md §3.3); a sidecar as "<service ID>-sidecar-proxy" (§3.2).
         self.sidecar_id = svc.id if config.is_gateway else f"{svc.id}-sidecar-proxy"
@@ -354,6 +395,8 @@ class ConsulControlPlane:
         self._watch_linked(cfg.linked_services)
         if self.cfg.register:
             self._spawn(loop, self._registration(), "registration")
+        if cfg.expose_checks:
+            self._spawn(loop, self._watch_exposed_checks(), "watch-exposed-checks")
 
     async def _watch_sidecar_registration(self, sidecar_for: str) -> None:
         """The upstreams of the connect-proxy registered for ``sidecar_for`` on the local agent, as
@@ -413,6 +456,33 @@ class ConsulControlPlane:
                 log.info("intention default from consul: %s", "allow" if allow else "deny")
                 self.builder.set_default_allow(allow)
             await asyncio.sleep(AGENT_POLL)
+
+    async def _watch_exposed_checks(self) -> None:
+        """Expose.Checks: the agent gives each HTTP/gRPC check of the app a port and points the check at this
+        proxy; which ports, paths and targets is read from the agent's checks (they cannot block: polled, and
+        at once after each registration). Callers other than loopback are the agent itself: its LAN address
+        (/v1/agent/self Member.Addr) is the one more source the exposed paths admit, as Consul's Envoy does."""
+        failures = 0
+        sources: tuple[str, ...] | None = None
+        while True:
+            try:
+                if sources is None:
+                    _, me = await self.api.request("GET", "/v1/agent/self")
+                    addr = ((me or {}).get("Member") or {}).get("Addr") if isinstance(me, Mapping) else None
+                    sources = (str(addr),) if addr else ()
+                _, checks = await self.api.request("GET", queries.agent_checks().path)
+            except WatchError as e:
+                failures += 1
+                self.health.failure("agent/checks", str(e))
+                await asyncio.sleep(backoff_delay(failures))
+                continue
+            failures = 0
+            self.health.success("agent/checks")
+            paths = exposed_check_paths(checks if isinstance(checks, Mapping) else {}, self.config.service.id)
+            self.builder.set_exposed_checks(paths, sources)
+            self._checks_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._checks_wake.wait(), CHECKS_POLL)
 
     def _gateway_dc(self, u: Any) -> str | None:
         """Which datacenter's mesh gateways an upstream dials, or None when it dials its target directly."""
@@ -717,14 +787,16 @@ class ConsulControlPlane:
             "Meta": {"meshgw": "sidecar"},
             "Checks": [self._ttl_check()],
         }
-        if cfg.expose:
-            # Tells the agent which paths its checks may use without mTLS (consul.md §3.1 Proxy.Expose).
+        if cfg.expose or cfg.expose_checks:
+            # Tells the agent which paths its checks may use without mTLS (consul.md §3.1 Proxy.Expose); with
+            # Checks it also exposes every HTTP/gRPC check of the app through this proxy (C:agent/agent.go).
             body["Proxy"]["Expose"] = {
+                **({"Checks": True} if cfg.expose_checks else {}),
                 "Paths": [
                     {"ListenerPort": p.listener_port, "Path": p.path, "LocalPathPort": p.local_path_port,
                      "Protocol": p.protocol}
                     for p in cfg.expose
-                ]
+                ],
             }  # fmt: skip
         if self.cfg.register_service:
             # As Consul's own sidecar_service does (consul.md §3.2): the proxy is only as healthy as its app.
@@ -768,6 +840,7 @@ class ConsulControlPlane:
             "PUT", "/v1/agent/service/register", {"replace-existing-checks": "true"}, self.sidecar_registration()
         )
         self.registered = True
+        self._checks_wake.set()
         log.info("registered %s with consul at %s", self.sidecar_id, self.cfg.address)
 
     async def _deregister(self) -> None:

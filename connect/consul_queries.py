@@ -57,6 +57,11 @@ def config_entry(kind: str, name: str) -> Query:
     return Query(f"config/{kind}", f"/v1/config/{kind}/{name}", {}, allow_404=True)
 
 
+def agent_checks() -> Query:
+    """The local agent's checks with their definitions and ExposedPort (C:api/health.go HealthCheck); no blocking."""
+    return Query("agent/checks", "/v1/agent/checks", {})
+
+
 def roots() -> Query:
     return Query("connect/ca/roots", "/v1/agent/connect/ca/roots", {})
 
