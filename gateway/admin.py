@@ -1,18 +1,67 @@
-"""The admin port: /metrics, /ready, /health, /config. Never serves a private key."""
+"""The admin port: /metrics, /ready, /health, /config. Never serves a private key.
+
+Served by a small HTTP/1.1 server on asyncio streams instead of aiohttp's: the admin port answers a few GETs
+from Prometheus, systemd/Nomad health checks and operators, and aiohttp's server and client stack was about 10 MB
+of every sidecar's resident memory (issue #13; bench/rss_bench.py). Bounded like the data plane: a request head
+of at most 16 KiB and 100 fields, read within 10 s; keep-alive for scrapers; request bodies are not taken.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
-
-from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway import dataplane, metrics
 from gateway.config import Address
 from gateway.snapshot import SnapshotHolder
+
+MAX_HEAD = 16 * 1024
+MAX_FIELDS = 100
+HEAD_TIMEOUT = 10.0
+IDLE_TIMEOUT = 60.0  # a kept-alive connection without a new request this long is closed
+TEXT = "text/plain; charset=utf-8"
+_TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 §5.6.2: a field name
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
+            413: "Content Too Large", 431: "Request Header Fields Too Large", 503: "Service Unavailable"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: bytes
+    content_type: str = TEXT
+
+
+Handler = Callable[[], Awaitable[Reply]]
+
+
+class _Refused(Exception):
+    def __init__(self, status: int):
+        self.status = status
+
+
+async def _read_head(reader: asyncio.StreamReader, timeout: float) -> list[bytes] | None:
+    """The request line and fields, or None when the peer closed before a request."""
+    try:
+        raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+    except asyncio.IncompleteReadError as e:
+        if not e.partial.strip():
+            return None
+        raise _Refused(400) from None
+    except asyncio.LimitOverrunError:
+        raise _Refused(431) from None
+    lines = raw[:-4].split(b"\r\n")
+    while lines and not lines[0]:  # RFC 9112 §2.2: empty lines before the request line are ignored
+        lines.pop(0)
+    if not lines or len(lines) > MAX_FIELDS + 1:
+        raise _Refused(431 if lines else 400)
+    return lines
 
 
 class Admin:
@@ -28,51 +77,121 @@ class Admin:
         self.config_json = config_json
         # A reason the process as a whole is not ready (draining, control plane not answered yet), or None.
         self.not_ready = not_ready
-        self.runner: web.AppRunner | None = None
+        self.server: asyncio.Server | None = None
         self.port = bind.port
-
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/metrics", self.metrics)
-        app.router.add_get("/ready", self.ready)
-        app.router.add_get("/health", self.health)
-        app.router.add_get("/config", self.config)
-        app.router.add_get("/", self.index)
-        return app
+        self.routes: dict[str, Handler] = {
+            "/metrics": self.metrics,
+            "/ready": self.ready,
+            "/health": self.health,
+            "/config": self.config,
+            "/": self.index,
+        }
+        self._conns: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
-        self.runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, self.bind.host, self.bind.port, reuse_address=True)
-        await site.start()
-        server = site._server  # aiohttp exposes no public accessor for the bound port
-        if server is not None and server.sockets:  # type: ignore[union-attr]
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.server = await asyncio.start_server(
+            self._serve, self.bind.host, self.bind.port, reuse_address=True, limit=MAX_HEAD
+        )
+        if self.server.sockets:
+            self.port = self.server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
-            self.runner = None
+        if self.server is not None:
+            self.server.close()
+            for t in list(self._conns):
+                t.cancel()
+            with contextlib.suppress(Exception):
+                await self.server.wait_closed()
+            self.server = None
 
-    async def index(self, request: web.Request) -> web.Response:
-        return web.Response(text="meshgw admin: /metrics /ready /health /config\n")
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._conns.add(task)
+        try:
+            timeout = HEAD_TIMEOUT
+            while True:
+                try:
+                    lines = await _read_head(reader, timeout)
+                except TimeoutError:
+                    if timeout == HEAD_TIMEOUT:
+                        await self._send(writer, "GET", Reply(408, b""), close=True)
+                    return
+                except _Refused as e:
+                    await self._send(writer, "GET", Reply(e.status, b""), close=True)
+                    return
+                if lines is None:
+                    return
+                reply, method, keep = await self._answer(lines)
+                await self._send(writer, method, reply, close=not keep)
+                if not keep:
+                    return
+                timeout = IDLE_TIMEOUT
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            if task is not None:
+                self._conns.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await writer.wait_closed()
 
-    async def metrics(self, request: web.Request) -> web.Response:
-        body = generate_latest(metrics.REGISTRY)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    async def _answer(self, lines: list[bytes]) -> tuple[Reply, str, bool]:
+        parts = lines[0].split(b" ")
+        if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
+            return Reply(400, b""), "GET", False
+        method, target, version = parts[0].decode("latin-1"), parts[1].decode("latin-1"), parts[2]
+        fields: dict[bytes, bytes] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(b":")
+            if not sep or not _TOKEN.match(name):
+                return Reply(400, b""), method, False
+            fields[name.lower()] = value.strip()
+        conn = fields.get(b"connection", b"").lower()
+        keep = b"close" not in conn if version == b"HTTP/1.1" else b"keep-alive" in conn
+        if fields.get(b"content-length", b"0") != b"0" or b"transfer-encoding" in fields:
+            return Reply(413, b"request bodies are not taken here\n"), method, False
+        path = target.split("?", 1)[0]
+        handler = self.routes.get(path)
+        if handler is None:
+            return Reply(404, b"not found\n"), method, keep
+        if method not in ("GET", "HEAD"):
+            return Reply(405, b"only GET and HEAD\n"), method, keep
+        return await handler(), method, keep
 
-    async def ready(self, request: web.Request) -> web.Response:
+    @staticmethod
+    async def _send(writer: asyncio.StreamWriter, method: str, reply: Reply, close: bool) -> None:
+        head = (
+            f"HTTP/1.1 {reply.status} {_REASONS.get(reply.status, 'OK')}\r\n"
+            f"Content-Type: {reply.content_type}\r\nContent-Length: {len(reply.body)}\r\n"
+            + ("Connection: close\r\n" if close else "")
+            + "\r\n"
+        )
+        writer.write(head.encode("latin-1") + (b"" if method == "HEAD" else reply.body))
+        await writer.drain()
+
+    # ------------------------------------------------------------------ handlers
+
+    async def index(self) -> Reply:
+        return Reply(200, b"meshgw admin: /metrics /ready /health /config\n")
+
+    async def metrics(self) -> Reply:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Reply(200, generate_latest(metrics.REGISTRY), CONTENT_TYPE_LATEST)
+
+    async def ready(self) -> Reply:
         reason = self.not_ready()
         if reason:
-            return web.Response(status=503, text=f"{reason}\n")
+            return Reply(503, f"{reason}\n".encode())
         ok, why = self.holder.current.ready()
-        return web.Response(status=200 if ok else 503, text=f"{why}\n")
+        return Reply(200 if ok else 503, f"{why}\n".encode())
 
-    async def health(self, request: web.Request) -> web.Response:
+    async def health(self) -> Reply:
         # Liveness: the process and its loop answer. Readiness (certificates) is /ready.
-        return web.Response(text="ok\n")
+        return Reply(200, b"ok\n")
 
-    async def config(self, request: web.Request) -> web.Response:
+    async def config(self) -> Reply:
         snap = self.holder.current
         from gateway.version import VERSION
 
@@ -83,4 +202,4 @@ class Admin:
             "snapshot_age_seconds": round(time.time() - snap.built_at, 3),
             "data_path": dataplane.describe(),
         }
-        return web.Response(text=json.dumps(body, indent=2, default=str), content_type="application/json")
+        return Reply(200, json.dumps(body, indent=2, default=str).encode(), "application/json; charset=utf-8")
