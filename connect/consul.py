@@ -20,11 +20,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
-from cryptography import x509
 
 from connect import consul_queries as queries
-from connect.ca import Leaf, colon_hex
 from connect.intentions import IntentionError, parse_entries
+from connect.leaf import Leaf, colon_hex
 from connect.watch import WatchError, WatchHealth, backoff_delay, blocking_watch
 from gateway import metrics
 from gateway.config import (
@@ -204,6 +203,8 @@ def endpoints_from_health(entries: list[dict[str, Any]], datacenter: str, local_
 
 
 def leaf_from_consul(body: Mapping[str, Any]) -> Leaf:
+    from cryptography import x509  # only where a leaf is read: megabytes of resident memory (issue #13)
+
     cert_pem = str(body["CertPEM"]).encode()
     cert = x509.load_pem_x509_certificate(cert_pem)
     return Leaf(

@@ -12,16 +12,20 @@ import signal
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from connect.builtin_certs import BuiltinCertProvider
 from connect.local import LocalControlPlane
 from gateway import core_metrics, corespec, dataplane, metrics, sdnotify
 from gateway.admin import Admin
 from gateway.config import Config, ConfigError, load_config
 from gateway.preflight import check_files
-from gateway.render import TemplateRunner
 from gateway.snapshot import SnapshotBuilder, upstream_key
+
+if TYPE_CHECKING:
+    from gateway.render import TemplateRunner
+
+# Providers and renderers are imported when the config uses them (Consul and aiohttp, Vault and hvac, templates
+# and jinja2): each is megabytes of every sidecar's resident memory otherwise (issue #13, bench/rss_bench.py).
 
 log = logging.getLogger("meshgw")
 
@@ -204,6 +208,8 @@ class Sidecar:
         if cfg.certificates.type == "consul":
             return NoCertProvider()  # the Consul control plane watches the leaf itself
         assert cfg.certificates.builtin is not None
+        from connect.builtin_certs import BuiltinCertProvider
+
         return BuiltinCertProvider(cfg.certificates.builtin, service, cfg.datacenter, on_tls)
 
     def _make_listener(self, key: tuple[Any, ...], cfg: Config) -> dataplane.CoreListener:
@@ -380,6 +386,8 @@ class Sidecar:
     async def _new_templates(self, cfg: Config) -> TemplateRunner | None:
         if not cfg.templates:
             return None
+        from gateway.render import TemplateRunner
+
         runner = TemplateRunner(cfg, own_certs=False)
         await runner.start()
         self.builder.tls_listeners.append(runner.set_tls)

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from connect.ca import Leaf
 from connect.intentions import IntentionTable, ServiceIntentions
+from connect.leaf import Leaf
 from connect.spiffe import service_uri, upstream_sni
 from gateway import metrics
 from gateway.accesslog import AccessLog

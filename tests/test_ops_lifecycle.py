@@ -308,3 +308,43 @@ def test_expose_checks_is_registered_and_needs_consul(tmp_path: Path) -> None:
         f"{tmp_path / 'm.yaml'}: expose.checks: the checks exposed are the Consul agent's "
         "(expected control_plane.type consul)"
     ) in r.stderr
+
+
+def test_a_sidecar_loads_only_what_its_config_uses(tmp_path: Path) -> None:
+    """Issue #13: the built-in CA issues in a child process, the admin port is served without aiohttp, templates
+    and their Jinja are loaded only when configured, so a plain sidecar's process never maps these libraries."""
+    (tmp_path / "catalog.yaml").write_text("services: {}\n")
+    (tmp_path / "intentions.yaml").write_text("[]\n")
+    admin = free_port()
+    (tmp_path / "m.yaml").write_text(
+        f"""
+service: {{name: web, port: {free_port()}}}
+inbound: {{bind: 127.0.0.1:{free_port()}}}
+control_plane: {{type: local, local: {{catalog: catalog.yaml, intentions: intentions.yaml}}}}
+certificates: {{builtin: {{dir: ca, create: true, leaf_ttl: 1h}}}}
+admin: {{bind: 127.0.0.1:{admin}}}
+drain_timeout: 1s
+"""
+    )
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "-c", str(tmp_path / "m.yaml")])
+    try:
+        from mesh import wait_for
+
+        def ready() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{admin}/ready", timeout=5) as r:
+                    return r.status == 200
+            except OSError:
+                return False
+
+        wait_for(ready, 30, "sidecar ready")
+        maps = Path(f"/proc/{proc.pid}/maps").read_text()
+        for lib in ("cryptography", "aiohttp", "multidict", "yarl", "markupsafe"):
+            assert f"/{lib}/" not in maps, f"{lib} is loaded"
+        assert "_core.abi3.so" in maps  # the check looks at the right process
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
