@@ -339,7 +339,7 @@ drain_timeout: 1s
 
         wait_for(ready, 30, "sidecar ready")
         maps = Path(f"/proc/{proc.pid}/maps").read_text()
-        for lib in ("cryptography", "aiohttp", "multidict", "yarl", "markupsafe"):
+        for lib in ("cryptography", "aiohttp", "multidict", "yarl", "markupsafe", "uvloop"):
             assert f"/{lib}/" not in maps, f"{lib} is loaded"
         assert "_core.abi3.so" in maps  # the check looks at the right process
     finally:
