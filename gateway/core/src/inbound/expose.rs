@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, TE};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Empty, Full};
 use hyper::body::Incoming;
@@ -306,8 +306,9 @@ impl Conn {
             // Envoy's answer when no route matches (`NR`): 404 without a body.
             return local(StatusCode::NOT_FOUND, "", head);
         };
-        // An absolute-form target goes on in origin form, as Envoy forwards it.
-        if req.uri().scheme().is_some() {
+        // HTTP/1.1: an absolute-form target goes on in origin form, as Envoy forwards it. h2c: the request keeps
+        // its :scheme and :authority (hyper's HTTP/2 client sends them from the URI).
+        if !self.plan().http2 && req.uri().scheme().is_some() {
             let pq = req
                 .uri()
                 .path_and_query()
@@ -318,7 +319,16 @@ impl Conn {
                 Err(_) => return local(StatusCode::BAD_REQUEST, "", head),
             }
         }
+        // `TE: trailers` survives, as Envoy keeps it: gRPC servers may require it (RFC 9113 §8.2.2 allows it).
+        let te_trailers = req
+            .headers()
+            .get(TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
         strip_hop_by_hop(req.headers_mut(), false);
+        if te_trailers {
+            req.headers_mut()
+                .insert(TE, HeaderValue::from_static("trailers"));
+        }
         let port = route.port;
         let sent = match self.plan().request_timeout {
             Some(t) => match tokio::time::timeout(t, self.forward(req, port)).await {
