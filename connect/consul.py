@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import logging
 import random
@@ -202,18 +203,33 @@ def endpoints_from_health(entries: list[dict[str, Any]], datacenter: str, local_
     return tuple(sorted(out, key=lambda ep: (ep.address, ep.port)))
 
 
-def leaf_from_consul(body: Mapping[str, Any]) -> Leaf:
-    from cryptography import x509  # only where a leaf is read: megabytes of resident memory (issue #13)
+def _rfc3339(value: Any) -> float | None:
+    try:
+        return dt.datetime.fromisoformat(str(value)).timestamp() if value else None
+    except ValueError:
+        return None
 
+
+def leaf_from_consul(body: Mapping[str, Any]) -> Leaf:
+    """The leaf as Consul's IssuedCert gives it: its validity from ValidAfter/ValidBefore, the certificate's own
+    NotBefore/NotAfter (consul.md §2.1, C:agent/structs/connect_ca.go), so that the X.509 library is loaded only
+    for an answer without them (about 8 MB of resident memory, issue #13)."""
     cert_pem = str(body["CertPEM"]).encode()
-    cert = x509.load_pem_x509_certificate(cert_pem)
+    not_before, not_after = _rfc3339(body.get("ValidAfter")), _rfc3339(body.get("ValidBefore"))
+    serial = str(body.get("SerialNumber") or "")
+    if not_before is None or not_after is None or not serial:
+        from cryptography import x509
+
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        not_before, not_after = cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp()
+        serial = serial or colon_hex(cert.serial_number)
     return Leaf(
         cert_pem=cert_pem,
         key_pem=str(body["PrivateKeyPEM"]).encode(),
         spiffe_id=str(body.get("ServiceURI") or ""),
-        serial=str(body.get("SerialNumber") or colon_hex(cert.serial_number)),
-        not_before=cert.not_valid_before_utc.timestamp(),
-        not_after=cert.not_valid_after_utc.timestamp(),
+        serial=serial,
+        not_before=not_before,
+        not_after=not_after,
     )
 
 

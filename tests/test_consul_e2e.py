@@ -407,3 +407,16 @@ def test_expose_checks_serves_the_agents_http_checks_through_the_core(
             wait_for(closed, 30, "the exposed port closed after its check left")
         finally:
             m.close()
+
+
+def test_a_consul_sidecar_reads_its_leaf_without_the_x509_library(cmesh: ConsulMesh) -> None:
+    """Issue #13: the leaf's validity comes from Consul's ValidAfter/ValidBefore, so cryptography (8 MB of
+    resident memory) is not loaded; the leaf still works for mTLS."""
+    with echo_app() as app:
+        api = cmesh.sidecar("api", app.port)
+        up = free_port()
+        cmesh.intention("web", "api", "allow")
+        cmesh.sidecar("web", free_port(), upstreams={"api": up})
+        wait_for(lambda: not refused(up), 15, "web -> api over mTLS with Consul's leaves")
+        assert api.proc is not None
+        assert "/cryptography/" not in Path(f"/proc/{api.proc.pid}/maps").read_text()
