@@ -1,8 +1,8 @@
 """The Consul control plane: registration, blocking-query watches, Connect CA roots and leaf.
 
-One py-consul aio session carries auth, TLS and the agent address. py-consul serves the agent writes
-(service register/deregister); its readers cannot block on leaf, roots or config entries and send no
-``ns`` (consul.md §9), so every watch goes through the same aiohttp session with a small raw helper.
+Every call goes through ``ConsulAPI``: the token, TLS, unix socket and ``ns`` of the config on a small HTTP client
+of our own (connect/consul_http.py), for the agent writes and the blocking watches alike (py-consul's readers
+cannot block on leaf, roots or config entries and send no ``ns``, consul.md §9).
 Failure never clears state: the builder keeps the last good facts and ``meshgw_consul_up`` says 0.
 """
 
@@ -20,8 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
-
+from connect import consul_http
 from connect import consul_queries as queries
 from connect.intentions import IntentionError, parse_entries
 from connect.leaf import Leaf, colon_hex
@@ -107,32 +106,18 @@ class ConsulAPI:
         return cfg.token
 
     async def open(self) -> None:
-        import consul.aio
-
-        unix = self.cfg.socket is not None
-        # py-consul knows neither CAPATH, a TLS server name nor unix sockets (consul.md §9): its session is
-        # replaced by one whose connector does what Consul's Go client does (consul.md §10).
-        self.client = consul.aio.Consul(
-            host="localhost" if unix else self.cfg.host,
-            port=80 if unix else self.cfg.port,
-            scheme="http" if unix else self.cfg.scheme,
-            token=self.token,
-            verify=False,
+        # The agent as Consul's Go client reaches it (consul.md §10): a unix socket, or TCP with TLS from the CA
+        # file or directory, a client certificate and a server name (which py-consul knew none of).
+        tls = consul_ssl_context(self.cfg) if self.cfg.socket is None and self.cfg.scheme == "https" else None
+        self.client = consul_http.Endpoint(
+            host=self.cfg.host,
+            port=self.cfg.port,
+            tls=tls,
+            unix=str(self.cfg.socket) if self.cfg.socket is not None else None,
         )
-        await self.client.http._session.close()
-        connector: aiohttp.BaseConnector
-        if unix:
-            connector = aiohttp.UnixConnector(path=str(self.cfg.socket))
-        else:
-            connector = aiohttp.TCPConnector(ssl=consul_ssl_context(self.cfg) if self.cfg.scheme == "https" else False)
-        self.client.http._session = aiohttp.ClientSession(connector=connector)
-        # py-consul 1.8 lets CONSUL_HTTP_TOKEN override token= (consul.md §0 trap 9): the resolved one wins here.
-        self.client.token = self.token
 
     async def close(self) -> None:
-        if self.client is not None:
-            await self.client.http.close()
-            self.client = None
+        self.client = None
 
     def _headers(self, body: bool = False) -> dict[str, str]:
         h = {"X-Consul-Token": self.token} if self.token else {}
@@ -156,26 +141,26 @@ class ConsulAPI:
         allow_404: bool = False,
     ) -> tuple[int, Any]:
         """(X-Consul-Index or 0, decoded JSON or None). Raises WatchError with a one-line cause."""
-        session: aiohttp.ClientSession = self.client.http._session
-        url = self.client.http.uri(path, self._params(params))
-        data = json.dumps(body) if body is not None else None
+        assert self.client is not None, "ConsulAPI.open() first"
+        data = json.dumps(body).encode() if body is not None else b""
         try:
-            async with session.request(
+            resp = await consul_http.request(
+                self.client,
                 method,
-                url,
-                data=data,
-                headers=self._headers(body is not None),
-                timeout=aiohttp.ClientTimeout(total=timeout),
-            ) as resp:
-                text = await resp.text()
-                if resp.status == 404 and allow_404:
-                    return int(resp.headers.get("X-Consul-Index", "0") or 0), None
-                if resp.status >= 400:
-                    # Consul's error bodies are plain text (consul.md §0 trap 3).
-                    raise WatchError(f"{method} {path}: {resp.status} {text.strip()[:200]}")
-                index = int(resp.headers.get("X-Consul-Index", "0") or 0)
-                return index, (json.loads(text) if text.strip() else None)
-        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as e:
+                consul_http.target(path, self._params(params)),
+                self._headers(body is not None),
+                data,
+                timeout,
+            )
+            text = resp.body.decode("utf-8", errors="replace")
+            if resp.status == 404 and allow_404:
+                return int(resp.headers.get("x-consul-index", "0") or 0), None
+            if resp.status >= 400:
+                # Consul's error bodies are plain text (consul.md §0 trap 3).
+                raise WatchError(f"{method} {path}: {resp.status} {text.strip()[:200]}")
+            index = int(resp.headers.get("x-consul-index", "0") or 0)
+            return index, (json.loads(text) if text.strip() else None)
+        except (consul_http.HTTPError, TimeoutError, OSError, ValueError) as e:
             raise WatchError(f"{method} {path}: {type(e).__name__}: {e}") from None
 
     async def blocking_get(

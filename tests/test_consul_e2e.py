@@ -409,9 +409,9 @@ def test_expose_checks_serves_the_agents_http_checks_through_the_core(
             m.close()
 
 
-def test_a_consul_sidecar_reads_its_leaf_without_the_x509_library(cmesh: ConsulMesh) -> None:
-    """Issue #13: the leaf's validity comes from Consul's ValidAfter/ValidBefore, so cryptography (8 MB of
-    resident memory) is not loaded; the leaf still works for mTLS."""
+def test_a_consul_sidecar_loads_neither_the_x509_library_nor_aiohttp(cmesh: ConsulMesh) -> None:
+    """Issue #13: the leaf's validity comes from Consul's ValidAfter/ValidBefore and the agent's API is spoken by
+    connect/consul_http.py, so cryptography and aiohttp (18 MB of resident memory) stay out; mTLS still works."""
     with echo_app() as app:
         api = cmesh.sidecar("api", app.port)
         up = free_port()
@@ -419,4 +419,6 @@ def test_a_consul_sidecar_reads_its_leaf_without_the_x509_library(cmesh: ConsulM
         cmesh.sidecar("web", free_port(), upstreams={"api": up})
         wait_for(lambda: not refused(up), 15, "web -> api over mTLS with Consul's leaves")
         assert api.proc is not None
-        assert "/cryptography/" not in Path(f"/proc/{api.proc.pid}/maps").read_text()
+        maps = Path(f"/proc/{api.proc.pid}/maps").read_text()
+        for lib in ("cryptography", "aiohttp", "multidict", "yarl"):
+            assert f"/{lib}/" not in maps, f"{lib} is loaded"
