@@ -1,4 +1,5 @@
-"""Leaf certificates from the built-in CA: issued at start, renewed at about 2/3 of their life.
+"""Leaf certificates from the built-in CA: issued at start, renewed at about 2/3 of their life, each time by a
+short-lived process (connect/builtin_issue.py) so that the sidecar never loads the X.509 library.
 
 Renewal only swaps the snapshot's SSLContexts: connections already open keep the SSL state they
 were made with, new ones get the new leaf, so a rotation drops nothing. The CA directory is also
@@ -15,7 +16,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from connect.ca import BuiltinCA, CAError, Leaf
+from connect import builtin_issue
+from connect.leaf import Leaf
 from gateway import metrics
 from gateway.config import BuiltinCAConfig, ConfigError
 
@@ -60,7 +62,8 @@ class BuiltinCertProvider:
         self.service = service
         self.datacenter = datacenter
         self.on_tls = on_tls
-        self.ca: BuiltinCA | None = None
+        self.trust_domain: str | None = None
+        self._issue_seconds = 0.0  # how long the last issuance took (a child process: see _next_renewal)
         self.leaf: Leaf | None = None
         self._roots_sig: tuple[tuple[str, int, int], ...] = ()
         self._task: asyncio.Task[None] | None = None
@@ -76,31 +79,26 @@ class BuiltinCertProvider:
             sig.append((p.name, st.st_ino, st.st_mtime_ns))
         return tuple(sig)
 
-    def load_initial(self) -> None:
-        missing = missing_ca_problem(self.cfg)
-        if missing:
-            raise ConfigError([missing])
-        try:
-            self.ca = BuiltinCA.init(Path(self.cfg.dir), self.cfg.trust_domain, exist_ok=True)
-        except CAError as e:
-            raise ConfigError([f"certificates.builtin.dir: {e}"]) from None
-        except OSError as e:
-            raise ConfigError([f"{self.cfg.dir}: certificates.builtin.dir: cannot create CA: {e.strerror}"]) from None
-        if self.cfg.trust_domain and self.cfg.trust_domain != self.ca.trust_domain:
-            raise ConfigError(
-                [
-                    f"certificates.builtin.trust_domain: {self.cfg.trust_domain!r} does not match the CA in "
-                    f"{self.cfg.dir} ({self.ca.trust_domain!r})"
-                ]
-            )
-        self._roots_sig = self._dir_signature()
-        self._issue()
+    def _request(self, create: bool) -> dict[str, object]:
+        return {
+            "op": "issue",
+            "dir": str(self.cfg.dir),
+            "trust_domain": self.cfg.trust_domain,
+            "create": create,
+            "service": self.service,
+            "datacenter": self.datacenter,
+            "ttl": self.cfg.leaf_ttl,
+        }
 
-    def _issue(self) -> None:
-        assert self.ca is not None
-        leaf = self.ca.issue(self.service, self.datacenter, self.cfg.leaf_ttl)
+    async def _issue(self, create: bool = False) -> None:
+        """A new leaf from the CA as it is on disk now (IssueError with one line when it cannot be)."""
+        started = time.monotonic()
+        answer = await builtin_issue.run(self._request(create))
+        self._issue_seconds = time.monotonic() - started
+        leaf = builtin_issue.leaf_of(answer)
+        self.trust_domain = str(answer["trust_domain"])
         self.leaf = leaf
-        self.on_tls(self.ca.trust_domain, leaf, self.ca.roots_pem())
+        self.on_tls(self.trust_domain, leaf, str(answer["roots_pem"]).encode())
         metrics.CERT_ROTATIONS.inc()
         log.info(
             "leaf certificate %s serial %s valid until %s",
@@ -110,13 +108,25 @@ class BuiltinCertProvider:
         )
 
     async def start(self) -> None:
-        """First leaf/content now (a problem here is the operator's to fix: ConfigError), then watch."""
-        self.load_initial()
+        """First leaf now (a problem here is the operator's to fix: ConfigError), then watch."""
+        missing = missing_ca_problem(self.cfg)
+        if missing:
+            raise ConfigError([missing])
+        try:
+            await self._issue(create=self.cfg.create)
+        except builtin_issue.IssueError as e:
+            raise ConfigError([str(e)]) from None
+        self._roots_sig = self._dir_signature()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="builtin-certs")
 
-    async def _run(self) -> None:
+    def _next_renewal(self) -> float:
+        """About 2/3 into the leaf's life, less twice what issuing took: the child process needs a moment, and
+        under load more, so that a short-lived leaf is replaced before it expires (a 3 s leaf in the tests)."""
         assert self.leaf is not None
-        next_renew = time.monotonic() + renew_delay(self.leaf)
+        return time.monotonic() + max(0.0, renew_delay(self.leaf) - 2 * self._issue_seconds)
+
+    async def _run(self) -> None:
+        next_renew = self._next_renewal()
         while True:
             await asyncio.sleep(min(ROOTS_POLL, max(0.0, next_renew - time.monotonic())))
             sig = self._dir_signature()
@@ -126,12 +136,10 @@ class BuiltinCertProvider:
             try:
                 if roots_changed:
                     self._roots_sig = sig
-                    self.ca = BuiltinCA.load(Path(self.cfg.dir))
                     log.info("CA in %s changed: issuing a new leaf from it", self.cfg.dir)
-                self._issue()
-                assert self.leaf is not None
-                next_renew = time.monotonic() + renew_delay(self.leaf)
-            except (CAError, OSError, ValueError) as e:
+                await self._issue()
+                next_renew = self._next_renewal()
+            except builtin_issue.IssueError as e:
                 metrics.CERT_FAILURES.labels("builtin").inc()
                 log.error(
                     "cannot issue a leaf certificate: %s (keeping the current one; retrying in %.0fs)", e, RETRY_DELAY

@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -19,7 +18,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from connect.leaf import Leaf, colon_hex
 from connect.spiffe import service_uri
+
+__all__ = ["BACKDATE", "BuiltinCA", "CAError", "Leaf", "colon_hex", "trust_domain_of", "write_leaf"]
 
 # Consul backdates leaves by a minute so that small clock skew between hosts does not make a fresh
 # certificate "not yet valid" (C:agent/connect/ca/provider_consul.go Sign).
@@ -29,26 +31,6 @@ ROOT_TTL = dt.timedelta(days=3650)
 
 class CAError(Exception):
     """A problem with a CA directory, phrased for the operator."""
-
-
-@dataclass(frozen=True)
-class Leaf:
-    cert_pem: bytes  # leaf followed by nothing: the built-in CA signs leaves with the root directly
-    key_pem: bytes
-    spiffe_id: str
-    serial: str  # colon hex, as Consul shows leaf serials
-    not_before: float  # unix seconds
-    not_after: float
-
-    def __repr__(self) -> str:  # never let a private key reach a log line through repr()
-        return f"Leaf({self.spiffe_id}, serial={self.serial}, not_after={self.not_after})"
-
-
-def colon_hex(n: int) -> str:
-    h = f"{n:x}"
-    if len(h) % 2:
-        h = "0" + h
-    return ":".join(h[i : i + 2] for i in range(0, len(h), 2))
 
 
 def _write_private(path: Path, data: bytes) -> None:

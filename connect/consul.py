@@ -1,14 +1,16 @@
 """The Consul control plane: registration, blocking-query watches, Connect CA roots and leaf.
 
-One py-consul aio session carries auth, TLS and the agent address. py-consul serves the agent writes
-(service register/deregister); its readers cannot block on leaf, roots or config entries and send no
-``ns`` (consul.md §9), so every watch goes through the same aiohttp session with a small raw helper.
+Every call goes through ``ConsulAPI``: the token, TLS, unix socket and ``ns`` of the config on a small HTTP client
+of our own (connect/consul_http.py), for the agent writes and the blocking watches alike (py-consul's readers
+cannot block on leaf, roots or config entries and send no ``ns``, consul.md §9).
 Failure never clears state: the builder keeps the last good facts and ``meshgw_consul_up`` says 0.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime as dt
 import json
 import logging
 import random
@@ -16,13 +18,12 @@ import ssl
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
-import aiohttp
-from cryptography import x509
-
+from connect import consul_http
 from connect import consul_queries as queries
-from connect.ca import Leaf, colon_hex
 from connect.intentions import IntentionError, parse_entries
+from connect.leaf import Leaf, colon_hex
 from connect.watch import WatchError, WatchHealth, backoff_delay, blocking_watch
 from gateway import metrics
 from gateway.config import (
@@ -30,6 +31,7 @@ from gateway.config import (
     Config,
     ConfigError,
     ConsulConfig,
+    ExposePathConfig,
     ServiceConfig,
     ingress_listeners_from_entry,
     is_http_like,
@@ -50,6 +52,9 @@ RECOVERY_GRACE = 10.0
 DATACENTERS_POLL = 30.0  # /v1/catalog/datacenters cannot block
 AGENT_POLL = 60.0  # /v1/agent/self cannot block either
 SIDECAR_POLL = 5.0  # /v1/agent/services (sidecar_for) cannot block
+CHECKS_POLL = 5.0  # /v1/agent/checks (Expose.Checks) cannot block either
+# The path Consul exposes for a gRPC check (C:agent/xds/listeners.go parseCheckPath).
+GRPC_HEALTH_PATH = "/grpc.health.v1.Health/Check"
 UNSPECIFIED = ("0.0.0.0", "::", "")
 
 
@@ -105,32 +110,18 @@ class ConsulAPI:
         return cfg.token
 
     async def open(self) -> None:
-        import consul.aio
-
-        unix = self.cfg.socket is not None
-        # py-consul knows neither CAPATH, a TLS server name nor unix sockets (consul.md §9): its session is
-        # replaced by one whose connector does what Consul's Go client does (consul.md §10).
-        self.client = consul.aio.Consul(
-            host="localhost" if unix else self.cfg.host,
-            port=80 if unix else self.cfg.port,
-            scheme="http" if unix else self.cfg.scheme,
-            token=self.token,
-            verify=False,
+        # The agent as Consul's Go client reaches it (consul.md §10): a unix socket, or TCP with TLS from the CA
+        # file or directory, a client certificate and a server name (which py-consul knew none of).
+        tls = consul_ssl_context(self.cfg) if self.cfg.socket is None and self.cfg.scheme == "https" else None
+        self.client = consul_http.Endpoint(
+            host=self.cfg.host,
+            port=self.cfg.port,
+            tls=tls,
+            unix=str(self.cfg.socket) if self.cfg.socket is not None else None,
         )
-        await self.client.http._session.close()
-        connector: aiohttp.BaseConnector
-        if unix:
-            connector = aiohttp.UnixConnector(path=str(self.cfg.socket))
-        else:
-            connector = aiohttp.TCPConnector(ssl=consul_ssl_context(self.cfg) if self.cfg.scheme == "https" else False)
-        self.client.http._session = aiohttp.ClientSession(connector=connector)
-        # py-consul 1.8 lets CONSUL_HTTP_TOKEN override token= (consul.md §0 trap 9): the resolved one wins here.
-        self.client.token = self.token
 
     async def close(self) -> None:
-        if self.client is not None:
-            await self.client.http.close()
-            self.client = None
+        self.client = None
 
     def _headers(self, body: bool = False) -> dict[str, str]:
         h = {"X-Consul-Token": self.token} if self.token else {}
@@ -154,26 +145,26 @@ class ConsulAPI:
         allow_404: bool = False,
     ) -> tuple[int, Any]:
         """(X-Consul-Index or 0, decoded JSON or None). Raises WatchError with a one-line cause."""
-        session: aiohttp.ClientSession = self.client.http._session
-        url = self.client.http.uri(path, self._params(params))
-        data = json.dumps(body) if body is not None else None
+        assert self.client is not None, "ConsulAPI.open() first"
+        data = json.dumps(body).encode() if body is not None else b""
         try:
-            async with session.request(
+            resp = await consul_http.request(
+                self.client,
                 method,
-                url,
-                data=data,
-                headers=self._headers(body is not None),
-                timeout=aiohttp.ClientTimeout(total=timeout),
-            ) as resp:
-                text = await resp.text()
-                if resp.status == 404 and allow_404:
-                    return int(resp.headers.get("X-Consul-Index", "0") or 0), None
-                if resp.status >= 400:
-                    # Consul's error bodies are plain text (consul.md §0 trap 3).
-                    raise WatchError(f"{method} {path}: {resp.status} {text.strip()[:200]}")
-                index = int(resp.headers.get("X-Consul-Index", "0") or 0)
-                return index, (json.loads(text) if text.strip() else None)
-        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as e:
+                consul_http.target(path, self._params(params)),
+                self._headers(body is not None),
+                data,
+                timeout,
+            )
+            text = resp.body.decode("utf-8", errors="replace")
+            if resp.status == 404 and allow_404:
+                return int(resp.headers.get("x-consul-index", "0") or 0), None
+            if resp.status >= 400:
+                # Consul's error bodies are plain text (consul.md §0 trap 3).
+                raise WatchError(f"{method} {path}: {resp.status} {text.strip()[:200]}")
+            index = int(resp.headers.get("x-consul-index", "0") or 0)
+            return index, (json.loads(text) if text.strip() else None)
+        except (consul_http.HTTPError, TimeoutError, OSError, ValueError) as e:
             raise WatchError(f"{method} {path}: {type(e).__name__}: {e}") from None
 
     async def blocking_get(
@@ -201,16 +192,33 @@ def endpoints_from_health(entries: list[dict[str, Any]], datacenter: str, local_
     return tuple(sorted(out, key=lambda ep: (ep.address, ep.port)))
 
 
+def _rfc3339(value: Any) -> float | None:
+    try:
+        return dt.datetime.fromisoformat(str(value)).timestamp() if value else None
+    except ValueError:
+        return None
+
+
 def leaf_from_consul(body: Mapping[str, Any]) -> Leaf:
+    """The leaf as Consul's IssuedCert gives it: its validity from ValidAfter/ValidBefore, the certificate's own
+    NotBefore/NotAfter (consul.md §2.1, C:agent/structs/connect_ca.go), so that the X.509 library is loaded only
+    for an answer without them (about 8 MB of resident memory, issue #13)."""
     cert_pem = str(body["CertPEM"]).encode()
-    cert = x509.load_pem_x509_certificate(cert_pem)
+    not_before, not_after = _rfc3339(body.get("ValidAfter")), _rfc3339(body.get("ValidBefore"))
+    serial = str(body.get("SerialNumber") or "")
+    if not_before is None or not_after is None or not serial:
+        from cryptography import x509
+
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        not_before, not_after = cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp()
+        serial = serial or colon_hex(cert.serial_number)
     return Leaf(
         cert_pem=cert_pem,
         key_pem=str(body["PrivateKeyPEM"]).encode(),
         spiffe_id=str(body.get("ServiceURI") or ""),
-        serial=str(body.get("SerialNumber") or colon_hex(cert.serial_number)),
-        not_before=cert.not_valid_before_utc.timestamp(),
-        not_after=cert.not_valid_after_utc.timestamp(),
+        serial=serial,
+        not_before=not_before,
+        not_after=not_after,
     )
 
 
@@ -268,6 +276,40 @@ def app_check(svc: ServiceConfig) -> dict[str, Any]:
     return out
 
 
+def exposed_check_paths(checks: Any, service_id: str) -> tuple[ExposePathConfig, ...]:
+    """The paths the agent exposed for the HTTP and gRPC checks of ``service_id`` (``/v1/agent/checks``), as
+    Consul's own proxy config builds them for Envoy (C:agent/xds/listeners.go parseCheckPath): the check's URL path
+    (gRPC: the health service's method, over h2c) to the port of its original target, on the listener port the
+    agent picked for it from expose_min_port..expose_max_port and recorded as ExposedPort (C:agent/agent.go
+    rerouteExposedChecks, listenerPortLocked). A check without an ExposedPort is not (yet) exposed."""
+    out: list[ExposePathConfig] = []
+    for cid in sorted(checks or {}):
+        c = checks[cid]
+        if not isinstance(c, Mapping) or c.get("ServiceID") != service_id:
+            continue
+        port, d = c.get("ExposedPort"), c.get("Definition") or {}
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536 or not isinstance(d, Mapping):
+            continue
+        try:
+            if d.get("HTTP"):
+                u = urlsplit(str(d["HTTP"]))
+                local = u.port
+                path, protocol = u.path or "/", "http"
+            elif d.get("GRPC"):
+                local = urlsplit("//" + str(d["GRPC"]).split("/", 1)[0]).port
+                path, protocol = GRPC_HEALTH_PATH, "http2"
+            else:
+                continue
+        except ValueError as e:
+            log.warning("check %s: cannot expose it: %s", cid, e)
+            continue
+        if local is None:
+            log.warning("check %s: cannot expose it: its target names no port", cid)
+            continue
+        out.append(ExposePathConfig(port, path, local, protocol, from_check=True))
+    return tuple(out)
+
+
 def find_sidecar_proxy(services: Mapping[str, Any], sidecar_for: str) -> Mapping[str, Any] | None:
     """The Proxy block of the connect-proxy registered for ``sidecar_for`` (consul.md §3.2): by
     DestinationServiceID as Consul's LookupProxyIDForSidecar, else by a unique DestinationServiceName."""
@@ -320,6 +362,7 @@ class ConsulControlPlane:
         self._names: set[str] = set()
         self._recovered_at = 0.0
         self._wake_registration = asyncio.Event()
+        self._checks_wake = asyncio.Event()  # registered (again): the agent has just exposed the checks
         svc = config.service
         # A gateway registers under its own ID (consul.md §3.3); a sidecar as "<service ID>-sidecar-proxy" (§3.2).
         self.sidecar_id = svc.id if config.is_gateway else f"{svc.id}-sidecar-proxy"
@@ -400,6 +443,8 @@ class ConsulControlPlane:
         self._watch_linked(cfg.linked_services)
         if self.cfg.register:
             self._spawn(loop, self._registration(), "registration")
+        if cfg.expose_checks:
+            self._spawn(loop, self._watch_exposed_checks(), "watch-exposed-checks")
 
     async def _watch_sidecar_registration(self, sidecar_for: str) -> None:
         """The upstreams of the connect-proxy registered for ``sidecar_for`` on the local agent, as
@@ -467,6 +512,33 @@ class ConsulControlPlane:
                 log.info("intention default from consul: %s", "allow" if allow else "deny")
                 self.builder.set_default_allow(allow)
             await asyncio.sleep(AGENT_POLL)
+
+    async def _watch_exposed_checks(self) -> None:
+        """Expose.Checks: the agent gives each HTTP/gRPC check of the app a port and points the check at this
+        proxy; which ports, paths and targets is read from the agent's checks (they cannot block: polled, and
+        at once after each registration). Callers other than loopback are the agent itself: its LAN address
+        (/v1/agent/self Member.Addr) is the one more source the exposed paths admit, as Consul's Envoy does."""
+        failures = 0
+        sources: tuple[str, ...] | None = None
+        while True:
+            try:
+                if sources is None:
+                    _, me = await self.api.request("GET", "/v1/agent/self")
+                    addr = ((me or {}).get("Member") or {}).get("Addr") if isinstance(me, Mapping) else None
+                    sources = (str(addr),) if addr else ()
+                _, checks = await self.api.request("GET", queries.agent_checks().path)
+            except WatchError as e:
+                failures += 1
+                self.health.failure("agent/checks", str(e))
+                await asyncio.sleep(backoff_delay(failures))
+                continue
+            failures = 0
+            self.health.success("agent/checks")
+            paths = exposed_check_paths(checks if isinstance(checks, Mapping) else {}, self.config.service.id)
+            self.builder.set_exposed_checks(paths, sources)
+            self._checks_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._checks_wake.wait(), CHECKS_POLL)
 
     def _gateway_dc(self, u: Any) -> str | None:
         """Which datacenter's mesh gateways an upstream dials, or None when it dials its target directly."""
@@ -808,14 +880,16 @@ class ConsulControlPlane:
             "Meta": {"meshgw": "sidecar"},
             "Checks": [self._ttl_check()],
         }
-        if cfg.expose:
-            # Tells the agent which paths its checks may use without mTLS (consul.md §3.1 Proxy.Expose).
+        if cfg.expose or cfg.expose_checks:
+            # Tells the agent which paths its checks may use without mTLS (consul.md §3.1 Proxy.Expose); with
+            # Checks it also exposes every HTTP/gRPC check of the app through this proxy (C:agent/agent.go).
             body["Proxy"]["Expose"] = {
+                **({"Checks": True} if cfg.expose_checks else {}),
                 "Paths": [
                     {"ListenerPort": p.listener_port, "Path": p.path, "LocalPathPort": p.local_path_port,
                      "Protocol": p.protocol}
                     for p in cfg.expose
-                ]
+                ],
             }  # fmt: skip
         if self.cfg.register_service:
             # As Consul's own sidecar_service does (consul.md §3.2): the proxy is only as healthy as its app.
@@ -851,6 +925,7 @@ class ConsulControlPlane:
             "PUT", "/v1/agent/service/register", {"replace-existing-checks": "true"}, self.sidecar_registration()
         )
         self.registered = True
+        self._checks_wake.set()
         log.info("registered %s with consul at %s", self.sidecar_id, self.cfg.address)
 
     async def _deregister(self) -> None:

@@ -65,6 +65,11 @@ def discovery_chain(service: str, dc: str, local_dc: str) -> Query:
     return Query(f"discovery-chain/{service}{suffix}", f"/v1/discovery-chain/{service}", params)
 
 
+def agent_checks() -> Query:
+    """The local agent's checks with their definitions and ExposedPort (C:api/health.go HealthCheck); no blocking."""
+    return Query("agent/checks", "/v1/agent/checks", {})
+
+
 def roots() -> Query:
     return Query("connect/ca/roots", "/v1/agent/connect/ca/roots", {})
 

@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+from gateway.problems import Problems, fold_consul, join, kind_of, quote
+
 KIND = "service-intentions"
 WILDCARD = "*"
 DEFAULT_NAMESPACE = "default"
@@ -319,23 +321,10 @@ _HEADER_KEYS = ("Name", "Present", "Exact", "Prefix", "Suffix", "Contains", "Reg
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
-def _q(value: Any) -> str:
-    # JSON quoting keeps user text on one line (newlines become \n) and reads like the file.
-    return json.dumps(value, ensure_ascii=False, default=str)
-
-
-def _kind_of(value: Any) -> str:
-    if isinstance(value, Mapping):
-        return "a mapping"
-    if isinstance(value, list | tuple):
-        return "a list"
-    if value is None:
-        return "null"
-    return f"{_q(value)} ({type(value).__name__})"
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
+# One reader for every file meshgw reads (gateway/problems.py), so these lines are worded as meshgw.yaml's are.
+_q = quote
+_kind_of = kind_of
+_join = join
 
 
 class _Parser:
@@ -344,32 +333,17 @@ class _Parser:
     def __init__(self, where: str, from_server: bool):
         self.where = where
         self.from_server = from_server
+        # Keys match case-insensitively and with or without underscores, like Consul's decoder (mapstructure
+        # is case-insensitive; lib/decode.HookTranslateKeys maps snake_case aliases such as path_exact).
+        self.r = Problems(where, fold=fold_consul, first=IntentionError)
 
     def fail(self, path: str, problem: str) -> NoReturn:
-        raise IntentionError(f"{self.where}: {path or '(top level)'}: {problem}")
+        self.r.fail(path, problem)
 
     def fields(self, obj: Any, path: str, keys: tuple[str, ...]) -> dict[str, Any]:
-        """The mapping's values under their canonical names, without nulls.
-
-        Keys match case-insensitively and with or without underscores, like Consul's decoder (mapstructure
-        is case-insensitive; lib/decode.HookTranslateKeys maps snake_case aliases such as path_exact).
-        """
-        if not isinstance(obj, Mapping):
-            self.fail(path, f"expected a mapping, got {_kind_of(obj)}")
-        canon = {k.lower(): k for k in keys}
-        out: dict[str, Any] = {}
-        seen: dict[str, str] = {}
-        for raw, value in obj.items():
-            shown = raw if isinstance(raw, str) and _SAFE_KEY.match(raw) else _q(raw)
-            key = canon.get(raw.replace("_", "").lower()) if isinstance(raw, str) else None
-            if key is None:
-                self.fail(_join(path, shown), f"unknown key (expected one of: {', '.join(keys)})")
-            if key in seen:
-                self.fail(_join(path, key), f"given twice, as {_q(seen[key])} and {_q(raw)} (expected once)")
-            seen[key] = raw
-            if value is not None:  # Go decoders leave a field at its zero value for null
-                out[key] = value
-        return out
+        """The mapping's values under their canonical names, without nulls (Go leaves a field at its zero
+        value for null)."""
+        return self.r.mapping(obj, path, keys, required=True, drop_null=True)
 
     def string(self, f: Mapping[str, Any], key: str, path: str) -> str:
         value = f.get(key, "")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import gc
@@ -11,9 +12,8 @@ import signal
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from connect.builtin_certs import BuiltinCertProvider
 from connect.local import LocalControlPlane
 from gateway import core_metrics, corespec, dataplane, metrics, sdnotify
 from gateway.admin import Admin
@@ -24,8 +24,13 @@ from gateway.console.errors import RecentErrors
 from gateway.console.ops import Maintenance
 from gateway.console.source import ConsoleSource, ListenerInfo
 from gateway.preflight import check_files
-from gateway.render import TemplateRunner
 from gateway.snapshot import SnapshotBuilder, upstream_key
+
+if TYPE_CHECKING:
+    from gateway.render import TemplateRunner
+
+# Providers and renderers are imported when the config uses them (Consul and aiohttp, Vault and hvac, templates
+# and jinja2): each is megabytes of every sidecar's resident memory otherwise (issue #13, bench/rss_bench.py).
 
 log = logging.getLogger("meshgw")
 
@@ -59,8 +64,9 @@ def _needs_new_certs(old: Config, new: Config) -> bool:
     )
 
 
-def _listener_specs(cfg: Config) -> dict[tuple[Any, ...], Any]:
-    """Everything that, when changed, needs a new listener (not just a new snapshot)."""
+def _listener_specs(cfg: Config, exposed_checks: tuple[Any, ...] = ()) -> dict[tuple[Any, ...], Any]:
+    """Everything that, when changed, needs a new listener (not just a new snapshot). ``exposed_checks``: the
+    paths the Consul agent exposed for the app's checks (each port a listener, its paths in the snapshot)."""
     specs: dict[tuple[Any, ...], Any] = {}
     if cfg.inbound is not None:
         specs[("inbound", cfg.inbound, cfg.service.address, cfg.service.port)] = None
@@ -75,6 +81,11 @@ def _listener_specs(cfg: Config) -> dict[tuple[Any, ...], Any]:
         specs[("upstream", u, cfg.datacenter, upstream_key(u, cfg))] = u
     for ups in ingress_http.values():
         specs[("ingress-http", tuple(ups), cfg.datacenter, tuple(upstream_key(u, cfg) for u in ups))] = ups
+    if cfg.expose or exposed_checks:
+        from gateway.corespec import expose
+
+        for port in expose.by_port(cfg, exposed_checks):
+            specs[("expose", expose.bind_host(cfg), port)] = None
     return specs
 
 
@@ -135,7 +146,9 @@ class Sidecar:
         self._listeners_lock = asyncio.Lock()
         self._from_consul: dict[str, Any] = {}  # the last value Consul supplied, per config field
         self._protocol_facts: ProtocolFacts | None = None  # what Consul last said about protocols
-        self.expose: Any = None  # gateway.expose.ExposeServer, when the config exposes paths
+        self._exposed_checks: tuple[Any, ...] = ()  # the agent's exposed checks the listeners were made for
+        self._serving = False  # listeners started: from then on exposed checks resync them
+        self.holder.observers.append(self._on_snapshot)
 
     # ------------------------------------------------------------------ construction
 
@@ -227,6 +240,8 @@ class Sidecar:
                 protocol = key[1].protocol
             elif kind == "ingress-http":
                 kind, protocol = "ingress", "http"
+            elif kind == "expose":  # Consul's Expose paths and checks, served plaintext by the core
+                protocol = "http"
             else:
                 protocol = "tcp"
             out.append(ListenerInfo(listener.name, kind, str(listener.bind), protocol))
@@ -286,6 +301,8 @@ class Sidecar:
         if cfg.certificates.type == "consul":
             return NoCertProvider()  # the Consul control plane watches the leaf itself
         assert cfg.certificates.builtin is not None
+        from connect.builtin_certs import BuiltinCertProvider
+
         return BuiltinCertProvider(cfg.certificates.builtin, service, cfg.datacenter, on_tls)
 
     def _make_listener(self, key: tuple[Any, ...], cfg: Config) -> dataplane.CoreListener:
@@ -302,16 +319,17 @@ class Sidecar:
         await self.control_plane.start()
         self.templates = await self._new_templates(self.config)
         async with self._listeners_lock:  # Consul may have changed the config (protocols, listeners) meanwhile
-            for key in _listener_specs(self.config):
+            self._exposed_checks = self.holder.current.exposed_checks
+            for key in _listener_specs(self.config, self._exposed_checks):
                 if key not in self.listeners:
                     await self._start_listener(key, self.config)
+            self._serving = True
         try:
             await self.admin.start()
         except OSError as e:
             raise StartupError(
                 f"{self.config.path}: admin.bind: cannot listen on {self.config.admin.bind}: {e.strerror or e}"
             ) from None
-        await self._start_expose(self.config)
         log.info(
             "meshgw ready: service %s in %s, admin on %s:%s, %s",
             self.config.service.name,
@@ -326,7 +344,10 @@ class Sidecar:
         try:
             await listener.start()
         except OSError as e:
-            if key[0] in ("inbound", "mesh-gateway", "terminating-gateway"):
+            if key[0] == "expose":
+                at = [n for n, p in enumerate(cfg.expose) if p.listener_port == key[2]]
+                where = f"expose.paths[{at[0]}].listener_port" if at else "expose.checks"
+            elif key[0] in ("inbound", "mesh-gateway", "terminating-gateway"):
                 where = "inbound.bind" if key[0] == "inbound" else "gateway.bind"
             else:
                 first = key[1][0] if key[0] == "ingress-http" else key[1]
@@ -353,8 +374,6 @@ class Sidecar:
         await self.control_plane.stop()
         for t in list(self._background):
             t.cancel()
-        if self.expose is not None:
-            await self.expose.stop()
         await self.admin.stop()
         logging.getLogger("meshgw").removeHandler(self.recent_errors)
         log.info("stopped")
@@ -428,35 +447,29 @@ class Sidecar:
 
         async with self._listeners_lock:
             await self._sync_listeners(new)
-        if new.expose != old.expose or new.service.address != old.service.address:
-            if self.expose is not None:
-                await self.expose.stop()
-            await self._start_expose(new)
         if new.admin != old.admin:
             await self.admin.stop()
             self.admin = self._make_admin(new)
             await self.admin.start()
 
-    async def _start_expose(self, cfg: Config) -> None:
-        """Consul's Expose paths (gateway/expose.py), bound where the inbound listener is."""
-        from gateway.expose import ExposePath, ExposeServer
-
-        self.expose = None
-        if not cfg.expose:
+    def _on_snapshot(self, snap: Any) -> None:
+        """The agent exposed or withdrew a check's port (Expose.Checks): listeners follow, in the background (a port
+        that cannot be bound is logged; the others serve)."""
+        if not self._serving or self.draining or snap.exposed_checks == self._exposed_checks:
             return
-        host = cfg.inbound.bind.host if cfg.inbound is not None else "0.0.0.0"
-        paths = tuple(ExposePath(p.listener_port, p.path, p.local_path_port, p.protocol) for p in cfg.expose)
-        server = ExposeServer(host, cfg.service.address, paths)
-        try:
-            await server.start()
-        except OSError as e:
-            raise StartupError(f"{cfg.path}: expose.paths: cannot listen on {host}: {e.strerror or e}") from None
-        self.expose = server
+        self._exposed_checks = snap.exposed_checks
+
+        async def resync() -> None:
+            async with self._listeners_lock:
+                await self._sync_listeners(self.config, strict=False)
+
+        with contextlib.suppress(RuntimeError):  # no running loop: start() picks them up
+            self._bg(resync())
 
     async def _sync_listeners(self, new: Config, strict: bool = True) -> None:
         """Stop the listeners ``new`` no longer has (they drain), start the ones it adds. ``strict``: a port that
         cannot be bound fails the change (a reload is rejected); otherwise it is logged and the others serve."""
-        want = _listener_specs(new)
+        want = _listener_specs(new, self.holder.current.exposed_checks)
         for key in [k for k in self.listeners if k not in want]:
             listener = self.listeners.pop(key)
             listener.stop_accepting()
@@ -473,6 +486,8 @@ class Sidecar:
     async def _new_templates(self, cfg: Config) -> TemplateRunner | None:
         if not cfg.templates:
             return None
+        from gateway.render import TemplateRunner
+
         runner = TemplateRunner(cfg, own_certs=False)
         await runner.start()
         self.builder.tls_listeners.append(runner.set_tls)
@@ -502,6 +517,12 @@ def setup_logging(level: str, json_lines: bool = False) -> None:
 
 async def serve(cfg: Config) -> int:
     sidecar = Sidecar(cfg)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    # Before start: a SIGTERM that arrives once the first listener serves (start is not over yet) still drains
+    # and exits 0 instead of killing the process.
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
     try:
         await sidecar.start()
     except ConfigError as e:
@@ -516,10 +537,9 @@ async def serve(cfg: Config) -> int:
     # What start-up built lives as long as the process: keep the collector from walking it again and
     # again, and let it run less often (the relay itself allocates almost no container objects).
     gc.collect()
+    _release_heap()
     gc.freeze()
     gc.set_threshold(7000, 20, 50)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
     reloading: set[asyncio.Task[bool]] = set()
 
     def on_hup() -> None:
@@ -530,8 +550,6 @@ async def serve(cfg: Config) -> int:
         # READY=1 again whatever the outcome: a rejected reload keeps the running config serving.
         t.add_done_callback(lambda _: sdnotify.ready(f"serving {sidecar.config.service.name}"))
 
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     sdnotify.ready(f"serving {cfg.service.name}")
     await stop.wait()
@@ -541,14 +559,22 @@ async def serve(cfg: Config) -> int:
     return 0
 
 
-def event_loop_runner() -> Any:
-    """uvloop where installed: its C transports are what makes the relay fast."""
+def _release_heap() -> None:
+    """Start-up's garbage (config parsing, the first snapshots) goes back to the system: glibc keeps freed heap
+    pages otherwise, about 1.3 MB of an idle sidecar's resident memory (issue #13). Not glibc: nothing to do."""
     try:
-        import uvloop
+        import ctypes
 
-        return uvloop.run
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        return asyncio.run
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def event_loop_runner() -> Any:
+    """asyncio's own loop: since the Rust core carries every data-plane byte, the loop only runs the control plane
+    (watches, leaf renewals, the admin port), and uvloop with libuv's thread pool was about 1.5 MB of resident
+    memory per sidecar for no measurable gain there (issue #13, bench/rss_bench.py)."""
+    return asyncio.run
 
 
 def run(path: Path) -> int:

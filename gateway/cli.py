@@ -24,7 +24,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         cfg = load_config(args.config)
         from gateway.preflight import check_files
 
-        check_files(cfg)
+        check_files(cfg, ca_in_child=False)
     except ConfigError as e:
         for line in e.problems:
             print(line, file=sys.stderr)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from connect import builtin_issue
 from connect.builtin_certs import missing_ca_problem
-from connect.ca import BuiltinCA, CAError
 from connect.local import SourceError, read_catalog, read_intentions
 from gateway import _core
 from gateway.config import Config, ConfigError
 
 
-def check_files(cfg: Config) -> None:
+def check_files(cfg: Config, ca_in_child: bool = True) -> None:
+    """``ca_in_child``: the built-in CA is loaded by a short-lived process (connect/builtin_issue.py), so a
+    running sidecar never loads the X.509 library; ``meshgw validate`` loads it itself."""
     problems: list[str] = []
     local = cfg.control_plane.local
     if cfg.control_plane.type == "local":
@@ -31,15 +33,14 @@ def check_files(cfg: Config) -> None:
         if missing:
             problems.append(f"{cfg.path}: {missing}")
     if cfg.certificates.type == "builtin" and b is not None and (b.dir / "ca.crt").exists():
-        try:
-            ca = BuiltinCA.load(b.dir)
-            if b.trust_domain and b.trust_domain != ca.trust_domain:
-                problems.append(
-                    f"{cfg.path}: certificates.builtin.trust_domain: {b.trust_domain!r} does not match the CA in "
-                    f"{b.dir} ({ca.trust_domain!r})"
-                )
-        except CAError as e:
-            problems.append(f"{cfg.path}: certificates.builtin.dir: {e}")
+        req = {"op": "check", "dir": str(b.dir), "trust_domain": b.trust_domain}
+        if ca_in_child:
+            try:
+                builtin_issue.run_sync(req)
+            except builtin_issue.IssueError as e:
+                problems.append(f"{cfg.path}: {e}")
+        elif "problem" in (answer := builtin_issue.handle(req)):
+            problems.append(f"{cfg.path}: {answer['problem']}")
     for n, ls in enumerate(cfg.linked_services):
         if ls.ca_file is not None:
             # The core's own TLS code judges them: what it would refuse at run time is refused here.

@@ -41,7 +41,7 @@ import jinja2
 import yaml
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from connect.ca import Leaf
+from connect.leaf import Leaf
 from connect.local import SourceError
 from connect.watch import WatchError
 from gateway.config import Config, ConfigError, TemplateConfig

@@ -28,8 +28,8 @@ from types import MappingProxyType
 from typing import Any
 
 from connect import consul_queries as queries
-from connect.ca import Leaf
 from connect.intentions import IntentionError, ServiceIntentions, parse_entries
+from connect.leaf import Leaf
 from connect.local import SourceError, WatchedFile, load_structured, parse_catalog, read_intentions
 from connect.watch import WatchError, WatchHealth, blocking_watch
 from gateway.config import Config, ConfigError, TemplateCertsConfig

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from connect.ca import Leaf
 from connect.intentions import IntentionTable, ServiceIntentions
+from connect.leaf import Leaf
 from connect.spiffe import service_uri, upstream_sni
 from gateway import metrics
 from gateway.accesslog import AccessLog
@@ -188,6 +188,10 @@ class Snapshot:
     mesh: Any = None  # gateway.http.entries.MeshEntry: inbound HTTP request normalization (l7-security.md §1.1)
     gateway: GatewayRoutes | None = None  # mode mesh-gateway
     terminating: TerminatingRoutes | None = None  # mode terminating-gateway
+    # Expose.Checks: the paths the Consul agent exposed for the app's HTTP/gRPC checks (ExposePathConfig with
+    # from_check), and the addresses besides loopback that may call them (the agent's LAN address).
+    exposed_checks: tuple[Any, ...] = ()
+    check_sources: tuple[str, ...] = ()
 
     def ready(self) -> tuple[bool, str]:
         if self.tls is None:
@@ -215,6 +219,17 @@ class Snapshot:
             },
             "intentions": self.intentions.rules(),
             **({"gateway": self.gateway.to_json()} if self.gateway is not None else {}),
+            **(
+                {
+                    "exposed_checks": [
+                        {"listener_port": p.listener_port, "path": p.path, "local_path_port": p.local_path_port,
+                         "protocol": p.protocol}
+                        for p in self.exposed_checks
+                    ]
+                }
+                if self.exposed_checks
+                else {}
+            ),
             **(
                 {"linked_services": {k: v.to_json() for k, v in self.terminating.linked.items()}}
                 if self.terminating is not None
@@ -279,6 +294,8 @@ class SnapshotBuilder:
         self._linked_tls: dict[str, tuple[str, Leaf, bytes]] = {}
         self._linked_state: dict[str, TLSState] = {}  # built when a leaf arrives, not on every snapshot
         self._origination: dict[str, Origination] = {}
+        self._exposed_checks: tuple[Any, ...] = ()
+        self._check_sources: tuple[str, ...] = ()
         self._load_origination(config)
         self.holder = SnapshotHolder(self._build())
 
@@ -308,6 +325,12 @@ class SnapshotBuilder:
 
     def set_intentions(self, entries: tuple[ServiceIntentions, ...]) -> None:
         self._entries = entries
+        self.publish()
+
+    def set_exposed_checks(self, paths: tuple[Any, ...], sources: tuple[str, ...]) -> None:
+        if (paths, sources) == (self._exposed_checks, self._check_sources):
+            return
+        self._exposed_checks, self._check_sources = paths, sources
         self.publish()
 
     def set_chain_entries(self, entries: tuple[Any, ...]) -> None:
@@ -416,6 +439,8 @@ class SnapshotBuilder:
             mesh=next((e for e in reversed(entries) if e.kind == "mesh"), None),
             gateway=self._gateway_routes() if cfg.mode == "mesh-gateway" else None,
             terminating=self._terminating_routes(td) if cfg.mode == "terminating-gateway" else None,
+            exposed_checks=self._exposed_checks if cfg.expose_checks else (),
+            check_sources=self._check_sources,
         )
         metrics.SNAPSHOT_VERSION.set(snap.version)
         metrics.SNAPSHOT_AGE.set(snap.built_at)

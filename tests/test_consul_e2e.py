@@ -337,3 +337,88 @@ def test_starting_with_consul_down_waits_with_ready_503(tmp_path: Path, consul: 
             wait_for(lambda: sc.ready(), 20, "ready once consul answers")
     finally:
         m.close()
+
+
+def test_expose_checks_serves_the_agents_http_checks_through_the_core(
+    tmp_path: Path, consul: ConsulDoubleThread
+) -> None:
+    """Expose.Checks: the agent gives the app's HTTP check a port of its expose range and probes it there; meshgw
+    reads that from the agent's checks and serves the port from the core, plaintext, the check's path only."""
+    exposed = free_port()  # the agent's expose_min_port..expose_max_port, one port wide here
+    consul.call(setattr, consul.state, "expose_min_port", exposed)
+    consul.call(setattr, consul.state, "expose_max_port", exposed + 1)
+    m = ConsulMesh(tmp_path, consul)
+    with http_app("web") as app:
+        m.put(
+            "/v1/agent/service/register",
+            {
+                "Name": "web",
+                "ID": "web",
+                "Address": "127.0.0.1",
+                "Port": app.port,
+                "Check": {"CheckID": "web-health", "Name": "web health", "Interval": "200ms",
+                          "HTTP": f"http://127.0.0.1:{app.port}/health?full=1"},
+            },
+        )  # fmt: skip
+        admin = free_port()
+        cfg = {
+            "datacenter": "dc1",
+            "service": {"name": "web", "id": "web", "port": app.port},
+            "inbound": {"bind": f"127.0.0.1:{free_port()}"},
+            "control_plane": {"type": "consul", "consul": {"address": consul.address, "register_service": False}},
+            "certificates": {"type": "consul"},
+            "admin": {"bind": f"127.0.0.1:{admin}"},
+            "expose": {"checks": True},
+            "drain_timeout": "1s",
+        }
+        path = tmp_path / "web.yaml"
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        sc = Sidecar(None, "web", path, admin, tmp_path / "web.log")  # type: ignore[arg-type]
+        m.sidecars.append(sc)
+        try:
+            sc.start()
+            assert consul.state.services["web-sidecar-proxy"]["Proxy"]["Expose"] == {"Checks": True}
+
+            def through_meshgw() -> dict[str, Any] | None:
+                chk = consul.state.checks["web-health"]
+                ok = chk["Status"] == "passing" and f"127.0.0.1:{exposed}/health?full=1: 200" in chk["Output"]
+                return chk if ok else None
+
+            # The agent's probe now goes to the exposed port, and passes only because meshgw serves it.
+            chk = wait_for(through_meshgw, 30, f"the check passing through the exposed port ({sc.log_text()[-2000:]})")
+            assert chk["ExposedPort"] == exposed
+            r = requests.get(f"http://127.0.0.1:{exposed}/health?full=1", timeout=5)
+            assert r.status_code == 200 and r.json()["path"] == "/health?full=1"
+            seen = len(app.requests)
+            assert requests.get(f"http://127.0.0.1:{exposed}/admin", timeout=5).status_code == 404
+            assert requests.post(f"http://127.0.0.1:{exposed}/health/../admin", timeout=5).status_code == 404
+            assert all(r["path"] == "/health?full=1" for r in app.requests[seen:])
+
+            # The check goes away: so does its listener.
+            m.put("/v1/agent/check/deregister/web-health")
+
+            def closed() -> bool:
+                try:
+                    requests.get(f"http://127.0.0.1:{exposed}/health", timeout=2)
+                except requests.ConnectionError:
+                    return True
+                return False
+
+            wait_for(closed, 30, "the exposed port closed after its check left")
+        finally:
+            m.close()
+
+
+def test_a_consul_sidecar_loads_neither_the_x509_library_nor_aiohttp(cmesh: ConsulMesh) -> None:
+    """Issue #13: the leaf's validity comes from Consul's ValidAfter/ValidBefore and the agent's API is spoken by
+    connect/consul_http.py, so cryptography and aiohttp (18 MB of resident memory) stay out; mTLS still works."""
+    with echo_app() as app:
+        api = cmesh.sidecar("api", app.port)
+        up = free_port()
+        cmesh.intention("web", "api", "allow")
+        cmesh.sidecar("web", free_port(), upstreams={"api": up})
+        wait_for(lambda: not refused(up), 15, "web -> api over mTLS with Consul's leaves")
+        assert api.proc is not None
+        maps = Path(f"/proc/{api.proc.pid}/maps").read_text()
+        for lib in ("cryptography", "aiohttp", "multidict", "yarl"):
+            assert f"/{lib}/" not in maps, f"{lib} is loaded"

@@ -270,3 +270,81 @@ def test_expose_paths_are_registered_and_validated(tmp_path: Path) -> None:
         "expose.paths[0].listener_port: 21000 is already a listener",
     ):
         assert needle in r.stderr, r.stderr
+
+
+def test_expose_checks_is_registered_and_needs_consul(tmp_path: Path) -> None:
+    from connect.consul import ConsulControlPlane, exposed_check_paths
+    from gateway.config import ExposePathConfig, load_config
+    from gateway.snapshot import SnapshotBuilder
+
+    base = "service: {name: web, port: 8080}\ninbound: {bind: 127.0.0.1:21000}\nexpose: {checks: true}\n"
+    (tmp_path / "m.yaml").write_text(
+        base + "control_plane: {type: consul, consul: {address: '127.0.0.1:1'}}\ncertificates: {type: consul}\n"
+    )
+    cfg = load_config(tmp_path / "m.yaml", env={})
+    cp = ConsulControlPlane(cfg, SnapshotBuilder(cfg), provide_certs=True, ready=lambda: (True, ""))
+    assert cp.sidecar_registration()["Proxy"]["Expose"] == {"Checks": True, "Paths": []}
+    # What the agent's /v1/agent/checks says of the app's checks once it exposed them (C:api/health.go).
+    checks = {
+        "h": {"ServiceID": "web", "ExposedPort": 21500, "Definition": {"HTTP": "http://127.0.0.1:8080/health?x=1"}},
+        "g": {"ServiceID": "web", "ExposedPort": 21501, "Definition": {"GRPC": "127.0.0.1:9090/web"}},
+        "other": {"ServiceID": "db", "ExposedPort": 21502, "Definition": {"HTTP": "http://127.0.0.1:5432/"}},
+        "tcp": {"ServiceID": "web", "ExposedPort": 0, "Definition": {"TCP": "127.0.0.1:8080"}},
+        "no-port": {"ServiceID": "web", "ExposedPort": 21503, "Definition": {"HTTP": "http://localhost/x"}},
+    }
+    assert exposed_check_paths(checks, "web") == (
+        ExposePathConfig(21501, "/grpc.health.v1.Health/Check", 9090, "http2", from_check=True),
+        ExposePathConfig(21500, "/health", 8080, "http", from_check=True),
+    )
+    (tmp_path / "m.yaml").write_text(base + "certificates: {builtin: {dir: ca, create: true}}\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "validate", "-c", str(tmp_path / "m.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2, r.stderr
+    assert (
+        f"{tmp_path / 'm.yaml'}: expose.checks: the checks exposed are the Consul agent's "
+        "(expected control_plane.type consul)"
+    ) in r.stderr
+
+
+def test_a_sidecar_loads_only_what_its_config_uses(tmp_path: Path) -> None:
+    """Issue #13: the built-in CA issues in a child process, the admin port is served without aiohttp, templates
+    and their Jinja are loaded only when configured, so a plain sidecar's process never maps these libraries."""
+    (tmp_path / "catalog.yaml").write_text("services: {}\n")
+    (tmp_path / "intentions.yaml").write_text("[]\n")
+    admin = free_port()
+    (tmp_path / "m.yaml").write_text(
+        f"""
+service: {{name: web, port: {free_port()}}}
+inbound: {{bind: 127.0.0.1:{free_port()}}}
+control_plane: {{type: local, local: {{catalog: catalog.yaml, intentions: intentions.yaml}}}}
+certificates: {{builtin: {{dir: ca, create: true, leaf_ttl: 1h}}}}
+admin: {{bind: 127.0.0.1:{admin}}}
+drain_timeout: 1s
+"""
+    )
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "-c", str(tmp_path / "m.yaml")])
+    try:
+        from mesh import wait_for
+
+        def ready() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{admin}/ready", timeout=5) as r:
+                    return r.status == 200
+            except OSError:
+                return False
+
+        wait_for(ready, 30, "sidecar ready")
+        maps = Path(f"/proc/{proc.pid}/maps").read_text()
+        for lib in ("cryptography", "aiohttp", "multidict", "yarl", "markupsafe", "uvloop"):
+            assert f"/{lib}/" not in maps, f"{lib} is loaded"
+        assert "_core.abi3.so" in maps  # the check looks at the right process
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()

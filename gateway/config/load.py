@@ -286,7 +286,7 @@ def parse_config(data: Any, path: Path, env: Mapping[str, str] | None = None) ->
         )
     if sidecar_for and upstreams:
         r.problem("control_plane.consul.sidecar_for", "upstreams come from the registration: leave upstreams out")
-    expose = _parse_expose(r, top.get("expose"), mode, binds, inbound)
+    expose, expose_checks = _parse_expose(r, top.get("expose"), mode, binds, inbound, cp_type)
     if mode == "sidecar" and inbound is None and not upstreams and not sidecar_for:
         r.problem("inbound", "a sidecar needs an inbound listener or at least one upstream (expected inbound.bind)")
 
@@ -317,6 +317,7 @@ def parse_config(data: Any, path: Path, env: Mapping[str, str] | None = None) ->
         linked_services=linked,
         mesh_gateway=mesh_gateway,
         expose=expose,
+        expose_checks=expose_checks,
     )
     # The protocols the file leaves unset, from its config entries (with Consul, from Consul's too: gateway/app.py).
     cfg, warnings = resolve_protocols(cfg, config_entries)
@@ -419,17 +420,22 @@ def linked_services_from_entry(entry: Mapping[str, Any], where: str) -> tuple[Li
 
 
 def _parse_expose(
-    r: _Reader, raw: Any, mode: str, binds: dict[Address, str], inbound: InboundConfig | None
-) -> tuple[ExposePathConfig, ...]:
+    r: _Reader, raw: Any, mode: str, binds: dict[Address, str], inbound: InboundConfig | None, cp_type: str
+) -> tuple[tuple[ExposePathConfig, ...], bool]:
     if raw is None:
-        return ()
-    e = r.mapping(raw, "expose", ("paths",))
+        return (), False
+    e = r.mapping(raw, "expose", ("checks", "paths"))
     if mode != "sidecar":
         r.problem("expose", f"only a sidecar exposes paths of its app (this is mode {mode})")
+    # Consul's Expose.Checks: the agent picks a port per HTTP/gRPC check of the app (expose_min_port..max) and
+    # points the check there; without Consul there are no agent checks to expose.
+    checks = bool(r.get(e, "expose", "checks", _bool, False))
+    if checks and cp_type != "consul":
+        r.problem("expose.checks", "the checks exposed are the Consul agent's (expected control_plane.type consul)")
     paths = e.get("paths") or []
     if not isinstance(paths, list):
         r.problem("expose.paths", "expected a list of {listener_port, path, local_path_port, protocol}")
-        return ()
+        return (), checks
     out = []
     used = {a.port for a in binds} | ({inbound.bind.port} if inbound is not None else set())
     seen: set[tuple[int, str]] = set()
@@ -452,7 +458,7 @@ def _parse_expose(
             r.problem(f"{key}.path", f"{p.path} is already exposed on {p.listener_port}")
         seen.add((p.listener_port, p.path))
         out.append(p)
-    return tuple(out)
+    return tuple(out), checks
 
 
 def _parse_upstreams(r: _Reader, raw_ups: list[Any], binds: dict[Address, str] | None = None) -> list[UpstreamConfig]:

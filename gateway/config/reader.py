@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+from gateway.problems import Problems
 
 T = TypeVar("T")
 
@@ -140,46 +142,12 @@ def text(value: Any) -> str:
     return value
 
 
-class _Reader:
-    """Walks a YAML mapping, collecting problems with their key paths instead of raising at the first."""
+class _Reader(Problems):
+    """meshgw.yaml's reader (gateway/problems.py): exact snake_case keys, every problem of the file collected."""
 
     def __init__(self, path: Path):
+        super().__init__(str(path))
         self.path = path
-        self.problems: list[str] = []
-
-    def problem(self, key: str, msg: str) -> None:
-        self.problems.append(f"{self.path}: {key}: {msg}")
-
-    def mapping(self, data: Any, key: str, allowed: tuple[str, ...]) -> Mapping[str, Any]:
-        if data is None:
-            return {}
-        if not isinstance(data, Mapping):
-            self.problem(key, f"expected a mapping, got {type(data).__name__}")
-            return {}
-        for k in data:
-            if k not in allowed:
-                self.problem(f"{key}.{k}" if key else str(k), f"unknown key (expected one of: {', '.join(allowed)})")
-        return data
-
-    def get(
-        self,
-        data: Mapping[str, Any],
-        key: str,
-        name: str,
-        parse: Callable[[Any], T],
-        default: T | None = None,
-        required: bool = False,
-    ) -> T | None:
-        full = f"{key}.{name}" if key else name
-        if name not in data or data[name] is None:
-            if required:
-                self.problem(full, "is required")
-            return default
-        try:
-            return parse(data[name])
-        except ValueError as e:
-            self.problem(full, str(e))
-            return default
 
 
 def _resolve(base: Path, p: str) -> Path:

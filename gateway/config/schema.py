@@ -268,6 +268,9 @@ class ExposePathConfig:
     path: str
     local_path_port: int
     protocol: str = "http"
+    # Consul's ParsedFromCheck: a path the agent exposed for one of the app's HTTP/gRPC checks (Expose.Checks);
+    # only loopback and the agent's own address may call it (C:agent/xds/listeners.go makeExposedCheckListener).
+    from_check: bool = False
 
 
 @dataclass(frozen=True)
@@ -293,8 +296,10 @@ class Config:
     gateway: GatewayConfig | None = None
     linked_services: tuple[LinkedServiceConfig, ...] = ()  # mode terminating-gateway
     mesh_gateway: MeshGatewayModeConfig = field(default_factory=MeshGatewayModeConfig)
-    # Consul's Proxy.Expose.Paths: plaintext paths of the app for the agent's health checks (gateway/expose.py).
+    # Consul's Proxy.Expose.Paths: plaintext paths of the app for the agent's health checks, served by the core
+    # (gateway/core/src/inbound/expose.rs); expose_checks is Expose.Checks: every HTTP/gRPC check of the app too.
     expose: tuple[ExposePathConfig, ...] = ()
+    expose_checks: bool = False
 
     @property
     def is_gateway(self) -> bool:

@@ -1,16 +1,19 @@
 """What the console and /certs say about certificates: identity, issuer, serial, validity, fingerprint. Parsed
-from the public PEM only; a private key is never read here, and no PEM text leaves this module."""
+from the public PEM only; a private key is never read here, and no PEM text leaves this module.
+
+The X.509 library is imported when a certificate is first described (an operator opens the console or /certs),
+not with the admin port: a sidecar that nobody looks at never maps it (issue #13, about 8 MB of RSS)."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from connect.leaf import colon_hex
 
-from connect.ca import colon_hex
+if TYPE_CHECKING:
+    from cryptography import x509
 
 _PEM = re.compile(rb"-----BEGIN CERTIFICATE-----\s.*?-----END CERTIFICATE-----", re.S)
 # Leaves are renewed at about 2/3 of their life (connect/builtin_certs.py RENEW_AT, with a spread around it).
@@ -43,6 +46,9 @@ class CertInfo:
 
 
 def _info(cert: x509.Certificate) -> CertInfo:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         uris = tuple(san.get_values_for_type(x509.UniformResourceIdentifier))
@@ -66,8 +72,13 @@ def _info(cert: x509.Certificate) -> CertInfo:
 
 def describe_bundle(pem: bytes) -> tuple[CertInfo, ...]:
     """Every certificate of a PEM bundle that parses; anything else in the text (a key included) is skipped."""
+    blocks = _PEM.findall(pem)
+    if not blocks:
+        return ()
+    from cryptography import x509
+
     out = []
-    for block in _PEM.findall(pem):
+    for block in blocks:
         try:
             out.append(_info(x509.load_pem_x509_certificate(block)))
         except ValueError:

@@ -1,4 +1,4 @@
-"""The console and the operator endpoints on the admin port's aiohttp app.
+"""The console and the operator endpoints on the admin port's own small HTTP/1.1 server (gateway/admin.py).
 
 GET  /                      the console (server-rendered; console.js refreshes parts of it)
 GET  /console/topology      the topology SVG fragment; /console/health and /console/listeners: what the page polls
@@ -6,25 +6,29 @@ GET  /console/check         "would this be allowed?" (JSON with Accept: applicat
 GET  /console/api/topology  the graph with live traffic per edge, as JSON
 GET  /clusters /listeners /certs /config_dump /server_info   JSON (README "Admin console and operator endpoints")
 POST /drain_listeners[?inboundonly]  /healthcheck/fail  /healthcheck/ok   loopback only by default (ops.py)
+
+Jinja2 is imported when the first page is rendered, not with the admin port: the JSON endpoints and a sidecar
+nobody looks at do without it (issue #13: idle RSS).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jinja2
-from aiohttp import web
-
+from gateway.admin import Reply, Request, Route, json_reply
 from gateway.console import intentions, inventory, topology
 from gateway.console.ops import refusal
 from gateway.console.source import ConsoleSource
 from gateway.console.traffic import TrafficWindow
+
+if TYPE_CHECKING:
+    import jinja2
+
+    from gateway.admin import Admin
 
 log = logging.getLogger("meshgw.admin")
 
@@ -39,8 +43,8 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+GET = frozenset({"GET"})
+POST = frozenset({"POST"})
 
 
 def _when(ts: float | None) -> str:
@@ -67,36 +71,12 @@ def _duration(seconds: float | None) -> str:
     return sign + " ".join(parts)
 
 
-def _json(body: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        text=json.dumps(inventory.scrub(body), indent=2, default=str) + "\n",
-        status=status,
-        content_type="application/json",
-        headers={"Cache-Control": "no-store"},
-    )
+def _json(body: Any, status: int = 200) -> Reply:
+    return json_reply(inventory.scrub(body), status)
 
 
-def _error(status: int, message: str) -> web.Response:
+def _error(status: int, message: str) -> Reply:
     return _json({"error": message}, status)
-
-
-@web.middleware
-async def _headers_and_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        resp = await handler(request)
-    except web.HTTPException as e:
-        if e.status < 400:
-            raise
-        # One line, never a page or a traceback: what aiohttp would say, as JSON.
-        resp = _error(e.status, e.reason or "error")
-        if "Allow" in e.headers:  # 405: say which methods the path takes
-            resp.headers["Allow"] = e.headers["Allow"]
-    except Exception as e:  # a bug, not the caller's mistake: one log line, one answer line
-        log.error("admin %s %s failed: %s: %s", request.method, request.path, type(e).__name__, e)
-        resp = _error(500, f"internal error: {type(e).__name__}")
-    for k, v in SECURITY_HEADERS.items():
-        resp.headers.setdefault(k, v)
-    return resp
 
 
 class Console:
@@ -104,34 +84,48 @@ class Console:
         self.source = source
         self.allow_remote_maintenance = allow_remote_maintenance
         self.window = TrafficWindow(source.stats)
-        self.env = jinja2.Environment(
-            loader=jinja2.PackageLoader("gateway.console", "templates"),
-            autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
-            undefined=jinja2.StrictUndefined,
-            trim_blocks=True,
-            lstrip_blocks=True,
-        )
-        self.env.filters["when"] = _when
-        self.env.filters["duration"] = _duration
+        self._env: jinja2.Environment | None = None
 
-    def install(self, app: web.Application) -> None:
-        app.middlewares.append(_headers_and_errors)
-        r = app.router
-        r.add_get("/", self.page)
-        r.add_get("/console/topology", self.topology_fragment)
-        r.add_get("/console/health", self.health_fragment)
-        r.add_get("/console/listeners", self.listeners_fragment)
-        r.add_get("/console/check", self.check)
-        r.add_get("/console/api/topology", self.topology_json)
-        r.add_get("/console/static/{name}", self.static)
-        r.add_get("/clusters", self.clusters)
-        r.add_get("/listeners", self.listeners)
-        r.add_get("/certs", self.certs)
-        r.add_get("/config_dump", self.config_dump)
-        r.add_get("/server_info", self.server_info)
-        r.add_post("/drain_listeners", self.drain_listeners)
-        r.add_post("/healthcheck/fail", self.healthcheck_fail)
-        r.add_post("/healthcheck/ok", self.healthcheck_ok)
+    @property
+    def env(self) -> jinja2.Environment:
+        if self._env is None:
+            import jinja2
+
+            env = jinja2.Environment(
+                loader=jinja2.PackageLoader("gateway.console", "templates"),
+                autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
+                undefined=jinja2.StrictUndefined,
+                trim_blocks=True,
+                lstrip_blocks=True,
+            )
+            env.filters["when"] = _when
+            env.filters["duration"] = _duration
+            self._env = env
+        return self._env
+
+    def install(self, admin: Admin) -> None:
+        """The console's paths on the admin port (its own "/" replaces the plain index), its security fields on
+        every answer, and errors as one line of JSON."""
+        admin.extra_headers = tuple(SECURITY_HEADERS.items())
+        admin.prefixes["/console/static/"] = Route(GET, self.static)
+        admin.routes.update(
+            {
+                "/": Route(GET, self.page),
+                "/console/topology": Route(GET, self.topology_fragment),
+                "/console/health": Route(GET, self.health_fragment),
+                "/console/listeners": Route(GET, self.listeners_fragment),
+                "/console/check": Route(GET, self.check),
+                "/console/api/topology": Route(GET, self.topology_json),
+                "/clusters": Route(GET, self.clusters),
+                "/listeners": Route(GET, self.listeners),
+                "/certs": Route(GET, self.certs),
+                "/config_dump": Route(GET, self.config_dump),
+                "/server_info": Route(GET, self.server_info),
+                "/drain_listeners": Route(POST, self.drain_listeners),
+                "/healthcheck/fail": Route(POST, self.healthcheck_fail),
+                "/healthcheck/ok": Route(POST, self.healthcheck_ok),
+            }
+        )
 
     # ------------------------------------------------------------------ data
 
@@ -154,29 +148,30 @@ class Console:
             **extra,
         }
 
-    def _html(self, template: str, **ctx: Any) -> web.Response:
+    def _html(self, template: str, **ctx: Any) -> Reply:
         text = self.env.get_template(template).render(**ctx)
-        return web.Response(text=text, content_type="text/html")
+        return Reply(200, text.encode(), "text/html; charset=utf-8")
 
     # ------------------------------------------------------------------ pages
 
-    async def page(self, request: web.Request) -> web.Response:
+    async def page(self, request: Request) -> Reply:
         return self._html("console.html.j2", **self._context())
 
-    async def topology_fragment(self, request: web.Request) -> web.Response:
+    async def topology_fragment(self, request: Request) -> Reply:
         return self._html("topology.html.j2", topology=self._topology())
 
-    async def health_fragment(self, request: web.Request) -> web.Response:
+    async def health_fragment(self, request: Request) -> Reply:
         return self._html("health.html.j2", health=inventory.health(self.source), now=time.time())
 
-    async def listeners_fragment(self, request: web.Request) -> web.Response:
+    async def listeners_fragment(self, request: Request) -> Reply:
         return self._html("listeners.html.j2", listeners=inventory.listeners(self.source))
 
-    async def topology_json(self, request: web.Request) -> web.Response:
+    async def topology_json(self, request: Request) -> Reply:
         return _json(self._topology().to_json())
 
-    async def check(self, request: web.Request) -> web.Response:
-        wants_json = "application/json" in request.headers.get("Accept", "") or request.query.get("format") == "json"
+    async def check(self, request: Request) -> Reply:
+        accept = request.header("Accept") or ""
+        wants_json = "application/json" in accept or request.query.get("format") == "json"
         form = {k: request.query.get(k, "") for k in ("source", "destination", "method", "path", "headers")}
         try:
             req = intentions.CheckRequest.from_query(form, self.source.snapshot.service, form["headers"].splitlines())
@@ -189,43 +184,43 @@ class Console:
             return _json(answer)
         return self._html("console.html.j2", **self._context(check=answer, form=form))
 
-    async def static(self, request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        if name not in STATIC:
-            raise web.HTTPNotFound()
+    async def static(self, request: Request) -> Reply:
+        name = request.path.removeprefix("/console/static/")
+        if name not in STATIC:  # a fixed set of names: no path from the caller reaches the file system
+            return _error(404, "Not Found")
         body = resources.files("gateway.console").joinpath("static", name).read_bytes()
-        return web.Response(body=body, content_type=STATIC[name])
+        return Reply(200, body, STATIC[name])
 
     # ------------------------------------------------------------------ JSON endpoints
 
-    async def clusters(self, request: web.Request) -> web.Response:
+    async def clusters(self, request: Request) -> Reply:
         return _json({"clusters": inventory.clusters(self.source)})
 
-    async def listeners(self, request: web.Request) -> web.Response:
+    async def listeners(self, request: Request) -> Reply:
         return _json({"listeners": inventory.listeners(self.source)})
 
-    async def certs(self, request: web.Request) -> web.Response:
+    async def certs(self, request: Request) -> Reply:
         return _json(inventory.certs(self.source))
 
-    async def config_dump(self, request: web.Request) -> web.Response:
+    async def config_dump(self, request: Request) -> Reply:
         return _json(inventory.config_dump(self.source))
 
-    async def server_info(self, request: web.Request) -> web.Response:
+    async def server_info(self, request: Request) -> Reply:
         return _json(inventory.health(self.source))
 
     # ------------------------------------------------------------------ maintenance (POST only)
 
-    def _refused(self, request: web.Request) -> web.Response | None:
+    def _refused(self, request: Request) -> Reply | None:
         why = refusal(
             request.remote,
-            request.host,
-            request.headers.get("Origin"),
-            request.headers.get("Sec-Fetch-Site"),
+            request.header("Host"),
+            request.header("Origin"),
+            request.header("Sec-Fetch-Site"),
             self.allow_remote_maintenance,
         )
         return None if why is None else _error(403, why)
 
-    async def drain_listeners(self, request: web.Request) -> web.Response:
+    async def drain_listeners(self, request: Request) -> Reply:
         if (refused := self._refused(request)) is not None:
             return refused
         inbound_only = "inboundonly" in request.query
@@ -233,14 +228,14 @@ class Console:
         log.warning("operator drained listeners: %s", ", ".join(stopped) or "none")
         return _json({"drained": stopped, "ready": False})
 
-    async def healthcheck_fail(self, request: web.Request) -> web.Response:
+    async def healthcheck_fail(self, request: Request) -> Reply:
         if (refused := self._refused(request)) is not None:
             return refused
         self.source.maintenance.healthcheck_failed = True
         log.warning("operator failed the health check: /ready answers 503 until POST /healthcheck/ok")
         return _json({"healthcheck_failed": True})
 
-    async def healthcheck_ok(self, request: web.Request) -> web.Response:
+    async def healthcheck_ok(self, request: Request) -> Reply:
         if (refused := self._refused(request)) is not None:
             return refused
         self.source.maintenance.healthcheck_failed = False

@@ -18,7 +18,7 @@ from gateway.snapshot import Snapshot, SnapshotHolder, upstream_key
 @dataclass(frozen=True, slots=True)
 class ListenerInfo:
     name: str  # the core's listener name: inbound, upstream:<svc>, ingress:<port>, mesh-gateway, ...
-    kind: str  # inbound | upstream | ingress | mesh-gateway | terminating-gateway
+    kind: str  # inbound | upstream | ingress | mesh-gateway | terminating-gateway | expose
     bind: str  # as configured
     protocol: str
 

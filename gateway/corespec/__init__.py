@@ -2,7 +2,7 @@
 the listeners this process serves, its mTLS material, compiled intention tables and the upstream clusters.
 
 The schema is the core's `src/snapshot.rs`; each HTTP section has its own emitter beside this one
-(``inbound_http``, ``outbound_http``) and its own reader in the core.
+(``inbound_http``, ``outbound_http``, ``expose``) and its own reader in the core.
 """
 
 from __future__ import annotations
@@ -146,6 +146,10 @@ def _clusters(snap: Snapshot) -> dict[str, Any]:
 
 def listener_spec(cfg: Config, snap: Snapshot, key: ListenerKey) -> dict[str, Any]:
     kind = key[0]
+    if kind == "expose":
+        from gateway.corespec import expose
+
+        return expose.spec(cfg, snap, key[1], key[2])
     if kind == "inbound":
         return _inbound(cfg, snap)
     if kind == "mesh-gateway":

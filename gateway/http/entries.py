@@ -30,6 +30,7 @@ from gateway.config import (
     LoadBalancerConfig,
     PassiveHealthCheckConfig,
 )
+from gateway.problems import Problems, fold_loose
 
 KINDS = ("service-router", "service-splitter", "service-resolver", "service-defaults", "proxy-defaults", "mesh")
 
@@ -273,47 +274,15 @@ def go_duration(value: Any) -> float:
     return sign * total
 
 
-def _norm(key: str) -> str:
-    return key.replace("_", "").replace("-", "").lower()
+_norm = fold_loose
 
 
-class _R:
-    """Collects problems with their key paths, like gateway.config's reader."""
+class _R(Problems):
+    """A config entry's reader (gateway/problems.py): keys as Consul's decoder takes them, every problem collected.
+    ``lenient``: entries read back from Consul may carry fields newer than this code; those are ignored."""
 
     def __init__(self, where: str, lenient: bool = False):
-        self.where = where
-        self.lenient = lenient  # entries read back from Consul: fields newer than this code are ignored
-        self.problems: list[str] = []
-
-    def problem(self, key: str, msg: str) -> None:
-        self.problems.append(f"{self.where}: {key}: {msg}")
-
-    def obj(self, data: Any, key: str, fields: tuple[str, ...], ignore: tuple[str, ...] = ()) -> dict[str, Any]:
-        """A mapping with its keys normalised to ``fields`` (canonical names); unknown keys are problems."""
-        if data is None:
-            return {}
-        if not isinstance(data, Mapping):
-            self.problem(key, f"expected a mapping, got {type(data).__name__}")
-            return {}
-        canon = {_norm(f): f for f in fields}
-        skip = {_norm(f) for f in ignore}
-        out: dict[str, Any] = {}
-        for k, v in data.items():
-            n = _norm(str(k))
-            if n in canon:
-                out[canon[n]] = v
-            elif n not in skip and not self.lenient:
-                self.problem(f"{key}.{k}" if key else str(k), f"unknown key (expected one of: {', '.join(fields)})")
-        return out
-
-    def get(self, m: Mapping[str, Any], key: str, name: str, parse: Callable[[Any], Any], default: Any = None) -> Any:
-        if name not in m or m[name] is None:
-            return default
-        try:
-            return parse(m[name])
-        except (ValueError, TypeError) as e:
-            self.problem(f"{key}.{name}" if key else name, str(e))
-            return default
+        super().__init__(where, fold=fold_loose, lenient=lenient)
 
 
 def _str(v: Any) -> str:
@@ -355,7 +324,7 @@ _COMMON = ("Kind", "Name", "Namespace", "Partition", "Meta", "CreateIndex", "Mod
 
 
 def _header_mods(r: _R, raw: Any, key: str) -> HeaderMods:
-    m = r.obj(raw, key, ("Add", "Set", "Remove"))
+    m = r.mapping(raw, key, ("Add", "Set", "Remove"))
 
     def pairs(name: str) -> tuple[tuple[str, str], ...]:
         v = m.get(name)
@@ -374,7 +343,9 @@ def _header_mods(r: _R, raw: Any, key: str) -> HeaderMods:
 
 
 def _http_match(r: _R, raw: Any, key: str) -> HTTPMatch:
-    m = r.obj(raw, key, ("PathExact", "PathPrefix", "PathRegex", "CaseInsensitive", "Header", "QueryParam", "Methods"))
+    m = r.mapping(
+        raw, key, ("PathExact", "PathPrefix", "PathRegex", "CaseInsensitive", "Header", "QueryParam", "Methods")
+    )
     paths = [n for n in ("PathExact", "PathPrefix", "PathRegex") if m.get(n) is not None]
     if len(paths) > 1:
         r.problem(key, f"set at most one of PathExact, PathPrefix, PathRegex (got {', '.join(paths)})")
@@ -385,7 +356,7 @@ def _http_match(r: _R, raw: Any, key: str) -> HTTPMatch:
     headers = []
     for i, h in enumerate(r.get(m, key, "Header", _list, []) or []):
         hk = f"{key}.Header[{i}]"
-        hm = r.obj(h, hk, ("Name", "Present", "Exact", "Prefix", "Suffix", "Regex", "Invert"))
+        hm = r.mapping(h, hk, ("Name", "Present", "Exact", "Prefix", "Suffix", "Regex", "Invert"))
         name = r.get(hm, hk, "Name", _str, "")
         if not name:
             r.problem(f"{hk}.Name", "is required")
@@ -408,7 +379,7 @@ def _http_match(r: _R, raw: Any, key: str) -> HTTPMatch:
     queries = []
     for i, q in enumerate(r.get(m, key, "QueryParam", _list, []) or []):
         qk = f"{key}.QueryParam[{i}]"
-        qm = r.obj(q, qk, ("Name", "Present", "Exact", "Regex"))
+        qm = r.mapping(q, qk, ("Name", "Present", "Exact", "Regex"))
         name = r.get(qm, qk, "Name", _str, "")
         if not name:
             r.problem(f"{qk}.Name", "is required")
@@ -461,11 +432,11 @@ def _router(r: _R, d: Mapping[str, Any], name: str) -> ServiceRouter:
     routes = []
     for i, raw in enumerate(r.get(d, "", "Routes", _list, []) or []):
         key = f"Routes[{i}]"
-        m = r.obj(raw, key, ("Match", "Destination"))
-        match_raw = r.obj(m.get("Match"), f"{key}.Match", ("HTTP",))
+        m = r.mapping(raw, key, ("Match", "Destination"))
+        match_raw = r.mapping(m.get("Match"), f"{key}.Match", ("HTTP",))
         match = _http_match(r, match_raw["HTTP"], f"{key}.Match.HTTP") if match_raw.get("HTTP") is not None else None
         dk = f"{key}.Destination"
-        dm = r.obj(
+        dm = r.mapping(
             m.get("Destination"),
             dk,
             (
@@ -512,7 +483,7 @@ def _splitter(r: _R, d: Mapping[str, Any], name: str) -> ServiceSplitter:
     total = 0.0
     for i, raw in enumerate(r.get(d, "", "Splits", _list, []) or []):
         key = f"Splits[{i}]"
-        m = r.obj(
+        m = r.mapping(
             raw,
             key,
             ("Weight", "Service", "ServiceSubset", "Namespace", "Partition", "RequestHeaders", "ResponseHeaders"),
@@ -542,17 +513,17 @@ def _splitter(r: _R, d: Mapping[str, Any], name: str) -> ServiceSplitter:
 def _load_balancer(r: _R, raw: Any, key: str) -> LoadBalancerConfig | None:
     if raw is None:
         return None
-    m = r.obj(raw, key, ("Policy", "RingHashConfig", "LeastRequestConfig", "HashPolicies"))
+    m = r.mapping(raw, key, ("Policy", "RingHashConfig", "LeastRequestConfig", "HashPolicies"))
     policy = r.get(m, key, "Policy", _str, "") or "round_robin"
     if policy not in CONSUL_LB_POLICIES:
         r.problem(f"{key}.Policy", f"{policy!r} is not a policy (expected one of: {', '.join(CONSUL_LB_POLICIES)})")
         policy = "round_robin"
-    rh = r.obj(m.get("RingHashConfig"), f"{key}.RingHashConfig", ("MinimumRingSize", "MaximumRingSize"))
-    lr = r.obj(m.get("LeastRequestConfig"), f"{key}.LeastRequestConfig", ("ChoiceCount",))
+    rh = r.mapping(m.get("RingHashConfig"), f"{key}.RingHashConfig", ("MinimumRingSize", "MaximumRingSize"))
+    lr = r.mapping(m.get("LeastRequestConfig"), f"{key}.LeastRequestConfig", ("ChoiceCount",))
     hps = []
     for i, raw_hp in enumerate(r.get(m, key, "HashPolicies", _list, []) or []):
         hk = f"{key}.HashPolicies[{i}]"
-        h = r.obj(raw_hp, hk, ("Field", "FieldValue", "CookieConfig", "SourceIP", "Terminal"))
+        h = r.mapping(raw_hp, hk, ("Field", "FieldValue", "CookieConfig", "SourceIP", "Terminal"))
         field = r.get(h, hk, "Field", _str, "") or ""
         source_ip = bool(r.get(h, hk, "SourceIP", _bool, False))
         value = r.get(h, hk, "FieldValue", _str, "") or ""
@@ -591,7 +562,7 @@ def _resolver(r: _R, d: Mapping[str, Any], name: str) -> ServiceResolver:
         key = f"Subsets.{sname}"
         if not re.match(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", str(sname)):
             r.problem(key, "is not a valid subset name (lower-case letters, digits and dashes)")
-        m = r.obj(raw, key, ("Filter", "OnlyPassing"))
+        m = r.mapping(raw, key, ("Filter", "OnlyPassing"))
         flt = r.get(m, key, "Filter", _str, "") or ""
         if flt:
             try:
@@ -601,7 +572,7 @@ def _resolver(r: _R, d: Mapping[str, Any], name: str) -> ServiceResolver:
         subsets.append((str(sname), Subset(flt, bool(r.get(m, key, "OnlyPassing", _bool, False)))))
     redirect = None
     if d.get("Redirect") is not None:
-        rm = r.obj(
+        rm = r.mapping(
             d["Redirect"],
             "Redirect",
             ("Service", "ServiceSubset", "Namespace", "Partition", "Datacenter", "Peer", "SamenessGroup"),
@@ -620,7 +591,7 @@ def _resolver(r: _R, d: Mapping[str, Any], name: str) -> ServiceResolver:
         key = f"Failover.{fname}"
         if fname != "*" and fname not in dict(subsets):
             r.problem(key, f"{fname!r} is not * or one of the Subsets")
-        fm = r.obj(
+        fm = r.mapping(
             raw,
             key,
             ("Service", "ServiceSubset", "Namespace", "Datacenters", "Targets"),
@@ -634,7 +605,7 @@ def _resolver(r: _R, d: Mapping[str, Any], name: str) -> ServiceResolver:
         sub = r.get(fm, key, "ServiceSubset", _str, "") or ""
         targets = [FailoverTarget(svc, sub, str(dc)) for dc in r.get(fm, key, "Datacenters", _list, []) or []]
         for i, t in enumerate(r.get(fm, key, "Targets", _list, []) or []):
-            tm = r.obj(t, f"{key}.Targets[{i}]", ("Service", "ServiceSubset", "Namespace", "Datacenter"))
+            tm = r.mapping(t, f"{key}.Targets[{i}]", ("Service", "ServiceSubset", "Namespace", "Datacenter"))
             targets.append(
                 FailoverTarget(
                     r.get(tm, f"{key}.Targets[{i}]", "Service", _str, "") or "",
@@ -663,7 +634,7 @@ def _resolver(r: _R, d: Mapping[str, Any], name: str) -> ServiceResolver:
 
 
 def _upstream_settings(r: _R, raw: Any, key: str, named: bool) -> UpstreamSettings:
-    m = r.obj(
+    m = r.mapping(
         raw,
         key,
         ("Name", "ConnectTimeoutMs", "Limits", "PassiveHealthCheck", "Protocol"),
@@ -679,7 +650,7 @@ def _upstream_settings(r: _R, raw: Any, key: str, named: bool) -> UpstreamSettin
     )
     limits = None
     if m.get("Limits") is not None:
-        lm = r.obj(m["Limits"], f"{key}.Limits", ("MaxConnections", "MaxPendingRequests", "MaxConcurrentRequests"))
+        lm = r.mapping(m["Limits"], f"{key}.Limits", ("MaxConnections", "MaxPendingRequests", "MaxConcurrentRequests"))
         d = LimitsConfig()
         limits = LimitsConfig(
             max_connections=r.get(lm, f"{key}.Limits", "MaxConnections", _uint, d.max_connections),
@@ -691,7 +662,7 @@ def _upstream_settings(r: _R, raw: Any, key: str, named: bool) -> UpstreamSettin
     phc = None
     if m.get("PassiveHealthCheck") is not None:
         pk = f"{key}.PassiveHealthCheck"
-        pm = r.obj(
+        pm = r.mapping(
             m["PassiveHealthCheck"],
             pk,
             ("Interval", "MaxFailures", "EnforcingConsecutive5xx", "MaxEjectionPercent", "BaseEjectionTime"),
@@ -720,7 +691,7 @@ def _upstream_settings(r: _R, raw: Any, key: str, named: bool) -> UpstreamSettin
 
 def _defaults(r: _R, d: Mapping[str, Any], name: str) -> ServiceDefaults:
     protocol = r.get(d, "", "Protocol", _str, "") or ""
-    uc = r.obj(d.get("UpstreamConfig"), "UpstreamConfig", ("Defaults", "Overrides"))
+    uc = r.mapping(d.get("UpstreamConfig"), "UpstreamConfig", ("Defaults", "Overrides"))
     defaults = _upstream_settings(r, uc["Defaults"], "UpstreamConfig.Defaults", False) if uc.get("Defaults") else None
     overrides = tuple(
         _upstream_settings(r, o, f"UpstreamConfig.Overrides[{i}]", True)
@@ -730,7 +701,7 @@ def _defaults(r: _R, d: Mapping[str, Any], name: str) -> ServiceDefaults:
 
 
 def _mesh_gateway_mode(r: _R, d: Mapping[str, Any]) -> str:
-    m = r.obj(d.get("MeshGateway"), "MeshGateway", ("Mode",))
+    m = r.mapping(d.get("MeshGateway"), "MeshGateway", ("Mode",))
     mode = str(m.get("Mode") or "")
     if mode not in ("", "none", "local", "remote"):
         r.problem("MeshGateway.Mode", f'Invalid Mesh Gateway Mode: "{mode}"')  # Consul's own words (consul.md §6)
@@ -768,8 +739,8 @@ def _enum(r: _R, m: Mapping[str, Any], key: str, name: str, allowed: tuple[str, 
 def _mesh(r: _R, d: Mapping[str, Any], name: str) -> MeshEntry:
     if name != "mesh":
         r.problem("Name", "a mesh entry must be named mesh")
-    http = r.obj(d.get("HTTP"), "HTTP", ("SanitizeXForwardedClientCert", "Incoming"))
-    incoming = r.obj(http.get("Incoming"), "HTTP.Incoming", ("RequestNormalization",))
+    http = r.mapping(d.get("HTTP"), "HTTP", ("SanitizeXForwardedClientCert", "Incoming"))
+    incoming = r.mapping(http.get("Incoming"), "HTTP.Incoming", ("RequestNormalization",))
     key = "HTTP.Incoming.RequestNormalization"
     fields = (
         "InsecureDisablePathNormalization",
@@ -777,7 +748,7 @@ def _mesh(r: _R, d: Mapping[str, Any], name: str) -> MeshEntry:
         "PathWithEscapedSlashesAction",
         "HeadersWithUnderscoresAction",
     )
-    rn = r.obj(incoming.get("RequestNormalization"), key, fields)
+    rn = r.mapping(incoming.get("RequestNormalization"), key, fields)
     return MeshEntry(
         name,
         bool(r.get(http, "HTTP", "SanitizeXForwardedClientCert", _bool, False)),
@@ -859,7 +830,7 @@ def parse_entry(raw: Any, where: str, lenient: bool = False) -> Entry:
         raise EntryError([f"{where}: {kind}: Name is required"])
     parser, fields = _PARSERS[kind]
     r = _R(f"{where}: {kind}/{name}", lenient)
-    d = r.obj(raw, "", (*_COMMON, *fields))
+    d = r.mapping(raw, "", (*_COMMON, *fields))
     entry = parser(r, d, name)
     if r.problems:
         raise EntryError(r.problems)

@@ -14,6 +14,7 @@ import datetime as dt
 import uuid
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
@@ -88,6 +89,12 @@ class ConsulState:
         self.sidecar_of: dict[str, str] = {}  # sidecar ID -> parent ID (registered through Connect.SidecarService)
         self.checks: dict[str, dict[str, Any]] = {}  # check ID -> HealthCheck JSON
         self.check_defs: dict[str, dict[str, Any]] = {}  # check ID -> normalized definition (TTL, TCP, ...)
+        # Expose.Checks (C:agent/agent.go rerouteExposedChecks, listenerPortLocked): a port per exposed check from
+        # expose_min_port..expose_max_port (the agent's config, 21500..21755 by default; tests move it), and the
+        # URL the check then probes instead of its own (ProxyHTTP).
+        self.expose_min_port, self.expose_max_port = 21500, 21755
+        self.exposed_ports: dict[str, int] = {}  # "<service ID>:<check ID>" -> listener port
+        self.proxy_http: dict[str, str] = {}  # check ID -> URL through the proxy
         self.config: dict[tuple[str, str], dict[str, Any]] = {}
         self.leaves: dict[str, Leaf] = {}
         self.cache_seen: dict[tuple[Any, ...], float] = {}  # agent-cache entries already served (X-Cache)
@@ -152,6 +159,7 @@ class ConsulState:
         notes: str = "",
         interval: str = "",
         timeout: str = "",
+        definition: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         return {
             "Node": self.node_name,
@@ -167,7 +175,7 @@ class ConsulState:
             "Interval": interval,
             "Timeout": timeout,
             "ExposedPort": 0,
-            "Definition": {},
+            "Definition": definition or {},
             "CreateIndex": idx,
             "ModifyIndex": idx,
         }
@@ -219,6 +227,10 @@ class ConsulState:
                     self._drop_check(cid)
         for c in checks:
             self.add_check(c, sid, idx)
+        dest = (svc.get("Proxy") or {}).get("DestinationServiceID")
+        if dest and dest in self.services:
+            self._reset_exposed(dest)
+            self._reroute(dest)
         for cid in self.service_check_ids(sid):  # tags follow the service
             self.checks[cid]["ServiceTags"] = list(svc.get("Tags") or [])
             self.checks[cid]["ServiceName"] = svc["Service"]
@@ -243,12 +255,57 @@ class ConsulState:
             notes=d.get("Notes") or "",
             interval=d.get("Interval") or "",
             timeout=d.get("Timeout") or "",
+            definition=_definition(d),
         )
         self.checks[cid]["ModifyIndex"] = idx
         self.check_defs[cid] = d
+        if sid:
+            self._reroute(sid)
         self._start_runner(cid, d)
 
+    # ------------------------------------------------------------------ Expose.Checks
+
+    def _exposing_proxy(self, sid: str) -> dict[str, Any] | None:
+        for svc in self.services.values():
+            proxy = svc.get("Proxy") or {}
+            if proxy.get("DestinationServiceID") == sid and (proxy.get("Expose") or {}).get("Checks"):
+                return svc
+        return None
+
+    def _reroute(self, sid: str) -> None:
+        """Points the HTTP checks of ``sid`` at its proxy when that proxy has Expose.Checks (GRPC is not probed
+        by this double; it still gets its port)."""
+        proxy = self._exposing_proxy(sid)
+        if proxy is None:
+            return
+        addr = proxy.get("Address") or "127.0.0.1"
+        for cid in self.service_check_ids(sid):
+            d = self.check_defs.get(cid, {})
+            if not (d.get("HTTP") or d.get("GRPC")):
+                continue
+            key = f"{sid}:{cid}"
+            if key not in self.exposed_ports:
+                used = set(self.exposed_ports.values())
+                free = [p for p in range(self.expose_min_port, self.expose_max_port) if p not in used]
+                if not free:
+                    raise ApiError(500, f"no ports available to expose '{cid}'")
+                self.exposed_ports[key] = free[0]
+            port = self.exposed_ports[key]
+            self.checks[cid]["ExposedPort"] = port
+            if d.get("HTTP"):
+                u = urlsplit(d["HTTP"])
+                self.proxy_http[cid] = urlunsplit((u.scheme, f"{addr}:{port}", u.path, u.query, u.fragment))
+
+    def _reset_exposed(self, sid: str) -> None:
+        for cid in self.service_check_ids(sid):
+            self.exposed_ports.pop(f"{sid}:{cid}", None)
+            self.proxy_http.pop(cid, None)
+            self.checks[cid]["ExposedPort"] = 0
+
     def _drop_check(self, cid: str) -> None:
+        sid = (self.checks.get(cid) or {}).get("ServiceID")
+        self.exposed_ports.pop(f"{sid}:{cid}", None)
+        self.proxy_http.pop(cid, None)
         self._stop_timer(cid)
         self.checks.pop(cid, None)
         self.check_defs.pop(cid, None)
@@ -265,7 +322,11 @@ class ConsulState:
     def _remove_service(self, sid: str) -> None:
         for cid in self.service_check_ids(sid):
             self._drop_check(cid)
+        dest = (self.services.get(sid, {}).get("Proxy") or {}).get("DestinationServiceID")
         self.services.pop(sid, None)
+        if dest and dest in self.services:
+            self._reset_exposed(dest)
+            self._reroute(dest)
         self.sidecar_of.pop(sid, None)
 
     def deregister_check(self, cid: str) -> None:
@@ -369,7 +430,9 @@ class ConsulState:
     async def _probe_loop(self, cid: str, d: dict[str, Any], interval: float, timeout: float) -> None:
         while cid in self.checks:
             status, output = await (
-                self._probe_tcp(d["TCP"], timeout) if d.get("TCP") else self._probe_http(d, timeout)
+                self._probe_tcp(d["TCP"], timeout)
+                if d.get("TCP")
+                else self._probe_http({**d, "HTTP": self.proxy_http.get(cid) or d["HTTP"]}, timeout)
             )
             self._set_status(cid, status, output)
             await asyncio.sleep(interval)
@@ -436,6 +499,14 @@ class ConsulState:
         for t in self._leaf_timers.values():
             t.cancel()
         self._leaf_timers.clear()
+
+
+def _definition(d: dict[str, Any]) -> dict[str, Any]:
+    """HealthCheck.Definition (C:api/health.go HealthCheckDefinition): the probe's own target, never ProxyHTTP."""
+    out: dict[str, Any] = {k: d.get(k) or "" for k in ("HTTP", "Method", "Body", "TLSServerName", "TCP", "UDP", "GRPC")}
+    out.update({k: bool(d.get(k)) for k in ("TLSSkipVerify", "TCPUseTLS", "GRPCUseTLS")})
+    out["Header"] = d.get("Header") or {}
+    return out
 
 
 def check_type(d: dict[str, Any]) -> str:

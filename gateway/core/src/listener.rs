@@ -31,6 +31,7 @@ impl Identity {
             ListenerKind::Upstream { .. } => "upstream",
             ListenerKind::MeshGateway { .. } => "mesh_gateway",
             ListenerKind::TerminatingGateway { .. } => "terminating_gateway",
+            ListenerKind::Expose { .. } => "expose",
         };
         Identity {
             name: spec.name.clone(),
@@ -288,6 +289,7 @@ async fn serve(
         Plan::TerminatingGateway(p) => {
             gateways::terminating::serve(stream, peer, &snap, p, &stats).await
         }
+        Plan::Expose(p) => inbound::expose::serve(stream, peer, p.clone(), stats).await,
     }
 }
 

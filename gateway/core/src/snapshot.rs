@@ -103,6 +103,9 @@ pub enum ListenerKind {
     },
     /// mTLS from the mesh, out to services that are not in it, each with its own leaf (picked by SNI).
     TerminatingGateway { services: Vec<LinkedSpec> },
+    /// Consul's Expose paths: plaintext HTTP for the agent's health checks, an exact-path allow-list to the
+    /// local app; the section is read by `inbound::expose`.
+    Expose { expose: serde_json::Value },
 }
 
 #[derive(Deserialize, Debug, Clone, PartialEq, Eq)]

@@ -22,6 +22,7 @@ pub enum Plan {
     Upstream(outbound::Plan),
     MeshGateway(gateways::mesh::Plan),
     TerminatingGateway(gateways::terminating::Plan),
+    Expose(Arc<inbound::expose::Plan>),
 }
 
 pub struct Compiled {
@@ -81,6 +82,9 @@ impl Compiled {
                 ListenerKind::TerminatingGateway { .. } => {
                     gateways::terminating::Plan::build(l, tls.as_deref(), shared)
                         .map(Plan::TerminatingGateway)
+                }
+                ListenerKind::Expose { .. } => {
+                    inbound::expose::Plan::build(l).map(|p| Plan::Expose(Arc::new(p)))
                 }
             };
             match plan {

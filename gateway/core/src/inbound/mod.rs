@@ -2,6 +2,7 @@
 //! app. Nothing reaches the app before the caller is authorized: at L4 the whole connection, at L7 each request
 //! (`http`).
 
+pub mod expose;
 pub mod http;
 pub mod tcp;
 
