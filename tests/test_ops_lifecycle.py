@@ -342,6 +342,14 @@ drain_timeout: 1s
         for lib in ("cryptography", "aiohttp", "multidict", "yarl", "markupsafe", "uvloop"):
             assert f"/{lib}/" not in maps, f"{lib} is loaded"
         assert "_core.abi3.so" in maps  # the check looks at the right process
+        # The console's JSON endpoints do without Jinja2; its page brings it (and the X.509 library) only then.
+        for path in ("/clusters", "/listeners", "/server_info"):
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin}{path}", timeout=5) as r:
+                assert r.status == 200, path
+        assert "/markupsafe/" not in Path(f"/proc/{proc.pid}/maps").read_text(), "a JSON endpoint loaded jinja2"
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/", timeout=10) as r:
+            assert r.status == 200 and b'<svg class="topology"' in r.read()
+        assert "/markupsafe/" in Path(f"/proc/{proc.pid}/maps").read_text()
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
