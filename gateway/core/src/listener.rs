@@ -160,11 +160,25 @@ impl ListenerStats {
 pub struct Running {
     pub port: u16,
     stop: watch::Sender<bool>,
+    /// Told when the accept loop has let go of the socket (the port is free again).
+    closed: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
 }
+
+/// How long `stop_and_wait` waits for the runtime to close a listening socket (it takes one turn of the loop).
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 impl Running {
     pub fn stop(&self) {
         let _ = self.stop.send(true);
+    }
+
+    /// Stops and returns once the socket is closed, so the same address can be bound again at once (a reload
+    /// that moves a listener to a new identity on the same bind). Called off the runtime's thread (`apply`).
+    pub fn stop_and_wait(&self) {
+        self.stop();
+        if let Ok(rx) = self.closed.lock() {
+            let _ = rx.recv_timeout(CLOSE_WAIT);
+        }
     }
 }
 
@@ -200,19 +214,25 @@ pub fn start(
     let listener = TcpListener::from_std(std_listener)
         .map_err(|e| format!("cannot listen on {}: {e}", spec.bind))?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (closed_tx, closed_rx) = std::sync::mpsc::sync_channel(1);
     let stats = ListenerStats::new(shared, &spec.name);
     let limit = Arc::new(Semaphore::new(spec.limits.max_connections.max(1)));
-    handle.spawn(accept_loop(
+    let accepting = accept_loop(
         listener,
         shared.clone(),
         spec.bind.clone(),
         stats,
         limit,
         stop_rx,
-    ));
+    );
+    handle.spawn(async move {
+        accepting.await; // returns having dropped the socket
+        let _ = closed_tx.try_send(());
+    });
     Ok(Running {
         port,
         stop: stop_tx,
+        closed: std::sync::Mutex::new(closed_rx),
     })
 }
 
@@ -301,7 +321,23 @@ pub fn sync(
     specs: &[ListenerSpec],
 ) -> Result<(), String> {
     let wanted: Vec<Identity> = specs.iter().map(Identity::of).collect();
-    // Start the new ones first: if one cannot bind, nothing that was serving has been stopped.
+    // A listener leaving whose address a new one takes is closed first (and waited for): the new one binds it.
+    let rebinds: Vec<Identity> = running
+        .keys()
+        .filter(|id| !wanted.contains(id))
+        .filter(|id| {
+            wanted
+                .iter()
+                .any(|w| w.bind == id.bind && !running.contains_key(w))
+        })
+        .cloned()
+        .collect();
+    for id in rebinds {
+        if let Some(r) = running.remove(&id) {
+            r.stop_and_wait();
+        }
+    }
+    // Start the new ones next: if one cannot bind, nothing else that was serving has been stopped.
     let mut started = Vec::new();
     for (id, spec) in wanted.iter().zip(specs) {
         if running.contains_key(id) {
@@ -320,7 +356,8 @@ pub fn sync(
     running.retain(|id, r| {
         let keep = wanted.contains(id);
         if !keep {
-            r.stop();
+            // Waited for: the next apply may bind this address again (a reload removes, then adds).
+            r.stop_and_wait();
         }
         keep
     });
