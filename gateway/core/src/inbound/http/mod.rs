@@ -240,7 +240,8 @@ where
     let svc_conn = conn.clone();
     let svc = service_fn(move |req| {
         let c = svc_conn.clone();
-        async move { c.handle(req).await }
+        // A pointer moves through hyper's stream task, not the request's whole state (see http::h2::Exec).
+        Box::pin(async move { c.handle(req).await })
     });
     let served = server_builder(header_list).serve_connection(io, svc);
     tokio::pin!(served);

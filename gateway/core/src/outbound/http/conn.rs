@@ -176,11 +176,12 @@ async fn serve_h2(
     let svc = service_fn(move |req| {
         let cx = cx.clone();
         let mut stream = svc_resets.stream();
-        async move {
+        // A pointer moves through hyper's stream task, not the request's whole state (see http::h2::Exec).
+        Box::pin(async move {
             let r = handle(req, cx).await;
             stream.answered();
             Ok::<_, Infallible>(r)
-        }
+        })
     });
     // The app's own requests: the header list bound is the listener's header count bound's order of size.
     let conn = server_builder(64 * 1024).serve_connection(io, svc);
