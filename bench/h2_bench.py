@@ -278,14 +278,20 @@ http {{
 # ---------------------------------------------------------------------------------------------- pairs
 
 
+HAPROXY_REUSE: str | None = None  # --haproxy-http-reuse: None keeps HAProxy's default (safe)
+
+
 def start_haproxy(h: l4.Harness, certs: l4.Certs, app_port: int, timeout: float, load: str) -> l4.Pair:
+    # With its default `http-reuse safe`, HAProxy 2.6 sends each client stream's first request on a connection of
+    # its own, so under h2 load it opens about one mTLS connection per concurrent stream (see the report's conns).
+    reuse = f"    http-reuse {HAPROXY_REUSE}\n" if HAPROXY_REUSE else ""
     return l4.haproxy_pair(
         h,
         certs,
         app_port,
         timeout,
         label=f"haproxy-{load}",
-        defaults="    mode http\n    option http-keep-alive\n    timeout http-keep-alive 300s\n",
+        defaults="    mode http\n    option http-keep-alive\n    timeout http-keep-alive 300s\n" + reuse,
         front_extra="    option forwardfor\n"
         "    unique-id-format %{+X}o\\ %ci:%cp_%fi:%fp_%Ts_%rt:%pid\n"
         "    unique-id-header x-request-id\n",
@@ -294,7 +300,7 @@ def start_haproxy(h: l4.Harness, certs: l4.Certs, app_port: int, timeout: float,
         mesh_server=" alpn h2",
         inbound_bind=" alpn h2,http/1.1",
         app_server=" proto h2",
-        info={"mode": "http, proto h2 / alpn h2"},
+        info={"mode": "http, proto h2 / alpn h2", "http-reuse": HAPROXY_REUSE or "safe (default)"},
     )
 
 
@@ -517,9 +523,40 @@ def snapshot(procs: list[l4.Proc], ours: list[l4.Proc]) -> tuple[float, float, f
     return l4.cpu_of(procs), l4.system_busy(), l4.children_cpu(), l4.cpu_of(ours), time.monotonic()
 
 
+def user_system(procs: list[l4.Proc]) -> tuple[float, float]:
+    """user and system CPU seconds of the processes (all threads), from /proc/PID/stat."""
+    user = system = 0.0
+    for p in procs:
+        try:
+            raw = Path(f"/proc/{p.pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = raw[raw.rindex(")") + 2 :].split()
+        user += int(fields[11]) / os.sysconf("SC_CLK_TCK")
+        system += int(fields[12]) / os.sysconf("SC_CLK_TCK")
+    return user, system
+
+
+def count_conns(dport: int, procs: list[l4.Proc]) -> int:
+    """Established TCP connections to 127.0.0.1:dport owned by these processes (ss -p)."""
+    r = subprocess.run(
+        ["ss", "-Htnp", "state", "established", f"( dport = :{dport} )"], capture_output=True, text=True, timeout=10
+    )
+    pids = {f"pid={p.pid}," for p in procs}
+    return sum(1 for line in r.stdout.splitlines() if any(pid in line for pid in pids))
+
+
 def measure(
-    h: l4.Harness, variant: str, load: str, port: int, procs: list[l4.Proc], args: argparse.Namespace
+    h: l4.Harness,
+    variant: str,
+    load: str,
+    port: int,
+    procs: list[l4.Proc],
+    args: argparse.Namespace,
+    hops: dict[str, int] | None = None,
 ) -> dict[str, Any]:
+    """One measured h2load run (after a warm-up run). ``hops``: the inbound side's port and the app's port, whose
+    connections from this pair are counted half-way through the run (how much each proxy multiplexes)."""
     name = f"{variant}/{load}"
     if args.warmup > 0:
         run_h2load(h, port, load, args, args.warmup, None)
@@ -528,9 +565,25 @@ def measure(
     log_file = h.work / f"h2load-{variant}-{load}.log"
     log_file.unlink(missing_ok=True)
     ours = [*procs, *([h.app] if h.app else [])]
+    conns: dict[str, int] = {}
+
+    def sample() -> None:
+        for hop, dport in (hops or {}).items():
+            conns[hop] = count_conns(dport, procs)
+
+    timer = threading.Timer(args.duration / 2, sample)
+    each0 = [p.cpu_seconds() for p in procs]
+    us0 = user_system(procs)
     cpu0, sys0, kids0, ours0, t0 = snapshot(procs, ours)
-    w = run_h2load(h, port, load, args, args.duration, log_file)
+    timer.start()
+    try:
+        w = run_h2load(h, port, load, args, args.duration, log_file)
+    finally:
+        timer.cancel()
     cpu1, sys1, kids1, ours1, t1 = snapshot(procs, ours)
+    us1 = user_system(procs)
+    each1 = [p.cpu_seconds() for p in procs]
+    timer.join()
     h.check_alive(procs)
     lat = percentiles(log_file)
     log_file.unlink(missing_ok=True)
@@ -542,10 +595,16 @@ def measure(
         **{k: v for k, v in lat.items() if k != "logged_non_2xx"},
         "other_cpu_cores": max(0.0, ((sys1 - sys0) - (ours1 - ours0) - (kids1 - kids0)) / (t1 - t0)),
         "loadavg_1m": os.getloadavg()[0],
+        **{f"{hop}_conns": n for hop, n in conns.items()},
     }
     if procs and w["requests"]:
         res["proxy_cpu_us_per_req"] = (cpu1 - cpu0) / w["requests"] * 1e6
         res["proxy_cpu_util"] = (cpu1 - cpu0) / (t1 - t0)
+        res["proxy_user_us_per_req"] = (us1[0] - us0[0]) / w["requests"] * 1e6
+        res["proxy_sys_us_per_req"] = (us1[1] - us0[1]) / w["requests"] * 1e6
+        res["cpu_us_per_req_by_process"] = {
+            p.name: (b - a) / w["requests"] * 1e6 for p, a, b in zip(procs, each0, each1, strict=True)
+        }
     log(
         f"{name}: {res['rps']:,.0f} req/s, p50 {res.get('p50_ms', 0):.2f} ms, p99 {res.get('p99_ms', 0):.2f} ms, "
         f"errors {res['errors']}, other {res['other_cpu_cores']:.2f}"
@@ -659,8 +718,8 @@ def print_report(out: dict[str, Any]) -> None:
         print()
         print(LOAD_LABEL[load])
         hdr = (
-            f"{'variant':<18}{'req/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'p99.9':>8}{'CPU us/req':>11}{'errs':>6}"
-            f"{'other':>7}  check"
+            f"{'variant':<18}{'req/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'p99.9':>8}{'CPU us/req':>11}{'usr/sys':>12}"
+            f"{'errs':>6}{'other':>7}  check"
         )
         print(hdr)
         print("-" * len(hdr))
@@ -671,16 +730,23 @@ def print_report(out: dict[str, Any]) -> None:
                 continue
             if "rps" not in r:
                 continue
+            usr_sys = (
+                f"{r['proxy_user_us_per_req']:.1f}/{r['proxy_sys_us_per_req']:.1f}"
+                if "proxy_user_us_per_req" in r
+                else "-"
+            )
             chk = r.get("check", {})
             ck = f"app {chk.get('app_protocol', '?')}"
             if load == "grpc":
                 ck += f", grpc-status {chk.get('grpc_status')}"
             if chk.get("mesh_alpn"):
                 ck += f", mesh ALPN {chk['mesh_alpn']}"
+            if "mesh_conns" in r:
+                ck += f"; conns mesh {r['mesh_conns']:g}, app {r['app_conns']:g}"
             print(
                 f"{LABEL[v]:<18}{fmt(r.get('rps'), ',.0f'):>9}{fmt(r.get('p50_ms'), '.2f'):>8}"
                 f"{fmt(r.get('p99_ms'), '.2f'):>8}{fmt(r.get('p999_ms'), '.2f'):>8}"
-                f"{fmt(r.get('proxy_cpu_us_per_req'), '.1f'):>11}{r.get('errors', 0):>6}"
+                f"{fmt(r.get('proxy_cpu_us_per_req'), '.1f'):>11}{usr_sys:>12}{r.get('errors', 0):>6}"
                 f"{fmt(r.get('other_cpu_cores'), '.2f'):>7}  {ck}"
             )
             if (r.get("other_cpu_cores") or 0) > NOISY:
@@ -752,6 +818,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--proxy-cpus", default="1", help="CPU list for both proxy processes (default 1)")
     ap.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     ap.add_argument("--ready-timeout", type=float, default=30.0)
+    ap.add_argument(
+        "--haproxy-http-reuse",
+        choices=("never", "safe", "aggressive", "always"),
+        default=None,
+        help="HAProxy's http-reuse on both sides (default: HAProxy's own default, safe)",
+    )
     ap.add_argument("--perf", action="store_true", help="perf record both meshgw processes (extra, unmeasured runs)")
     ap.add_argument("--meshgw-log-level", default="warning", choices=("debug", "info", "warning", "error"))
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -765,7 +837,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global HAPROXY_REUSE
     args = parse_args(argv)
+    HAPROXY_REUSE = args.haproxy_http_reuse
     variants = [v for v in VARIANTS if v in args.variants.split(",")]
     loads = [x for x in LOADS if x in args.loads.split(",")]
     for tool in ("h2load", "taskset"):
@@ -796,6 +870,7 @@ def main(argv: list[str] | None = None) -> int:
         ports: dict[tuple[str, str], int] = {}
         meshgw_pairs: dict[str, l4.Pair] = {}
         procs: dict[tuple[str, str], list[l4.Proc]] = {}
+        hops: dict[tuple[str, str], dict[str, int]] = {}
         # Every pair up and checked (one real request of its load, end to end, HTTP/2 at the app) before any load.
         for load in loads:
             for v in variants:
@@ -818,6 +893,7 @@ def main(argv: list[str] | None = None) -> int:
                     log(f"{v}/{load}: OK ({chk})")
                     results[load][v].update(check=chk, info=pair.info)
                     ports[(load, v)], procs[(load, v)] = pair.front_port, pair.procs
+                    hops[(load, v)] = {"mesh": pair.back_port or 0, "app": app_port}
                     if v == "meshgw":
                         meshgw_pairs[load] = pair
                 except l4.BenchError as e:
@@ -828,7 +904,9 @@ def main(argv: list[str] | None = None) -> int:
             for load in loads:
                 for v in variants:
                     if (load, v) in ports:
-                        rounds[load][v].append(measure(h, v, load, ports[(load, v)], procs[(load, v)], args))
+                        rounds[load][v].append(
+                            measure(h, v, load, ports[(load, v)], procs[(load, v)], args, hops.get((load, v)))
+                        )
         for load in loads:
             for v in variants:
                 rs = rounds[load][v]
@@ -843,6 +921,10 @@ def main(argv: list[str] | None = None) -> int:
                     "max_ms",
                     "proxy_cpu_us_per_req",
                     "proxy_cpu_util",
+                    "proxy_user_us_per_req",
+                    "proxy_sys_us_per_req",
+                    "mesh_conns",
+                    "app_conns",
                     "other_cpu_cores",
                 ):
                     vals = [r[k] for r in rs if r.get(k) is not None]
@@ -885,6 +967,7 @@ def main(argv: list[str] | None = None) -> int:
             "duration": args.duration,
             "warmup": args.warmup,
             "rounds": args.rounds,
+            "haproxy_http_reuse": args.haproxy_http_reuse or "safe (default)",
             "h2load": " ".join(h2load_argv(args, 0, "grpc", args.duration, None)[:-1]),
         },
         "results": results,
