@@ -76,9 +76,14 @@ def grpc_frame(message: bytes) -> bytes:
     return b"\x00" + struct.pack(">I", len(message)) + message
 
 
-# protobuf field 1 (string): a small request and a small answer, as a trivial Echo service would exchange.
-GRPC_REQUEST = grpc_frame(b"\x0a\x14" + b"meshgw-bench request.")
-GRPC_RESPONSE = grpc_frame(b"\x0a\x1a" + b"meshgw-bench grpc response")
+def pb_string_field(value: bytes) -> bytes:
+    """A protobuf message with field 1 (a string) set: tag 0x0a, length, bytes (value shorter than 128 bytes)."""
+    return b"\x0a" + bytes([len(value)]) + value
+
+
+# A small request and a small answer, as a trivial Echo service would exchange.
+GRPC_REQUEST = grpc_frame(pb_string_field(b"meshgw-bench request"))
+GRPC_RESPONSE = grpc_frame(pb_string_field(b"meshgw-bench grpc response"))
 
 
 # ---------------------------------------------------------------------------------------------- a small h2c client
@@ -180,11 +185,33 @@ def probe(port: int, load: str, timeout: float = 3.0) -> dict[str, Any]:
     return res
 
 
+def grpcio_call(port: int, timeout: float = 5.0) -> dict[str, Any]:
+    """The same unary call with a real gRPC client (grpcio, plaintext channel = h2c prior knowledge): it must get
+    the answer's message with status OK, i.e. the answer is well-formed gRPC, not only well-formed HTTP/2."""
+    try:
+        import grpc
+    except ImportError:
+        return {"ok": None, "error": "grpcio not installed"}
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        call = ch.unary_unary(GRPC_PATH, request_serializer=None, response_deserializer=None)
+        try:
+            msg, state = call.with_call(GRPC_REQUEST[5:], timeout=timeout)
+        except grpc.RpcError as e:
+            return {"ok": False, "error": f"grpcio: {e.code()} {e.details()}"}
+    ok = msg == GRPC_RESPONSE[5:] and state.code() == grpc.StatusCode.OK
+    return {"ok": ok, "code": state.code().name, **({} if ok else {"error": f"grpcio got {msg!r}"})}
+
+
 def wait_probe(h: l4.Harness, port: int, load: str, procs: list[l4.Proc], timeout: float, what: str) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
         h.check_alive(procs)
         r = probe(port, load)
+        if r["ok"] and load == "grpc":
+            g = grpcio_call(port)
+            r["grpcio"] = g.get("code", g.get("error"))
+            if g["ok"] is False:
+                r.update(ok=False, error=g["error"])
         if r["ok"]:
             return r
         if time.monotonic() > deadline:
@@ -444,7 +471,7 @@ def h2load_argv(args: argparse.Namespace, port: int, load: str, seconds: float, 
         f"-m{args.streams}",
         f"-w{args.window_bits}",
         f"-W{args.conn_window_bits}",
-        f"-D{seconds:g}",
+        f"-D{round(seconds * 1000)}ms",  # h2load takes whole numbers with a unit
     ]
     if log_file:
         argv.append(f"--log-file={log_file}")
@@ -738,7 +765,7 @@ def print_report(out: dict[str, Any]) -> None:
             chk = r.get("check", {})
             ck = f"app {chk.get('app_protocol', '?')}"
             if load == "grpc":
-                ck += f", grpc-status {chk.get('grpc_status')}"
+                ck += f", grpc-status {chk.get('grpc_status')}, grpcio {chk.get('grpcio')}"
             if chk.get("mesh_alpn"):
                 ck += f", mesh ALPN {chk['mesh_alpn']}"
             if "mesh_conns" in r:
@@ -875,9 +902,7 @@ def main(argv: list[str] | None = None) -> int:
         for load in loads:
             for v in variants:
                 if v == "direct":
-                    chk = probe(app_port, load)
-                    if not chk["ok"]:
-                        raise l4.BenchError(f"nginx does not answer the {load} request: {chk}")
+                    chk = wait_probe(h, app_port, load, [h.app], 5, "nginx (h2c)")
                     results[load][v]["check"] = chk
                     ports[(load, v)], procs[(load, v)] = app_port, []
                     continue
