@@ -468,8 +468,15 @@ def haproxy_pair(
     front_extra: str = "",
     back_extra: str = "",
     info: dict[str, Any] | None = None,
+    front_bind: str = "",
+    mesh_server: str = "",
+    inbound_bind: str = "",
+    app_server: str = "",
 ) -> Pair:
-    """Two HAProxy processes, upstream side and inbound side, with mTLS between them (L4 or HTTP mode)."""
+    """Two HAProxy processes, upstream side and inbound side, with mTLS between them (L4 or HTTP mode).
+
+    ``front_bind``, ``mesh_server``, ``inbound_bind`` and ``app_server`` are appended to the plaintext bind line,
+    the mTLS server line, the mTLS bind line and the app's server line (e.g. ``proto h2``, ``alpn h2``)."""
     haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
     if not Path(haproxy).exists():
         raise BenchError("haproxy not found (bench/run.sh installs it)")
@@ -485,24 +492,25 @@ def haproxy_pair(
     timeout server 300s
 """
     server_pem = add_dns_san(certs, SNI, d / "server-with-dns-san.pem")
+    mesh_tls = f"ssl crt {certs.client_pem} ca-file {certs.ca_crt} verify required sni str({SNI}){mesh_server}"
     (d / "front.cfg").write_text(
         common
         + f"""
 frontend up_{SERVER_SVC}
-    bind 127.0.0.1:{front}
+    bind 127.0.0.1:{front}{front_bind}
 {front_extra}    default_backend b_{SERVER_SVC}
 backend b_{SERVER_SVC}
-    server s 127.0.0.1:{back} ssl crt {certs.client_pem} ca-file {certs.ca_crt} verify required sni str({SNI})
+    server s 127.0.0.1:{back} {mesh_tls}
 """
     )
     (d / "back.cfg").write_text(
         common
         + f"""
 frontend inbound
-    bind 127.0.0.1:{back} ssl crt {server_pem} ca-file {certs.ca_crt} verify required
+    bind 127.0.0.1:{back} ssl crt {server_pem} ca-file {certs.ca_crt} verify required{inbound_bind}
 {back_extra}    default_backend app
 backend app
-    server app 127.0.0.1:{app_port}
+    server app 127.0.0.1:{app_port}{app_server}
 """
     )
     for side in ("front", "back"):

@@ -5,10 +5,17 @@
 #   bench/run.sh --rounds 3           # interleaved repetitions, medians reported (use on a busy machine)
 #   bench/run.sh --profile            # also py-spy the meshgw pair in an extra, unmeasured wrk run
 #   bench/run.sh --variants direct,haproxy --duration 5
+#   bench/run.sh --h2 [--rounds 3 ...]   # the HTTP/2 + gRPC bench instead: bench/h2_bench.py (h2load)
 #
-# Every argument is passed to l4_bench.py (--help lists them). Needs root or sudo only when Debian packages
-# (haproxy, wrk, nginx-light, curl, openssl) are missing.
+# Every argument is passed to l4_bench.py, or with a leading --h2 to h2_bench.py (--help lists them). Needs root
+# or sudo only when Debian packages (haproxy, wrk, nginx-light, curl, openssl; nghttp2-client for --h2) are missing.
 set -euo pipefail
+
+BENCH=l4_bench.py
+if [ "${1:-}" = "--h2" ]; then
+    BENCH=h2_bench.py
+    shift
+fi
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
@@ -25,9 +32,18 @@ have nginx || pkgs+=(nginx-light)
 have curl || pkgs+=(curl)
 have openssl || pkgs+=(openssl)
 have taskset || pkgs+=(util-linux)
+if [ "$BENCH" = h2_bench.py ]; then
+    have h2load || pkgs+=(nghttp2-client)
+    # The app needs an h2c listener: Debian's nginx (what nginx-light pulls in on bookworm) has the http_v2 module.
+    nginx_bin="$(command -v nginx || echo /usr/sbin/nginx)"
+    if [ -x "$nginx_bin" ]; then
+        case "$("$nginx_bin" -V 2>&1)" in *http_v2_module*) ;; *) pkgs+=(nginx) ;; esac
+    fi
+fi
 if [ ! -x "$PY" ] && ! python3 -c 'import ensurepip' >/dev/null 2>&1; then pkgs+=(python3-venv); fi
 for arg in "$@"; do
     if [ "$arg" = "--syscalls" ] && ! have strace; then pkgs+=(strace); fi
+    if [ "$arg" = "--perf" ] && ! have perf; then pkgs+=(linux-perf); fi
 done
 
 if [ ${#pkgs[@]} -gt 0 ]; then
@@ -77,4 +93,4 @@ for arg in "$@"; do
     fi
 done
 
-exec "$PY" "$ROOT/bench/l4_bench.py" "$@"
+exec "$PY" "$ROOT/bench/$BENCH" "$@"
