@@ -154,7 +154,8 @@ impl Conn {
         let (parts, body) = req.into_parts();
         let resp = match self.admit(&parts, &target, raw, websocket) {
             Err(r) => self.refuse(r, head, ex),
-            Ok(a) => self.forward(&parts, a, body, on_upgrade, head, ex).await,
+            // Boxed: a refused request's future need not carry (and move) the forwarding state.
+            Ok(a) => Box::pin(self.forward(&parts, a, body, on_upgrade, head, ex)).await,
         };
         self.policy
             .stats

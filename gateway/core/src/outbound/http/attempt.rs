@@ -253,7 +253,8 @@ impl Attempts<'_> {
             }
             let _p = Pending::new(self.cluster);
             let _d = rt.pool.begin_dial();
-            return self.dial(i).await;
+            // Boxed: the dial's TLS handshake state is only needed on a cold pool, not in every request's future.
+            return Box::pin(self.dial(i)).await;
         }
     }
 

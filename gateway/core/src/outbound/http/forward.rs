@@ -206,7 +206,8 @@ pub(super) async fn handle(mut req: Request<Incoming>, cx: Arc<ConnCtx>) -> Resp
         }
         a.run(&mut ex, payload).await
     };
-    match tokio::time::timeout(timeout, run).await {
+    // Boxed: the attempts' state (dial, TLS, the exchange) is large, and the timer would carry it inline.
+    match tokio::time::timeout(timeout, Box::pin(run)).await {
         Err(_) => {
             plan.m.timeouts[1].inc();
             ex.detach();
