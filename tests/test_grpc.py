@@ -215,3 +215,32 @@ def test_threads_share_the_channel_without_errors(pair: Pair) -> None:
     for t in ts:
         t.join()
     assert not errors
+
+
+def test_expose_path_with_protocol_http2_serves_a_grpc_method(mesh: Mesh) -> None:
+    """Consul's Expose path with `Protocol: http2` (a gRPC check's path): plaintext h2c on the listener port,
+    h2c to the app, only that path (http2-grpc.md §4; anything else is 404, which gRPC reads as UNIMPLEMENTED)."""
+    app = EchoApp(name="api")
+    try:
+        port = free_port()
+        path = {"listener_port": port, "path": "/demo.Echo/Unary", "local_path_port": app.port, "protocol": "http2"}
+        mesh.sidecar("api", app.port, service={"protocol": "grpc"}, expose={"paths": [path]})
+        wait_for(lambda: _connects(port), 10, "the expose listener")
+        client = Client(grpc.insecure_channel(f"127.0.0.1:{port}"))
+        assert client.unary("Unary", b"check", timeout=10) == b"api:check"
+        with pytest.raises(grpc.RpcError) as e:
+            client.unary("Secret", b"x", timeout=10)
+        assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert "Secret" not in app.calls
+    finally:
+        app.stop()
+
+
+def _connects(port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False

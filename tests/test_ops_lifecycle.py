@@ -254,8 +254,16 @@ def test_expose_paths_are_registered_and_validated(tmp_path: Path) -> None:
     assert cp.sidecar_registration()["Proxy"]["Expose"] == {
         "Paths": [{"ListenerPort": 21500, "Path": "/health", "LocalPathPort": 8080, "Protocol": "http"}]
     }
+    # A gRPC check's path: Consul's http2 (h2c to the app), registered as such.
     (tmp_path / "m.yaml").write_text(
-        base + "expose: {paths: [{listener_port: 21000, path: health, local_path_port: 8080, protocol: http2}]}\n"
+        base + "expose: {paths: [{listener_port: 21501, path: /grpc.health.v1.Health/Check, local_path_port: 8080,"
+        " protocol: http2}]}\n"
+    )
+    cfg = load_config(tmp_path / "m.yaml", env={})
+    cp = ConsulControlPlane(cfg, SnapshotBuilder(cfg), provide_certs=True, ready=lambda: (True, ""))
+    assert cp.sidecar_registration()["Proxy"]["Expose"]["Paths"][0]["Protocol"] == "http2"
+    (tmp_path / "m.yaml").write_text(
+        base + "expose: {paths: [{listener_port: 21000, path: health, local_path_port: 8080, protocol: http3}]}\n"
     )
     r = subprocess.run(
         [sys.executable, "-m", "gateway.cli", "validate", "-c", str(tmp_path / "m.yaml")],
@@ -266,7 +274,7 @@ def test_expose_paths_are_registered_and_validated(tmp_path: Path) -> None:
     assert r.returncode == 2, r.stderr
     for needle in (
         "expose.paths[0].path: 'health' is not a path",
-        "expose.paths[0].protocol: 'http2' is not allowed",
+        "expose.paths[0].protocol: 'http3' is not allowed (expected one of: http, http2)",
         "expose.paths[0].listener_port: 21000 is already a listener",
     ):
         assert needle in r.stderr, r.stderr

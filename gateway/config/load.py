@@ -449,8 +449,8 @@ def _parse_expose(
             listener_port=r.get(m, key, "listener_port", parse_port, required=True) or 0,
             path=path,
             local_path_port=r.get(m, key, "local_path_port", parse_port, required=True) or 0,
-            # Consul also allows http2 (gRPC checks); meshgw serves HTTP/1.1 checks only.
-            protocol=r.get(m, key, "protocol", choice("http"), "http") or "http",
+            # Consul's two (consul.md §3.1): http2 is h2c to the app, for gRPC checks (http2-grpc.md §4).
+            protocol=r.get(m, key, "protocol", choice("http", "http2"), "http") or "http",
         )
         if p.listener_port in used:
             r.problem(f"{key}.listener_port", f"{p.listener_port} is already a listener of this sidecar")
