@@ -465,7 +465,7 @@ impl Conn {
                         self.stats.name,
                         app.address,
                         app.port,
-                        error_chain(&e)
+                        crate::http::h2::error_text(&e)
                     ),
                 );
                 if e.is_parse() {
@@ -592,18 +592,6 @@ impl Conn {
     fn is_h2(&self) -> bool {
         self.codec == Codec::Http2
     }
-}
-
-/// An error with its causes, `: `-joined (hyper's own text is only its kind).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        src = s.source();
-    }
-    out
 }
 
 enum Failure {
