@@ -377,6 +377,8 @@ def test_expose_checks_serves_the_agents_http_checks_through_the_core(
         m.sidecars.append(sc)
         try:
             sc.start()
+            # /ready does not wait for the registration (it says the proxy serves): wait for it here.
+            wait_for(lambda: "web-sidecar-proxy" in consul.state.services, 15, "the proxy's registration")
             assert consul.state.services["web-sidecar-proxy"]["Proxy"]["Expose"] == {"Checks": True}
 
             def through_meshgw() -> dict[str, Any] | None:

@@ -116,6 +116,11 @@ def test_registration_leaves_protocol_to_consul_and_carries_the_grpc_check(
     put(consul, {"Kind": "service-defaults", "Name": "billing", "Protocol": "grpc"})
     billing = start(tmp_path, consul, sidecars, "billing", app_port, check=check)
     wait_for(lambda: running(billing)["service"]["protocol"] == "grpc", 15, "protocol from service-defaults")
+    # The admin port answers (and the protocol resolves) before the registration lands; a loaded CI run saw that gap.
+    def registered() -> bool:
+        return "billing-sidecar-proxy" in consul.state.services and "service:billing" in consul.state.check_defs
+
+    wait_for(lambda: consul.call(registered), 15, "registration of the proxy and the app's check")
 
     # What meshgw wrote: no protocol of its own (Consul's central config decides, http2-grpc.md §1.2)...
     stored = consul.call(lambda: json.loads(json.dumps(consul.state.services["billing-sidecar-proxy"])))
