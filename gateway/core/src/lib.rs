@@ -18,6 +18,7 @@ pub mod snapshot;
 pub mod state;
 pub mod stats;
 pub mod tls;
+pub mod tls_tickets;
 
 /// Rust-side allocations (the whole data plane) go through mimalloc; Python keeps its own allocator.
 #[global_allocator]

@@ -43,13 +43,7 @@ async fn tunnel(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) 
     };
     let mut d = TokioIo::new(d);
     let mut u = TokioIo::new(u);
-    let _ = tokio::io::copy_bidirectional_with_sizes(
-        &mut d,
-        &mut u,
-        crate::relay::BUFFER,
-        crate::relay::BUFFER,
-    )
-    .await;
+    crate::relay::copy_both(&mut d, &mut u).await;
 }
 
 pub(super) async fn handle(mut req: Request<Incoming>, cx: Arc<ConnCtx>) -> Response<RespBody> {
