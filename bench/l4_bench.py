@@ -699,8 +699,28 @@ end
 """
 
 
+# Latency at a fixed rate: each connection waits WRK_DELAY_MS after each answer, so the total stays near the rate
+# (a little under it by the response time). At saturation p99 is mostly queueing, and a faster pair also loads the
+# CPU wrk and nginx share harder; at a rate every pair holds, it is the pair's own latency (as http_bench.py).
+WRK_PACED = (
+    r"""
+local pause = tonumber(os.getenv("WRK_DELAY_MS") or "0")
+function delay()
+  return pause
+end
+"""
+    + WRK_LUA
+)
+
+
 def run_wrk(
-    h: Harness, port: int, args: argparse.Namespace, duration: float, lua: Path | None, close: bool = False
+    h: Harness,
+    port: int,
+    args: argparse.Namespace,
+    duration: float,
+    lua: Path | None,
+    close: bool = False,
+    rate: float = 0.0,
 ) -> dict[str, Any]:
     argv = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{duration:g}s", "--latency", "--timeout", "5s"]
     if close:  # one request per connection: every request pays a new connection (and mTLS handshake)
@@ -708,7 +728,10 @@ def run_wrk(
     if lua:
         argv += ["-s", str(lua)]
     argv.append(f"http://127.0.0.1:{port}/small")
-    r = subprocess.run(h.pin(argv, h.load_cpus), capture_output=True, text=True, timeout=duration + 60)
+    env = dict(os.environ)
+    if rate:
+        env["WRK_DELAY_MS"] = f"{args.connections / rate * 1000:.3f}"
+    r = subprocess.run(h.pin(argv, h.load_cpus), capture_output=True, text=True, timeout=duration + 60, env=env)
     if r.returncode != 0:
         raise BenchError(f"wrk failed ({r.returncode}):\n{r.stdout}{r.stderr}")
     if not lua:
@@ -808,6 +831,19 @@ def measure(
         res["proxy_cpu_s"] = cpu1 - cpu0
         res["proxy_cpu_us_per_req"] = (cpu1 - cpu0) / w["requests"] * 1e6
         res["proxy_cpu_util"] = (cpu1 - cpu0) / (t1 - t0)
+    if args.rate > 0 and args.rate_duration > 0:
+        paced = lua.with_name("paced.lua")
+        if not paced.exists():
+            paced.write_text(WRK_PACED)
+        log(f"{name}: fixed rate {args.rate:,.0f} req/s for {args.rate_duration:g}s")
+        run_wrk(h, port, args, 2.0, paced, rate=args.rate)  # settle at the pace first
+        f = run_wrk(h, port, args, args.rate_duration, paced, rate=args.rate)
+        h.check_alive(procs)
+        res["rate_rps"] = f["rps"]
+        res["rate_p50_ms"] = f["p50_us"] / 1000
+        res["rate_p99_ms"] = f["p99_us"] / 1000
+        res["rate_p999_ms"] = f["p999_us"] / 1000
+        res["errors"] += f["errors"]
     if args.conn_duration > 0:
         log(f"{name}: wrk ... -d{args.conn_duration:g}s -H 'Connection: close' (new connection per request)")
         cpu0 = cpu_of(procs)
@@ -1097,6 +1133,8 @@ def _ratio_rows(results: dict[str, dict[str, Any]], subject: str) -> list[dict[s
         }
         if m.get("cps") and r.get("cps"):
             row["cps"] = m["cps"] / r["cps"]
+        if m.get("rate_p99_ms") and r.get("rate_p99_ms"):
+            row["rate_p99"] = m["rate_p99_ms"] / r["rate_p99_ms"]
         if m.get("proxy_cpu_us_per_req") and r.get("proxy_cpu_us_per_req"):
             row["cpu_per_req"] = m["proxy_cpu_us_per_req"] / r["proxy_cpu_us_per_req"]
         row["rps_ok"] = row["rps"] >= GOALS["rps"]
@@ -1170,6 +1208,14 @@ def print_report(out: dict[str, Any]) -> None:
         print(f"WARNING: other load on the machine during {', '.join(noisy)}: numbers are less trustworthy.")
     print()
     print("meshgw ratios (req/s, MB/s, conn/s: higher is better; p99 and CPU/req: lower is better)")
+    if s.get("rate"):
+        print(f"fixed rate: {s['rate']:,.0f} req/s paced over the same {s.get('connections', 32)} connections")
+        for v, r in results.items():
+            if r.get("rate_p99_ms"):
+                print(
+                    f"  {LABEL[v]:<18} {r['rate_rps']:,.0f} req/s  p50 {r['rate_p50_ms']:.3f} ms"
+                    f"  p99 {r['rate_p99_ms']:.3f} ms  p99.9 {r['rate_p999_ms']:.3f} ms"
+                )
     for row in out["ratios"]:
         name = {"haproxy": "HAProxy", "envoy": "Envoy"}[row["vs"]]
         subject = row.get("subject", "meshgw")
@@ -1179,6 +1225,7 @@ def print_report(out: dict[str, Any]) -> None:
         ok = lambda b: "PASS" if b else "FAIL"  # noqa: E731
         cpu = f"   CPU/req {row['cpu_per_req']:.2f}x" if "cpu_per_req" in row else ""
         cpu += f"   conn/s {row['cps']:.2f}" if "cps" in row else ""
+        cpu += f"   p99 at the fixed rate {row['rate_p99']:.2f}x" if "rate_p99" in row else ""
         print(
             f"  {subject} / {name:<8} req/s {row['rps']:.2f} (goal >= {GOALS['rps']:.2f}: {ok(row['rps_ok'])})"
             f"   MB/s {row['mbps']:.2f} (goal >= {GOALS['mbps']:.2f}: {ok(row['mbps_ok'])})"
@@ -1272,6 +1319,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=5.0,
         help="seconds of wrk with 'Connection: close' (new connection + handshake per request); 0: skip",
     )
+    ap.add_argument(
+        "--rate",
+        type=float,
+        default=15000.0,
+        help="fixed rate in req/s for the latency run (default 15,000: under every pair's saturation here); 0: skip",
+    )
+    ap.add_argument("--rate-duration", type=float, default=5.0, help="seconds of the fixed-rate run (default 5)")
     ap.add_argument("--big-mb", type=float, default=100.0, help="size of the bulk transfer in MB (10^6 bytes)")
     ap.add_argument("--big-runs", type=int, default=3, help="bulk transfers per variant; the median counts")
     ap.add_argument("--load-cpus", default="0", help="CPU list for wrk, curl and nginx (default 0)")
@@ -1374,6 +1428,10 @@ def run_variant(
 
 SCALARS = (
     "rps",
+    "rate_rps",
+    "rate_p50_ms",
+    "rate_p99_ms",
+    "rate_p999_ms",
     "p50_ms",
     "p90_ms",
     "p99_ms",
@@ -1459,6 +1517,8 @@ def main(argv: list[str] | None = None) -> int:
             "duration": args.duration,
             "warmup": args.warmup,
             "conn_duration": args.conn_duration,
+            "rate": args.rate,
+            "rate_duration": args.rate_duration,
             "rounds": args.rounds,
             "big_bytes": big_bytes,
             "big_runs": args.big_runs,
