@@ -41,9 +41,12 @@ impl Identity {
     }
 }
 
-/// Per-listener counters, looked up once when the listener starts.
+/// Per-listener counters, looked up once when the listener starts. Cloned per connection and per exchange: one
+/// reference count.
 #[derive(Clone)]
-pub struct ListenerStats {
+pub struct ListenerStats(Arc<ListenerCounters>);
+
+pub struct ListenerCounters {
     pub name: Arc<str>,
     pub accepted: Counter,
     pub active: Gauge,
@@ -81,6 +84,13 @@ pub const UPSTREAM_ERRORS: [&str; 5] = [
     "not_ready",
 ];
 
+impl std::ops::Deref for ListenerStats {
+    type Target = ListenerCounters;
+    fn deref(&self) -> &ListenerCounters {
+        &self.0
+    }
+}
+
 impl ListenerStats {
     pub fn new(shared: &Arc<Shared>, name: &str) -> ListenerStats {
         let l = [("listener", name)];
@@ -96,7 +106,7 @@ impl ListenerStats {
                 &[("listener", name), ("reason", reason)],
             );
         }
-        ListenerStats {
+        ListenerStats(Arc::new(ListenerCounters {
             name: Arc::from(name),
             accepted: shared
                 .stats
@@ -113,7 +123,7 @@ impl ListenerStats {
                 &[("listener", name), ("kind", "resumed")],
             ),
             shared: shared.clone(),
-        }
+        }))
     }
 
     /// A refused downstream connection: counted by reason and logged once (reason labels: README's list).

@@ -31,27 +31,45 @@ pub const HOP_BY_HOP: [&str; 9] = [
 /// l7-security.md §4 `Connection: Content-Length`).
 const NEVER_NOMINATED: [&str; 3] = ["content-length", "transfer-encoding", "host"];
 
+/// The same list as names made once: removing by a `&str` parses the name again on every request.
+static HOP_BY_HOP_NAMES: [HeaderName; 9] = [
+    http::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::TRANSFER_ENCODING,
+    http::header::UPGRADE,
+    http::header::PROXY_AUTHENTICATE,
+    http::header::PROXY_AUTHORIZATION,
+];
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static FORWARDED: HeaderName = http::header::FORWARDED;
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
 /// Hop-by-hop fields and those the `Connection` field names, never the framing or the target. With
 /// `keep_upgrade` (the inbound hop's 101 to a websocket upgrade) `Upgrade` stays.
 pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     let mut nominated: Vec<HeaderName> = Vec::new();
     for v in h.get_all(CONNECTION) {
         for token in v.as_bytes().split(|&b| b == b',') {
-            let t = token.trim_ascii().to_ascii_lowercase();
-            if let Ok(n) = HeaderName::from_bytes(&t) {
+            // HeaderName::from_bytes lower-cases as it parses (http's `parse_hdr`).
+            if let Ok(n) = HeaderName::from_bytes(token.trim_ascii()) {
                 if !NEVER_NOMINATED.contains(&n.as_str()) {
                     nominated.push(n);
                 }
             }
         }
     }
-    for n in HOP_BY_HOP {
-        if !(keep_upgrade && n == "upgrade") {
+    for n in &HOP_BY_HOP_NAMES {
+        if !(keep_upgrade && n == http::header::UPGRADE) {
             h.remove(n);
         }
     }
     for n in nominated {
-        if !(keep_upgrade && n.as_str() == "upgrade") {
+        if !(keep_upgrade && n == http::header::UPGRADE) {
             h.remove(n);
         }
     }
@@ -112,42 +130,68 @@ fn next() -> u64 {
     })
 }
 
+/// Lower-case hex of `v`, most significant nibble first, `digits` of them.
+fn hex_into(out: &mut String, v: u64, digits: u32) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for i in (0..digits).rev() {
+        out.push(char::from(HEX[((v >> (i * 4)) & 0xF) as usize]));
+    }
+}
+
 /// A UUID version 4 (RFC 9562 §5.4) as Envoy makes for x-request-id.
 pub fn new_request_id() -> String {
     let hi = (next() & !(0xF << 12)) | (0x4 << 12);
     let lo = (next() & !(0x3 << 62)) | (0x2 << 62);
-    let h = format!("{hi:016x}{lo:016x}");
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
+    let mut s = String::with_capacity(36);
+    hex_into(&mut s, hi >> 32, 8);
+    s.push('-');
+    hex_into(&mut s, hi >> 16, 4);
+    s.push('-');
+    hex_into(&mut s, hi, 4);
+    s.push('-');
+    hex_into(&mut s, lo >> 48, 4);
+    s.push('-');
+    hex_into(&mut s, lo, 12);
+    s
 }
 
 /// W3C trace context: keep the trace id and flags, new span id per hop; start a trace when none arrives.
 pub fn new_traceparent(incoming: Option<&[u8]>) -> String {
     let span = next().max(1); // an all-zero id is invalid (W3C trace-context §3.2.2.4)
-    if let Some(v) = incoming {
-        let s = String::from_utf8_lossy(v.trim_ascii()).into_owned();
-        let parts: Vec<&str> = s.split('-').collect();
-        if let [version, trace, parent, flags, ..] = parts.as_slice() {
+    if let Some(v) = incoming.and_then(|v| std::str::from_utf8(v.trim_ascii()).ok()) {
+        let mut parts = v.split('-');
+        if let (Some(version), Some(trace), Some(parent), Some(flags)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        {
             let hex = |x: &str| x.bytes().all(|b| b.is_ascii_hexdigit());
             if trace.len() == 32
                 && parent.len() == 16
                 && hex(trace)
                 && hex(version)
-                && *trace != "00000000000000000000000000000000"
+                && trace != "00000000000000000000000000000000"
                 && flags.len() >= 2
             {
                 let f = flags.get(..2).unwrap_or("01");
-                return format!("{version}-{trace}-{span:016x}-{f}");
+                let mut s = String::with_capacity(version.len() + 53);
+                s.push_str(version);
+                s.push('-');
+                s.push_str(trace);
+                s.push('-');
+                hex_into(&mut s, span, 16);
+                s.push('-');
+                s.push_str(f);
+                return s;
             }
         }
     }
-    format!("00-{:016x}{:016x}-{span:016x}-01", next(), next().max(1))
+    let mut s = String::with_capacity(55);
+    s.push_str("00-");
+    hex_into(&mut s, next(), 16);
+    hex_into(&mut s, next().max(1), 16);
+    s.push('-');
+    hex_into(&mut s, span, 16);
+    s.push_str("-01");
+    s
 }
 
 /// Adds a field; names and values came through hyper's parser or are made here: a failure drops the line,
@@ -158,5 +202,80 @@ pub fn append(out: &mut HeaderMap, name: &str, value: &[u8]) {
         HeaderValue::from_bytes(value),
     ) {
         out.append(n, v);
+    }
+}
+
+/// Adds a field under a name made once (no parse of the name per request); a value that cannot be one is dropped.
+pub fn append_named(out: &mut HeaderMap, name: &HeaderName, value: &[u8]) {
+    if let Ok(v) = HeaderValue::from_bytes(value) {
+        out.append(name.clone(), v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_hex(s: &str) -> bool {
+        s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    }
+
+    #[test]
+    fn request_ids_are_uuid_v4() {
+        for _ in 0..100 {
+            let id = new_request_id();
+            let parts: Vec<&str> = id.split('-').collect();
+            assert_eq!(
+                parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+                [8, 4, 4, 4, 12]
+            );
+            assert!(parts.iter().all(|p| is_hex(p)), "{id}");
+            assert!(parts[2].starts_with('4'), "version 4: {id}");
+            assert!(
+                matches!(parts[3].as_bytes()[0], b'8'..=b'b'),
+                "variant 10: {id}"
+            );
+        }
+    }
+
+    #[test]
+    fn traceparent_keeps_the_trace_and_makes_a_span() {
+        let incoming = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let t = new_traceparent(Some(incoming));
+        assert_eq!(t.len(), 55);
+        assert!(t.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(t.ends_with("-01"));
+        assert_ne!(&t[36..52], "00f067aa0ba902b7");
+        assert!(is_hex(&t[36..52]));
+        let fresh = new_traceparent(None);
+        assert_eq!(fresh.len(), 55);
+        assert!(fresh.starts_with("00-") && fresh.ends_with("-01"));
+        assert!(is_hex(&fresh[3..35]) && is_hex(&fresh[36..52]));
+        // Not UTF-8, or a zero trace id: a new trace.
+        assert!(new_traceparent(Some(b"\xff\xfe")).starts_with("00-"));
+        let zero = new_traceparent(Some(
+            b"00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        ));
+        assert_ne!(&zero[3..35], "00000000000000000000000000000000");
+    }
+
+    #[test]
+    fn connection_nominations_go_but_never_framing() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONNECTION,
+            HeaderValue::from_static("X-Secret, Content-Length, close"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("content-length", HeaderValue::from_static("3"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.get("x-secret").is_none());
+        assert!(h.get("keep-alive").is_none());
+        assert!(h.get(CONNECTION).is_none());
+        assert_eq!(
+            h.get("content-length").map(|v| v.as_bytes()),
+            Some(&b"3"[..])
+        );
     }
 }

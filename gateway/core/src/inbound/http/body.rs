@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use tokio::sync::watch;
+use tokio::sync::Notify;
 use tokio::time::{sleep, Instant, Sleep};
 
 use super::accesslog::{Exchange, Field};
@@ -69,7 +69,10 @@ pub struct ReqState {
     /// The caller's body framing failed (a bad chunk): the exchange answers 400.
     pub broken: AtomicBool,
     pub idle: AtomicBool,
-    done: watch::Sender<bool>,
+    /// Read to its end; `ended` wakes whoever waits in `complete` (an atomic and one Notify: a `watch` channel
+    /// per request allocated eight).
+    done: AtomicBool,
+    ended: Notify,
 }
 
 impl ReqState {
@@ -78,22 +81,34 @@ impl ReqState {
             bytes: AtomicU64::new(0),
             broken: AtomicBool::new(false),
             idle: AtomicBool::new(false),
-            done: watch::channel(false).0,
+            done: AtomicBool::new(false),
+            ended: Notify::new(),
         })
+    }
+
+    fn set_done(&self) {
+        self.done.store(true, Ordering::Release);
+        self.ended.notify_waiters();
     }
 
     /// The body was read to its end without a framing error.
     pub fn is_whole(&self) -> bool {
-        *self.done.borrow()
+        self.done.load(Ordering::Acquire)
             && !self.broken.load(Ordering::Relaxed)
             && !self.idle.load(Ordering::Relaxed)
     }
 
     /// Resolves once the whole request body has been read (never, if it never is).
     pub async fn complete(&self) {
-        let mut rx = self.done.subscribe();
-        if rx.wait_for(|d| *d).await.is_err() {
-            std::future::pending::<()>().await;
+        loop {
+            let ended = self.ended.notified();
+            tokio::pin!(ended);
+            // Registered before the flag is read: a set_done in between still wakes this waiter.
+            ended.as_mut().enable();
+            if self.done.load(Ordering::Acquire) {
+                return;
+            }
+            ended.await;
         }
     }
 }
@@ -107,7 +122,7 @@ pub struct ReqBody {
 impl ReqBody {
     pub fn new(inner: Incoming, state: Arc<ReqState>, idle: Option<Duration>) -> ReqBody {
         if inner.is_end_stream() {
-            state.done.send_replace(true);
+            state.set_done();
         }
         ReqBody {
             inner,
@@ -137,7 +152,7 @@ impl Body for ReqBody {
                     i.touch();
                 }
                 if this.inner.is_end_stream() {
-                    this.state.done.send_replace(true);
+                    this.state.set_done();
                 }
                 Poll::Ready(Some(Ok(f)))
             }
@@ -146,7 +161,7 @@ impl Body for ReqBody {
                 Poll::Ready(Some(Err(e.into())))
             }
             Poll::Ready(None) => {
-                this.state.done.send_replace(true);
+                this.state.set_done();
                 Poll::Ready(None)
             }
             Poll::Pending => {

@@ -8,7 +8,8 @@ use http::header::{HeaderMap, HeaderValue};
 use meshgw_proto::http_head::HeaderVerdict;
 
 use crate::http::forwarding::{
-    append, extend_forwarding, join, new_traceparent, request_id, strip_hop_by_hop, HOP_BY_HOP,
+    append, append_named, extend_forwarding, join, new_traceparent, request_id, strip_hop_by_hop,
+    FORWARDED, HOP_BY_HOP, TRACEPARENT, X_FORWARDED_FOR, X_REQUEST_ID,
 };
 
 /// What the request sent to the app carries for the access log.
@@ -70,17 +71,17 @@ pub fn request(
     let has_fwd = !fwd.is_empty();
     extend_forwarding(&mut xff, has_fwd.then_some(&mut fwd), client_ip);
     if !xff.is_empty() {
-        append(&mut out, "x-forwarded-for", &xff);
+        append_named(&mut out, &X_FORWARDED_FOR, &xff);
     }
     if !fwd.is_empty() {
-        append(&mut out, "forwarded", &fwd);
+        append_named(&mut out, &FORWARDED, &fwd);
     }
     let (request_id, made) = request_id(incoming_id);
     if made {
-        append(&mut out, "x-request-id", request_id.as_bytes());
+        append_named(&mut out, &X_REQUEST_ID, request_id.as_bytes());
     }
     let traceparent = new_traceparent(trace);
-    append(&mut out, "traceparent", traceparent.as_bytes());
+    append_named(&mut out, &TRACEPARENT, traceparent.as_bytes());
     if verdict.te_trailers {
         append(&mut out, "te", b"trailers");
     }

@@ -3,6 +3,7 @@
 //! `meshgw_http_requests_denied_total{listener,reason}`, `meshgw_http_timeouts_total{listener,kind}`). Every
 //! label value is from the fixed lists below, all created when the plan is built (design.md style rule 3).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::state::Shared;
@@ -49,8 +50,12 @@ pub enum Timeout {
     StreamIdle = 4,
 }
 
+/// Cloned into every exchange (its end counts the response): one reference count, not thirty counters' worth.
 #[derive(Clone, Default)]
-pub struct HttpStats {
+pub struct HttpStats(Arc<HttpCounters>);
+
+#[derive(Default)]
+pub struct HttpCounters {
     responses: [Counter; 5],
     duration: Histogram,
     denied: Vec<Counter>,
@@ -58,18 +63,25 @@ pub struct HttpStats {
     pub grpc: crate::http::grpc::GrpcStats,
 }
 
+impl std::ops::Deref for HttpStats {
+    type Target = HttpCounters;
+    fn deref(&self) -> &HttpCounters {
+        &self.0
+    }
+}
+
 impl HttpStats {
     /// Counted nowhere: a policy built outside a plan (tests of the policy alone).
     pub fn detached() -> HttpStats {
-        HttpStats {
+        HttpStats(Arc::new(HttpCounters {
             denied: vec![Counter::default(); DENY_REASONS.len()],
-            ..HttpStats::default()
-        }
+            ..HttpCounters::default()
+        }))
     }
 
     pub fn new(shared: &Shared, listener: &str) -> HttpStats {
         let s = &shared.stats;
-        HttpStats {
+        HttpStats(Arc::new(HttpCounters {
             responses: CODE_CLASSES.map(|c| {
                 s.counter(
                     "meshgw_http_responses_total",
@@ -96,7 +108,7 @@ impl HttpStats {
                 )
             }),
             grpc: crate::http::grpc::GrpcStats::new(shared, listener),
-        }
+        }))
     }
 
     /// A response head went downstream (gateway/listeners.py `_on_response`: class and head latency).

@@ -9,7 +9,8 @@ use http::HeaderMap;
 
 use super::spec::HeaderRulesSpec;
 use crate::http::forwarding::{
-    extend_forwarding, join, new_traceparent, request_id, strip_hop_by_hop,
+    extend_forwarding, join, new_traceparent, request_id, strip_hop_by_hop, FORWARDED, TRACEPARENT,
+    X_FORWARDED_FOR, X_REQUEST_ID,
 };
 
 /// Header changes compiled once per snapshot: names to drop, then fields to add.
@@ -74,38 +75,37 @@ pub fn forward_request(h: &mut HeaderMap, client_ip: &str, rules: &HeaderRules) 
     if te_trailers {
         h.insert(http::header::TE, HeaderValue::from_static("trailers"));
     }
-    let joined = |h: &HeaderMap, n: &str| -> Option<Vec<u8>> {
+    let joined = |h: &HeaderMap, n: &HeaderName| -> Option<Vec<u8>> {
         let mut out: Option<Vec<u8>> = None;
         for v in h.get_all(n) {
             join(out.get_or_insert_with(Vec::new), v.as_bytes().trim_ascii());
         }
         out
     };
-    let mut xff = joined(h, "x-forwarded-for").unwrap_or_default();
-    let mut fwd = joined(h, "forwarded");
-    let incoming_trace = h.get("traceparent").map(|v| v.as_bytes().to_vec());
-    h.remove("x-forwarded-for");
-    h.remove("forwarded");
-    h.remove("traceparent");
+    let mut xff = joined(h, &X_FORWARDED_FOR).unwrap_or_default();
+    let mut fwd = joined(h, &FORWARDED);
+    let incoming_trace = h.remove(&TRACEPARENT);
+    h.remove(&X_FORWARDED_FOR);
+    h.remove(&FORWARDED);
     rules.apply(h);
     extend_forwarding(&mut xff, fwd.as_mut(), client_ip);
     if let Ok(v) = HeaderValue::from_bytes(&xff) {
         if !xff.is_empty() {
-            h.insert("x-forwarded-for", v);
+            h.insert(X_FORWARDED_FOR.clone(), v);
         }
     }
     if let Some(Ok(v)) = fwd.as_deref().map(HeaderValue::from_bytes) {
-        h.insert("forwarded", v);
+        h.insert(FORWARDED.clone(), v);
     }
-    let (request_id, made) = request_id(h.get("x-request-id").map(HeaderValue::as_bytes));
+    let (request_id, made) = request_id(h.get(&X_REQUEST_ID).map(HeaderValue::as_bytes));
     if made {
         if let Ok(v) = HeaderValue::from_str(&request_id) {
-            h.insert("x-request-id", v);
+            h.insert(X_REQUEST_ID.clone(), v);
         }
     }
-    let traceparent = new_traceparent(incoming_trace.as_deref());
+    let traceparent = new_traceparent(incoming_trace.as_ref().map(HeaderValue::as_bytes));
     if let Ok(v) = HeaderValue::from_str(&traceparent) {
-        h.insert("traceparent", v);
+        h.insert(TRACEPARENT.clone(), v);
     }
     Sent {
         request_id,
