@@ -22,7 +22,7 @@ pub struct Snapshot {
     pub clusters: BTreeMap<String, ClusterSpec>,
 }
 
-#[derive(Deserialize, Debug, Clone)]
+#[derive(Deserialize, Debug, Clone, PartialEq)]
 pub struct TlsMaterial {
     pub roots_pem: String,
     pub cert_pem: String,

@@ -51,8 +51,15 @@ impl Compiled {
     /// Builds everything a snapshot needs once; problems that concern one part are logged and that part fails
     /// closed (a listener whose plan cannot be built refuses its connections), the rest serves.
     pub fn build(s: &Snapshot, shared: &Shared) -> Compiled {
+        // The same material keeps the same configurations: rebuilding them per snapshot (an intention edit, an
+        // endpoint's health) gave the server a new session-ticket key and the client an empty ticket store, so
+        // every caller's next connection paid a full handshake.
+        let previous = shared.current.load();
         let tls = match &s.tls {
             None => None,
+            Some(m) if previous.tls.as_ref().is_some_and(|t| t.material == *m) => {
+                previous.tls.clone()
+            }
             Some(m) => match MeshTls::build(m) {
                 Ok(t) => Some(Arc::new(t)),
                 Err(e) => {

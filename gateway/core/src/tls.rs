@@ -98,6 +98,8 @@ pub struct MeshTls {
     pub roots: Arc<RootCertStore>,
     pub not_before: f64,
     pub not_after: f64,
+    /// What these were built from: a snapshot with the same material reuses them (state.rs).
+    pub material: TlsMaterial,
 }
 
 impl MeshTls {
@@ -129,6 +131,7 @@ impl MeshTls {
             roots,
             not_before: m.not_before,
             not_after: m.not_after,
+            material: m.clone(),
         })
     }
 
