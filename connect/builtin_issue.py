@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from connect.deadline import within
 from connect.leaf import Leaf
 
 TIMEOUT = 60.0
@@ -103,7 +104,7 @@ async def run(req: dict[str, Any]) -> dict[str, Any]:
         *_argv(), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
     try:
-        out, err = await asyncio.wait_for(proc.communicate(json.dumps(req).encode()), TIMEOUT)
+        out, err = await within(proc.communicate(json.dumps(req).encode()), TIMEOUT)
     except TimeoutError:
         proc.kill()
         await proc.wait()

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from connect import consul_http
 from connect import consul_queries as queries
+from connect.deadline import within
 from connect.intentions import IntentionError, parse_entries
 from connect.leaf import Leaf, colon_hex
 from connect.watch import WatchError, WatchHealth, backoff_delay, blocking_watch
@@ -538,7 +539,7 @@ class ConsulControlPlane:
             self.builder.set_exposed_checks(paths, sources)
             self._checks_wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._checks_wake.wait(), CHECKS_POLL)
+                await within(self._checks_wake.wait(), CHECKS_POLL)
 
     def _gateway_dc(self, u: Any) -> str | None:
         """Which datacenter's mesh gateways an upstream dials, or None when it dials its target directly."""
@@ -954,7 +955,7 @@ class ConsulControlPlane:
                 failures = 0
                 self._wake_registration.clear()
                 try:
-                    await asyncio.wait_for(self._wake_registration.wait(), TTL / 3 * random.uniform(0.9, 1.0))
+                    await within(self._wake_registration.wait(), TTL / 3 * random.uniform(0.9, 1.0))
                 except TimeoutError:
                     pass
             except WatchError as e:

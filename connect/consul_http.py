@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
+from connect.deadline import within
+
 MAX_HEAD = 64 * 1024
 MAX_BODY = 256 * 1024 * 1024  # a big catalog answer fits; a runaway one does not
 MAX_FIELDS = 200
@@ -120,7 +122,7 @@ async def request(
 ) -> Response:
     """One exchange within ``timeout`` seconds; HTTPError (or OSError, TimeoutError) when it fails."""
     try:
-        return await asyncio.wait_for(_exchange(ep, method, tgt, headers, body), timeout)
+        return await within(_exchange(ep, method, tgt, headers, body), timeout)
     except asyncio.IncompleteReadError as e:
         raise HTTPError(f"connection closed after {len(e.partial)} bytes of a message") from None
     except asyncio.LimitOverrunError:

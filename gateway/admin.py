@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
+from connect.deadline import within
 from gateway import dataplane, metrics
 from gateway.config import Address
 from gateway.snapshot import SnapshotHolder
@@ -89,7 +90,7 @@ class _Refused(Exception):
 async def _read_head(reader: asyncio.StreamReader, timeout: float) -> list[bytes] | None:
     """The request line and fields, or None when the peer closed before a request."""
     try:
-        raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+        raw = await within(reader.readuntil(b"\r\n\r\n"), timeout)
     except asyncio.IncompleteReadError as e:
         if not e.partial.strip():
             return None

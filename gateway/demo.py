@@ -25,6 +25,7 @@ import yaml
 from aiohttp import web
 
 from connect.ca import BuiltinCA
+from connect.deadline import within
 
 
 def free_port() -> int:
@@ -183,7 +184,7 @@ class Demo:
                 reader, writer = await asyncio.open_connection("127.0.0.1", p["intruder_up"])
                 writer.write(b"GET / HTTP/1.1\r\nHost: api\r\n\r\n")
                 await writer.drain()
-                data = await asyncio.wait_for(reader.read(1024), 5)
+                data = await within(reader.read(1024), 5)
                 writer.close()
                 refused += not data
             except (ConnectionError, OSError):
@@ -219,7 +220,7 @@ class Demo:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), duration)
+                await within(stop.wait(), duration)
             return 0
         except RuntimeError as e:
             print(f"meshgw demo: {e}", file=sys.stderr)

@@ -41,6 +41,7 @@ import jinja2
 import yaml
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from connect.deadline import within
 from connect.leaf import Leaf
 from connect.local import SourceError
 from connect.watch import WatchError
@@ -252,7 +253,7 @@ async def run_command(
             return CommandResult(False, f"cannot start: {e.strerror or e}")
         try:
             try:
-                rc = await asyncio.wait_for(proc.wait(), timeout)
+                rc = await within(proc.wait(), timeout)
             except TimeoutError:
                 await _kill_group(proc)
                 return CommandResult(False, f"timed out after {timeout:g}s (killed)")
@@ -275,12 +276,12 @@ async def _kill_group(proc: asyncio.subprocess.Process) -> None:
         if grace is None:
             break
         try:
-            await asyncio.wait_for(asyncio.shield(proc.wait()), grace)
+            await within(asyncio.shield(proc.wait()), grace)
             return
         except TimeoutError:
             continue
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(proc.wait(), 5.0)
+        await within(proc.wait(), 5.0)
 
 
 # --------------------------------------------------------------------------- one template
@@ -473,7 +474,7 @@ class TemplateRunner:
             timeout = None if nxt is None else max(0.0, nxt - self.now())
             # Not a sleep for synchronisation: the scheduler waits for a change or for the next timer, whichever first.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                await within(self._wake.wait(), timeout)
 
     async def _pass(self, due: list[TemplateFile]) -> None:
         commands: list[tuple[TemplateFile, str | tuple[str, ...]]] = []
@@ -625,11 +626,11 @@ class TemplateRunner:
                 if CERTS in missing:
                     await self._start_certs()
                     if self._cert_provider is not None:  # else it failed to start: reported per template
-                        await asyncio.wait_for(self._certs_event.wait(), max(0.0, deadline - loop.time()))
+                        await within(self._certs_event.wait(), max(0.0, deadline - loop.time()))
                         progressed = True
                 others = missing - {CERTS}
                 if others:
-                    await asyncio.wait_for(self.source.fetch(others), max(0.0, deadline - loop.time()))
+                    await within(self.source.fetch(others), max(0.0, deadline - loop.time()))
                     progressed = True
             except TimeoutError:
                 break
