@@ -100,13 +100,19 @@ pub struct MeshTls {
     pub not_after: f64,
     /// What these were built from: a snapshot with the same material reuses them (state.rs).
     pub material: TlsMaterial,
+    pub tickets: Option<Tickets>,
 }
 
 impl MeshTls {
     pub fn build(m: &TlsMaterial) -> Result<MeshTls, String> {
         let roots = roots(&m.roots_pem, "tls.roots_pem")?;
         let ck = certified_key(&m.cert_pem, &m.key_pem, "tls.leaf")?;
-        let server = server_config(roots.clone(), Arc::new(SingleCert(ck.clone())))?;
+        let tickets = new_tickets();
+        let server = server_config(
+            roots.clone(),
+            Arc::new(SingleCert(ck.clone())),
+            tickets.as_ref(),
+        )?;
         let client = client_config(
             Arc::new(SpiffeServerVerifier {
                 roots: roots.clone(),
@@ -132,6 +138,7 @@ impl MeshTls {
             not_before: m.not_before,
             not_after: m.not_after,
             material: m.clone(),
+            tickets,
         })
     }
 
@@ -179,10 +186,20 @@ impl rustls::server::ResolvesServerCert for SingleCert {
     }
 }
 
+/// The key that seals a server's session tickets. Made with the mesh material and kept while it stays the same
+/// (state.rs), so the terminating gateway's configuration, rebuilt per snapshot with its linked leaves, keeps
+/// accepting the tickets it issued.
+pub type Tickets = Arc<dyn rustls::server::ProducesTickets>;
+
+fn new_tickets() -> Option<Tickets> {
+    aws_lc_rs::Ticketer::new().ok()
+}
+
 /// Mesh servers require a client certificate chaining to the roots (inbound, terminating gateway).
 pub fn server_config(
     roots: Arc<RootCertStore>,
     resolver: Arc<dyn rustls::server::ResolvesServerCert>,
+    tickets: Option<&Tickets>,
 ) -> Result<Arc<ServerConfig>, String> {
     let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
         .build()
@@ -193,8 +210,8 @@ pub fn server_config(
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(resolver);
     // Resumption keeps reconnect cost down between sidecars (tickets, as Envoy and linkerd2-proxy use).
-    if let Ok(t) = aws_lc_rs::Ticketer::new() {
-        cfg.ticketer = t;
+    if let Some(t) = tickets {
+        cfg.ticketer = t.clone();
     }
     cfg.send_tls13_tickets = 2;
     Ok(Arc::new(cfg))
@@ -206,9 +223,10 @@ pub fn server_config(
 pub fn sni_server_config(
     roots: Arc<RootCertStore>,
     by_sni: &[(String, Arc<CertifiedKey>)],
+    tickets: Option<&Tickets>,
 ) -> Result<Arc<ServerConfig>, String> {
     let map = by_sni.iter().cloned().collect();
-    server_config(roots, Arc::new(BySni(map)))
+    server_config(roots, Arc::new(BySni(map)), tickets)
 }
 
 #[derive(Debug)]

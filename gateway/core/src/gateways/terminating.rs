@@ -82,7 +82,11 @@ impl Plan {
             );
         }
         let server = match (tls, leaves.is_empty()) {
-            (Some(t), false) => Some(sni_server_config(t.roots.clone(), &leaves)?),
+            (Some(t), false) => Some(sni_server_config(
+                t.roots.clone(),
+                &leaves,
+                t.tickets.as_ref(),
+            )?),
             _ => None,
         };
         Ok(Plan {
