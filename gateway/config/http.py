@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway._core import access_log_fields
 from gateway.config.reader import (
     _bool,
     _Reader,
@@ -41,53 +42,10 @@ RETRY_ON = (
 # when grpc-status comes in the response headers (trailers-only), http2-grpc.md §2.7.
 GRPC_RETRY_ON = ("cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable")
 
-ACCESS_LOG_FIELDS = (
-    "start_time",
-    "listener",
-    "method",
-    "path",
-    "protocol",
-    "status",
-    "response_flags",
-    "bytes_received",
-    "bytes_sent",
-    "duration_ms",
-    "upstream_service_time_ms",
-    "upstream_cluster",
-    "upstream_host",
-    "route",
-    "retries",
-    "request_id",
-    "trace_id",
-    "traceparent",
-    "downstream_address",
-    "source_service",
-    "authority",
-    "user_agent",
-    "grpc_status",
-)
-
-DEFAULT_ACCESS_LOG_FIELDS = (
-    "start_time",
-    "listener",
-    "method",
-    "path",
-    "protocol",
-    "status",
-    "response_flags",
-    "bytes_received",
-    "bytes_sent",
-    "duration_ms",
-    "upstream_cluster",
-    "upstream_host",
-    "route",
-    "retries",
-    "request_id",
-    "trace_id",
-    "traceparent",
-    "downstream_address",
-    "source_service",
-)
+# The access log's field names and default selection are the core's (it renders the records): one list.
+_names, _defaults = access_log_fields()
+ACCESS_LOG_FIELDS: tuple[str, ...] = tuple(_names)
+DEFAULT_ACCESS_LOG_FIELDS: tuple[str, ...] = tuple(_defaults)
 
 _HTTP_UPSTREAM_KEYS = ("idle_timeout", "load_balancer", "retries", "limits", "passive_health_check")
 

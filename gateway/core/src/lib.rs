@@ -24,11 +24,19 @@ pub mod tls_tickets;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The access log's field names and its default selection: the one list both sides use
+/// (gateway/config/http.py takes them from here).
+#[pyfunction]
+fn access_log_fields() -> (Vec<&'static str>, Vec<&'static str>) {
+    (http::accesslog::names(), http::accesslog::DEFAULTS.to_vec())
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<py_core::Core>()?;
     m.add_function(wrap_pyfunction!(py_core::check_origination, m)?)?;
+    m.add_function(wrap_pyfunction!(access_log_fields, m)?)?;
     py_intentions::register(m)?;
     Ok(())
 }

@@ -61,8 +61,10 @@ const NAMES: [(&str, Field); 23] = [
     ("grpc_status", Field::GrpcStatus),
 ];
 
-/// gateway/config.py DEFAULT_ACCESS_LOG_FIELDS.
-pub const DEFAULTS: [&str; 17] = [
+/// The fields a record has when the configuration names none. Python's configuration takes this list and
+/// `NAMES` from here (`gateway._core.access_log_fields()`), so the two sides cannot drift: they had (this list
+/// had lost `traceparent` and `downstream_address`).
+pub const DEFAULTS: [&str; 19] = [
     "start_time",
     "listener",
     "method",
@@ -79,8 +81,15 @@ pub const DEFAULTS: [&str; 17] = [
     "retries",
     "request_id",
     "trace_id",
+    "traceparent",
+    "downstream_address",
     "source_service",
 ];
+
+/// Every field name, in the order the README lists them.
+pub fn names() -> Vec<&'static str> {
+    NAMES.iter().map(|(n, _)| *n).collect()
+}
 
 impl Field {
     pub fn parse(s: &str) -> Option<Field> {
