@@ -4,9 +4,13 @@ full handshake (two ECDSA verifications per side) for every dial beyond rustls' 
 from __future__ import annotations
 
 import socket
+import ssl
+import time
 
 import pytest
 from mesh import EchoServer, Mesh, echo_roundtrip, free_port, wait_for
+
+from connect.ca import write_leaf
 
 pytestmark = pytest.mark.slow
 
@@ -68,5 +72,47 @@ def test_a_burst_of_new_connections_resumes(mesh: Mesh) -> None:
         assert handshakes("resumed") == resumed + BURST
         # The inbound side saw the same: its handshakes were resumed ones too.
         assert api.metric("meshgw_tls_handshakes_total", listener="inbound", kind="resumed") >= BURST
+    finally:
+        app.stop()
+
+
+def test_a_resumed_session_with_an_expired_client_leaf_is_refused(mesh: Mesh) -> None:
+    # A ticket outlives a short leaf: resumption does not look at the certificate again, the proxy must.
+    app = BurstEcho()
+    try:
+        api = mesh.sidecar("api", app.port)
+        mesh.allow("web", "api")
+        port = mesh.inbound_port("api")
+        leaf = mesh.ca.issue("web", "dc1", 4)
+        cert = write_leaf(leaf, mesh.root / "short-web")
+        ctx = mesh.client_context(cert)
+
+        def call(session: ssl.SSLSession | None = None) -> tuple[bytes, ssl.SSLSocket]:
+            raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+            s = ctx.wrap_socket(raw, session=session)
+            try:
+                s.sendall(b"ping\n")
+                return s.recv(64), s
+            except (ConnectionError, ssl.SSLError):
+                return b"", s
+
+        def first() -> ssl.SSLSession | None:
+            got, s = call()
+            session = s.session if got == b"ping\n" else None  # a TLS 1.3 ticket comes with the first answer
+            s.close()
+            return session if session is not None and session.has_ticket else None
+
+        session = wait_for(first, 10, "a full handshake as web, answered, with a ticket")
+        wait_for(lambda: time.time() > leaf.not_after + 1, 10, "the client leaf expired")
+        got, s = call(session)
+        reused = s.session_reused
+        s.close()
+        assert reused, "the test needs a resumed session"
+        assert got == b"", "a resumed session with an expired client leaf reached the app"
+        wait_for(
+            lambda: api.metric("meshgw_connections_denied_total", listener="inbound", reason="cert_expired") >= 1,
+            5,
+            "counted as cert_expired",
+        )
     finally:
         app.stop()

@@ -378,6 +378,25 @@ pub fn uri_san(der: &[u8]) -> Option<String> {
     })
 }
 
+/// A resumed TLS 1.3 session carries the peer's certificate from the handshake that issued the ticket, and
+/// neither side checks it again (RFC 8446 §4.6.1 leaves that to the endpoints; rustls checks only the ticket's
+/// age). A ticket outlives a short leaf (tickets: 6 h here, Envoy's default session timeout 2 h; leaves: Consul's
+/// 72 h by default, an hour or less when operators shorten it), so both sides refuse a resumed session whose peer
+/// leaf is outside its validity now: an expired certificate is refused, resumed or not (design.md fail safe).
+pub fn resumed_with_expired_peer(conn: &rustls::CommonState) -> bool {
+    if conn.handshake_kind() != Some(rustls::HandshakeKind::Resumed) {
+        return false;
+    }
+    let Some(leaf) = conn.peer_certificates().and_then(|c| c.first()) else {
+        return false;
+    };
+    use x509_parser::prelude::*;
+    match X509Certificate::from_der(leaf.as_ref()) {
+        Ok((_, cert)) => !cert.validity().is_valid(),
+        Err(_) => true,
+    }
+}
+
 /// Why a handshake failed, as the `reason` label of `meshgw_connections_denied_total` (README's list).
 pub fn failure_reason(e: &std::io::Error) -> &'static str {
     let inner = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());

@@ -129,6 +129,12 @@ pub async fn accept_mtls(
         Ok(Ok(s)) => s,
     };
     stats.handshake(tls.get_ref().1);
+    if crate::tls::resumed_with_expired_peer(tls.get_ref().1) {
+        stats.denied("cert_expired", || {
+            format!("{peer_addr}: resumed a session whose client certificate has expired")
+        });
+        return None;
+    }
     match peer_of(tls.get_ref().1.peer_certificates(), &snap.trust_domain) {
         Ok(p) => Some((tls, p)),
         Err(reason) => {

@@ -60,6 +60,12 @@ pub async fn dial_one_with(
         Ok(Err(e)) => return Err(("tls_failed", format!("TLS with {where_} failed: {e}"))),
         Err(_) => return Err(("tls_failed", format!("TLS with {where_} timed out"))),
     };
+    if crate::tls::resumed_with_expired_peer(s.get_ref().1) {
+        return Err((
+            "tls_failed",
+            format!("{where_}: resumed a session whose server certificate has expired"),
+        ));
+    }
     let uri = s
         .get_ref()
         .1
