@@ -55,15 +55,7 @@ GOALS = {"rps": 0.6, "p99": 2.0}
 PATH = "/small"
 
 WRK_DONE = l4.WRK_LUA
-WRK_PACED = (
-    r"""
-local pause = tonumber(os.getenv("WRK_DELAY_MS") or "0")
-function delay()
-  return pause
-end
-"""
-    + l4.WRK_LUA
-)
+WRK_PACED = l4.WRK_PACED
 
 
 # ---------------------------------------------------------------------------------------------- pairs
@@ -221,27 +213,9 @@ STARTERS = {
 def wrk(
     h: l4.Harness, port: int, args: argparse.Namespace, seconds: float, lua: Path | None, rate: float = 0.0
 ) -> dict[str, Any]:
-    argv = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{seconds:g}s", "--latency", "--timeout", "5s"]
-    if lua:
-        argv += ["-s", str(lua)]
-    argv.append(f"http://127.0.0.1:{port}{PATH}")
-    env = dict(os.environ)
-    if rate:
-        # Each connection waits connections/rate seconds after each answer: the total stays near `rate`
-        # (a little under it by the response time), an open-ish load at which queueing does not build up.
-        env["WRK_DELAY_MS"] = f"{args.connections / rate * 1000:.3f}"
-    r = subprocess.run(h.pin(argv, h.load_cpus), capture_output=True, text=True, timeout=seconds + 60, env=env)
-    if r.returncode != 0:
-        raise l4.BenchError(f"wrk failed ({r.returncode}):\n{r.stdout}{r.stderr}")
-    if not lua:
-        return {}
-    line = next((ln for ln in r.stdout.splitlines() if ln.startswith("WRKJSON ")), None)
-    if not line:
-        raise l4.BenchError(f"wrk printed no summary:\n{r.stdout}{r.stderr}")
-    res = json.loads(line[len("WRKJSON ") :])
-    res["rps"] = res["requests"] / (res["duration_us"] / 1e6)
-    res["errors"] = sum(res[k] for k in ("err_connect", "err_read", "err_write", "err_status", "err_timeout"))
-    return res
+    """wrk on PATH, paced to ``rate`` when given: the L4 bench's runner (one copy of the pacing and parsing)."""
+    assert PATH == "/small", "l4.run_wrk asks for /small"
+    return l4.run_wrk(h, port, args, seconds, lua, rate=rate)
 
 
 def saturation(
