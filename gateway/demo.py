@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -28,10 +29,41 @@ from connect.ca import BuiltinCA
 from connect.deadline import within
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class PortPicker:
+    """Free loopback ports for the demo's listeners, each handed out once.
+
+    The sidecars bind their ports seconds after they are picked (a Python process starts first). A port
+    from the kernel's ephemeral range (32768-60999 by default, ``net.ipv4.ip_local_port_range``) can be
+    taken meanwhile by any outgoing connection on the machine, and the sidecar then exits with "address in
+    use"; asking the kernel for port 0 twice can also return the same port. So ports come from a random
+    start below that range, in sequence, each checked with a bind.
+    """
+
+    LOW, HIGH = 10000, 20000
+
+    def __init__(self) -> None:
+        self.next = random.randrange(self.LOW, self.HIGH)
+
+    def __call__(self) -> int:
+        for _ in range(self.HIGH - self.LOW):
+            port = self.next
+            self.next = self.LOW + (port + 1 - self.LOW) % (self.HIGH - self.LOW)
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+        raise RuntimeError(f"no free port on 127.0.0.1 between {self.LOW} and {self.HIGH}")
+
+
+def log_tail(path: Path, lines: int = 5) -> str:
+    """The last lines of a sidecar's log, indented, to show with the error that it exited."""
+    try:
+        text = path.read_text(errors="replace").rstrip("\n")
+    except OSError:
+        return ""
+    return "".join(f"\n   {line}" for line in text.splitlines()[-lines:])
 
 
 def say(msg: str = "") -> None:
@@ -41,6 +73,7 @@ def say(msg: str = "") -> None:
 class Demo:
     def __init__(self, workdir: Path):
         self.dir = workdir
+        free_port = self.free_port = PortPicker()
         self.ports = {
             k: free_port()
             for k in (
@@ -87,7 +120,7 @@ class Demo:
                 "upstreams": [{"service": "api", "bind": f"127.0.0.1:{p['web_up']}"}],
             },
             "intruder": {
-                "service": {"name": "intruder", "port": free_port()},
+                "service": {"name": "intruder", "port": self.free_port()},
                 "upstreams": [{"service": "api", "bind": f"127.0.0.1:{p['intruder_up']}"}],
             },
         }
@@ -146,7 +179,8 @@ class Demo:
                 url = f"http://127.0.0.1:{self.ports[name + '_admin']}/ready"
                 while True:
                     if self.procs[name].poll() is not None:
-                        raise RuntimeError(f"the {name} sidecar exited; see {self.dir / (name + '.log')}")
+                        log = self.dir / (name + ".log")
+                        raise RuntimeError(f"the {name} sidecar exited; see {log}:{log_tail(log)}")
                     with contextlib.suppress(aiohttp.ClientError, OSError):
                         async with s.get(url) as r:
                             if r.status == 200:

@@ -333,3 +333,28 @@ def test_demo_runs_and_exits_by_itself(tmp_path: Path) -> None:
     assert "10 answered 200" in r.stdout
     assert "3 refused" in r.stdout
     assert 'reason="intention"} = 3' in r.stdout
+
+
+def test_demo_ports_are_distinct_and_below_the_ephemeral_range() -> None:
+    from gateway.demo import Demo
+
+    ports = list(Demo(Path("unused")).ports.values())
+    assert len(set(ports)) == len(ports)
+    assert all(10000 <= p < 20000 for p in ports)
+
+
+@pytest.mark.slow
+def test_demo_says_why_a_sidecar_exited(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import asyncio
+    import socket
+
+    from gateway.demo import Demo
+
+    demo = Demo(tmp_path)
+    with socket.socket() as squatter:  # something else holds web's upstream port
+        squatter.bind(("127.0.0.1", demo.ports["web_up"]))
+        squatter.listen()
+        assert asyncio.run(demo.run(0.1)) == 1
+    err = capsys.readouterr().err
+    assert "the web sidecar exited; see" in err
+    assert f"127.0.0.1:{demo.ports['web_up']}" in err  # the sidecar's own one-line reason, shown with it
