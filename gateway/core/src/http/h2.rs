@@ -186,8 +186,8 @@ pub fn server_builder(max_header_list: u32) -> hyper::server::conn::http2::Build
 }
 
 /// The client side: h2c to the app, h2 over mTLS to another sidecar (http2-grpc.md §2.2, §2.4).
-pub fn client_builder() -> hyper::client::conn::http2::Builder<Exec> {
-    let mut b = hyper::client::conn::http2::Builder::new(Exec);
+pub fn client_builder() -> hyper::client::conn::http2::Builder<ClientExec> {
+    let mut b = hyper::client::conn::http2::Builder::new(ClientExec);
     b.timer(hyper_util::rt::TokioTimer::new())
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
@@ -196,21 +196,40 @@ pub fn client_builder() -> hyper::client::conn::http2::Builder<Exec> {
     b
 }
 
-/// hyper's HTTP/2 runs each stream on a task of the current runtime, under a [`StreamWatch`].
+/// hyper's HTTP/2 server runs each stream on a task of the current runtime, under a [`StreamWatch`].
 #[derive(Clone, Copy, Debug)]
 pub struct Exec;
 
 impl<F> hyper::rt::Executor<F> for Exec
 where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
+    F: std::future::Future<Output = ()> + Send + 'static,
 {
     fn execute(&self, fut: F) {
         let watch = Arc::new(StreamWatch::default());
         // Boxed once here: the stream's future (the whole forward state machine inline) is otherwise copied
         // through every wrapper and into the task cell; memmove was 16-18 % of a saturated h2 pair's samples.
-        let fut = Box::pin(fut);
-        tokio::spawn(watched(watch.clone(), STREAM.scope(watch, fut)));
+        let fut = Box::pin(STREAM.scope(watch.clone(), fut));
+        tokio::spawn(Watched {
+            watch,
+            fut,
+            sleep: None,
+            sleep_at: 0,
+        });
+    }
+}
+
+/// hyper's HTTP/2 client tasks (the connection's, and a request body's pipe) as they are: nothing on them arms a
+/// [`StreamWatch`] (the response body that does is polled on the server stream's task), so they go without one.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientExec;
+
+impl<F> hyper::rt::Executor<F> for ClientExec
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::spawn(fut);
     }
 }
 
@@ -229,8 +248,6 @@ pub struct StreamWatch {
     deadline: AtomicU64,
     idle_ns: AtomicU64,
     on_expiry: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
-    /// Wakes the watcher when armed (it sleeps without a deadline until then).
-    armed: Notify,
 }
 
 impl StreamWatch {
@@ -249,7 +266,6 @@ impl StreamWatch {
             *f = Some(on_expiry);
         }
         self.touch();
-        self.armed.notify_one();
     }
 
     pub fn touch(&self) {
@@ -270,30 +286,64 @@ fn now_ns() -> u64 {
     crate::outbound::http::balancer::now_ns()
 }
 
-async fn watched<F: std::future::Future>(w: Arc<StreamWatch>, fut: F) {
-    tokio::pin!(fut);
-    loop {
-        let at = w.deadline.load(Ordering::Relaxed);
-        let sleep = async {
+/// A stream's task: its future, ended when the watch expires. The watch is armed, touched and disarmed only
+/// from inside that future (the response body is polled on the stream's task), so reading the deadline after
+/// each poll sees every change without a wakeup; one timer is kept per stream, moved on only when it fires
+/// early (a body that keeps moving pushes the deadline at every frame).
+struct Watched<F> {
+    watch: Arc<StreamWatch>,
+    fut: std::pin::Pin<Box<F>>,
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// The deadline (`now_ns` clock) the timer is set for.
+    sleep_at: u64,
+}
+
+impl<F: std::future::Future> std::future::Future for Watched<F> {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.fut.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        loop {
+            let at = this.watch.deadline.load(Ordering::Relaxed);
             if at == 0 {
-                std::future::pending::<()>().await;
+                this.sleep = None;
+                return Poll::Pending;
             }
-            let left = at.saturating_sub(now_ns());
-            tokio::time::sleep(Duration::from_nanos(left)).await;
-        };
-        tokio::select! {
-            _ = &mut fut => return,
-            _ = w.armed.notified() => {}
-            _ = sleep => {
-                let now = w.deadline.load(Ordering::Relaxed);
-                if now != 0 && now <= now_ns() {
-                    let f = w.on_expiry.lock().ok().and_then(|mut f| f.take());
-                    if let Some(f) = f {
-                        f();
+            let sleep = match &mut this.sleep {
+                Some(s) if at >= this.sleep_at => s,
+                slot => {
+                    let when = tokio::time::Instant::now()
+                        + Duration::from_nanos(at.saturating_sub(now_ns()));
+                    this.sleep_at = at;
+                    match slot {
+                        Some(s) => {
+                            s.as_mut().reset(when);
+                            s
+                        }
+                        None => slot.insert(Box::pin(tokio::time::sleep_until(when))),
                     }
-                    return; // dropping the stream's task resets the stream
                 }
+            };
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
             }
+            let now = this.watch.deadline.load(Ordering::Relaxed);
+            if now != 0 && now <= now_ns() {
+                let f = this.watch.on_expiry.lock().ok().and_then(|mut f| f.take());
+                if let Some(f) = f {
+                    f();
+                }
+                return Poll::Ready(()); // dropping the stream's task resets the stream
+            }
+            // Fired before the deadline, which moved on since: set again for where it is now.
+            this.sleep_at = u64::MAX;
         }
     }
 }
