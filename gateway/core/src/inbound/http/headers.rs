@@ -4,7 +4,7 @@
 //! the caller, `x-request-id` kept or made, a new `traceparent` span. Framing is hyper's on each side. The field
 //! rules themselves are shared with the outbound path (crate::http::forwarding).
 
-use http::header::{HeaderMap, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use meshgw_proto::http_head::HeaderVerdict;
 
 use crate::http::forwarding::{
@@ -19,10 +19,15 @@ pub struct Sent {
     pub traceparent: String,
 }
 
+/// The field a `received` entry was read from; `None` for one made here (HTTP/2's `:authority` as `host`).
+pub type Typed<'a> = Option<(&'a HeaderName, &'a HeaderValue)>;
+
 /// The request headers for the app. `received` is the list given to `check_request_headers` (same order, so
-/// `verdict.drop` indexes it); `authority` replaces `Host` for an absolute-form target (l7-security.md §6.17).
+/// `verdict.drop` indexes it), `typed` the fields beside it (same length, or empty: each name parsed again);
+/// `authority` replaces `Host` for an absolute-form target (l7-security.md §6.17).
 pub fn request(
     received: &[(&str, &[u8])],
+    typed: &[Typed<'_>],
     verdict: &HeaderVerdict,
     authority: Option<&str>,
     client_ip: &str,
@@ -63,7 +68,12 @@ pub fn request(
             }
             _ => {}
         }
-        append(&mut out, name, value);
+        match typed.get(i) {
+            Some(Some((n, v))) => {
+                out.append((*n).clone(), (*v).clone());
+            }
+            _ => append(&mut out, name, value),
+        }
     }
     if let Some(a) = authority {
         append(&mut out, "host", a.as_bytes());

@@ -207,11 +207,10 @@ impl Conn {
             // The listener has no usable plan now: its connections are refused (fail closed).
             None => return Err(Refusal::denied()),
         };
-        let mut received = received(&parts.headers);
+        // `:authority` is HTTP/2's Host (RFC 9113 §8.3.1): the checks, intentions and an HTTP/1.1 app see it as
+        // Host; a `host` field beside it is dropped so there are never two.
+        let (mut received, mut typed) = received_typed(&parts.headers, h2);
         if h2 {
-            // `:authority` is HTTP/2's Host (RFC 9113 §8.3.1): the checks, intentions and an HTTP/1.1 app see it
-            // as Host; a `host` field beside it is dropped so there are never two.
-            received.retain(|(n, _)| *n != "host");
             if parts.method == Method::CONNECT {
                 // CONNECT (and extended CONNECT, never enabled in SETTINGS) is not routed: Consul configures
                 // no connect matcher (http2-grpc.md §7; the issue: refused cleanly). Same answer as HTTP/1.1.
@@ -219,6 +218,7 @@ impl Conn {
             }
             if let Some(a) = parts.uri.authority() {
                 received.push(("host", a.as_str().as_bytes()));
+                typed.push(None);
             }
         }
         let verdict: HeaderVerdict =
@@ -286,6 +286,7 @@ impl Conn {
         }
         let sent = headers::request(
             &received,
+            &typed,
             &verdict,
             t.authority.as_deref(),
             &self.client_ip,
@@ -491,7 +492,10 @@ impl Conn {
         ex.head_time = Some(Instant::now());
         ex.status = resp.status().as_u16();
         ex.grpc_status = grpc::status_of(resp.headers());
-        ex.upstream_host = format!("{}:{}", app.address, app.port);
+        if self.policy.access_log.is_some() {
+            // Only the access log reads it (an empty one there means a local answer).
+            ex.upstream_host = format!("{}:{}", app.address, app.port);
+        }
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let (true, Some(down)) = (a.websocket, on_upgrade) {
                 self.tunnel(down, hyper::upgrade::on(&mut resp));
@@ -602,6 +606,21 @@ enum Failure {
 /// The header list as `http_head` and intentions take it: lower-case names (hyper's), values as received.
 fn received(h: &http::HeaderMap) -> Vec<(&str, &[u8])> {
     h.iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect()
+}
+
+/// [`received`] (without `host` for HTTP/2), and beside each entry the field it was read from: the request to
+/// the app reuses those (reference-counted) instead of parsing each name and copying each value again.
+fn received_typed(h: &http::HeaderMap, h2: bool) -> (Vec<(&str, &[u8])>, Vec<headers::Typed<'_>>) {
+    let mut list = Vec::with_capacity(h.len() + 1);
+    let mut typed = Vec::with_capacity(h.len() + 1);
+    for (n, v) in h {
+        if h2 && n == http::header::HOST {
+            continue;
+        }
+        list.push((n.as_str(), v.as_bytes()));
+        typed.push(Some((n, v)));
+    }
+    (list, typed)
 }
 
 fn header_str<B>(req: &Request<B>, name: http::header::HeaderName) -> Option<String> {

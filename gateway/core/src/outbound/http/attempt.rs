@@ -91,7 +91,10 @@ impl Attempts<'_> {
             } else {
                 c.keys.iter().position(|k| *k == conn.key).unwrap_or(i)
             };
-            ex.upstream_host = format!("{}:{}", conn.key.0, conn.key.1);
+            if ex.log.is_some() {
+                // Only the access log reads it.
+                ex.upstream_host = format!("{}:{}", conn.key.0, conn.key.1);
+            }
             if conn.tx.ready().await.is_err() {
                 // Closed while idle in the pool: not an attempt; the next pick gets another connection.
                 continue;
