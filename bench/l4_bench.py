@@ -61,7 +61,10 @@ LABEL = {
     "meshgw": "meshgw pair",
 }
 MESHGW_VARIANTS = ("meshgw",)
-GOALS = {"rps": 0.9, "mbps": 0.8}
+# Issue #13 ("Speed"), each against the peer it names: req/s >= 1.2 x HAProxy's; 100 MB transfer (MB/s), new mTLS
+# connections per second >= 1.0 x Envoy's; p99 <= Envoy's (a ceiling: lower is better).
+GOALS: dict[str, dict[str, float]] = {"haproxy": {"rps": 1.2}, "envoy": {"mbps": 1.0, "cps": 1.0, "p99": 1.0}}
+CEILINGS = ("p99",)
 NOISY = 0.15  # cores used by unrelated processes during a measurement above which it is flagged
 
 
@@ -1137,10 +1140,23 @@ def _ratio_rows(results: dict[str, dict[str, Any]], subject: str) -> list[dict[s
             row["rate_p99"] = m["rate_p99_ms"] / r["rate_p99_ms"]
         if m.get("proxy_cpu_us_per_req") and r.get("proxy_cpu_us_per_req"):
             row["cpu_per_req"] = m["proxy_cpu_us_per_req"] / r["proxy_cpu_us_per_req"]
-        row["rps_ok"] = row["rps"] >= GOALS["rps"]
-        row["mbps_ok"] = row["mbps"] >= GOALS["mbps"]
+        row["goals"] = {
+            k: {"goal": g, "ok": (row[k] <= g) if k in CEILINGS else (row[k] >= g)}
+            for k, g in GOALS.get(ref, {}).items()
+            if k in row
+        }
         rows.append(row)
     return rows
+
+
+def ratio_figure(row: dict[str, Any], key: str, label: str, unit: str = "") -> str:
+    """One ratio of a row, with its goal and verdict when the issue sets one against this peer."""
+    text = f"{label} {row[key]:.2f}{unit}"
+    goal = row.get("goals", {}).get(key)
+    if goal:
+        sign = "<=" if key in CEILINGS else ">="
+        text += f" (goal {sign} {goal['goal']:.1f}: {'PASS' if goal['ok'] else 'FAIL'})"
+    return text
 
 
 def print_report(out: dict[str, Any]) -> None:
@@ -1222,15 +1238,15 @@ def print_report(out: dict[str, Any]) -> None:
         if not row["available"]:
             print(f"  {subject} / {name:<8} n/a ({row['why'].splitlines()[0][:100]})")
             continue
-        ok = lambda b: "PASS" if b else "FAIL"  # noqa: E731
-        cpu = f"   CPU/req {row['cpu_per_req']:.2f}x" if "cpu_per_req" in row else ""
-        cpu += f"   conn/s {row['cps']:.2f}" if "cps" in row else ""
-        cpu += f"   p99 at the fixed rate {row['rate_p99']:.2f}x" if "rate_p99" in row else ""
-        print(
-            f"  {subject} / {name:<8} req/s {row['rps']:.2f} (goal >= {GOALS['rps']:.2f}: {ok(row['rps_ok'])})"
-            f"   MB/s {row['mbps']:.2f} (goal >= {GOALS['mbps']:.2f}: {ok(row['mbps_ok'])})"
-            f"   p99 {row['p99']:.2f}x{cpu}"
-        )
+        figs = [
+            ratio_figure(row, "rps", "req/s"),
+            ratio_figure(row, "mbps", "MB/s"),
+            ratio_figure(row, "p99", "p99", "x"),
+        ]
+        figs += [f"CPU/req {row['cpu_per_req']:.2f}x"] if "cpu_per_req" in row else []
+        figs += [ratio_figure(row, "cps", "conn/s")] if "cps" in row else []
+        figs += [f"p99 at the fixed rate {row['rate_p99']:.2f}x"] if "rate_p99" in row else []
+        print(f"  {subject} / {name:<8} " + "   ".join(figs))
     m_rounds = (results.get("meshgw") or {}).get("rounds") or []
     if len(m_rounds) > 1:
         print()
