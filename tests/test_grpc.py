@@ -101,6 +101,26 @@ def test_streaming_shapes(pair: Pair) -> None:
     assert got == [f"echo m{i}".encode() for i in range(20)]
 
 
+def test_bidi_in_lockstep_keeps_the_request_stream_going_after_the_response_head(pair: Pair) -> None:
+    # The caller sends each message only once the answer to the previous one came back: the request body is
+    # still streaming long after the response head (and the first answers) went through both sidecars, so each
+    # sidecar must keep piping it on its own rather than stop once it has the head.
+    import queue
+
+    q: queue.Queue[bytes | None] = queue.Queue()
+    q.put(b"m0")
+
+    def requests() -> Iterator[bytes]:
+        while (m := q.get(timeout=10)) is not None:
+            yield m
+
+    got = []
+    for i, answer in enumerate(pair.client.bidi(requests(), timeout=20)):
+        got.append(answer)
+        q.put(f"m{i + 1}".encode() if i < 9 else None)
+    assert got == [f"echo m{i}".encode() for i in range(10)]
+
+
 def test_large_messages_both_ways(pair: Pair) -> None:
     big = bytes(range(256)) * (BIG // 256)
     assert pair.client.unary("Unary", big, timeout=30) == b"api:" + big

@@ -185,17 +185,6 @@ pub fn server_builder(max_header_list: u32) -> hyper::server::conn::http2::Build
     b
 }
 
-/// The client side: h2c to the app, h2 over mTLS to another sidecar (http2-grpc.md §2.2, §2.4).
-pub fn client_builder() -> hyper::client::conn::http2::Builder<ClientExec> {
-    let mut b = hyper::client::conn::http2::Builder::new(ClientExec);
-    b.timer(hyper_util::rt::TokioTimer::new())
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_header_list_size(256 * 1024)
-        .max_concurrent_reset_streams(MAX_LOCAL_ERROR_RESETS);
-    b
-}
-
 /// hyper's HTTP/2 server runs each stream on a task of the current runtime, under a [`StreamWatch`].
 #[derive(Clone, Copy, Debug)]
 pub struct Exec;
@@ -215,21 +204,6 @@ where
             sleep: None,
             sleep_at: 0,
         });
-    }
-}
-
-/// hyper's HTTP/2 client tasks (the connection's, and a request body's pipe) as they are: nothing on them arms a
-/// [`StreamWatch`] (the response body that does is polled on the server stream's task), so they go without one.
-#[derive(Clone, Copy, Debug)]
-pub struct ClientExec;
-
-impl<F> hyper::rt::Executor<F> for ClientExec
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    fn execute(&self, fut: F) {
-        tokio::spawn(fut);
     }
 }
 

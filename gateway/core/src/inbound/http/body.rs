@@ -18,11 +18,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::sync::Notify;
-use tokio::time::{sleep, Instant, Sleep};
+use tokio::time::{sleep_until, Instant, Sleep};
 
 use super::accesslog::{Exchange, Field};
 use super::metrics::{HttpStats, Timeout};
 use super::pool::Checkin;
+use crate::http::upstream_body::UpBody;
 use crate::listener::ListenerStats;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -38,28 +39,40 @@ impl std::fmt::Display for IdleTimeout {
 
 impl std::error::Error for IdleTimeout {}
 
-/// A gap between two frames longer than the stream idle timeout (Envoy `stream_idle_timeout`).
+/// A gap between two frames longer than the stream idle timeout (Envoy `stream_idle_timeout`). A frame only moves
+/// the deadline; the timer is set again only when it fires before it, so a busy stream does not take the timer
+/// out of the wheel and put it back at every frame.
 struct Idle {
     after: Duration,
+    deadline: Instant,
     timer: Pin<Box<Sleep>>,
 }
 
 impl Idle {
     fn new(after: Option<Duration>) -> Option<Idle> {
-        after.map(|after| Idle {
-            after,
-            timer: Box::pin(sleep(after)),
+        after.map(|after| {
+            let deadline = Instant::now() + after;
+            Idle {
+                after,
+                deadline,
+                timer: Box::pin(sleep_until(deadline)),
+            }
         })
     }
 
-    /// Polled when the inner body is pending: Ready means the stream went idle too long.
+    /// Polled when the inner body is pending: true means the stream went idle too long.
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        self.timer.as_mut().poll(cx).is_ready()
+        while self.timer.as_mut().poll(cx).is_ready() {
+            if Instant::now() >= self.deadline {
+                return true;
+            }
+            self.timer.as_mut().reset(self.deadline);
+        }
+        false
     }
 
     fn touch(&mut self) {
-        let at = Instant::now() + self.after;
-        self.timer.as_mut().reset(at);
+        self.deadline = Instant::now() + self.after;
     }
 }
 
@@ -215,7 +228,7 @@ impl Drop for Finish {
 }
 
 pub struct Proxied {
-    inner: Incoming,
+    inner: UpBody,
     checkin: Option<Checkin>,
     idle: Option<Idle>,
     finish: Finish,
@@ -264,7 +277,7 @@ impl RespBody {
     }
 
     pub fn proxied(
-        inner: Incoming,
+        inner: UpBody,
         checkin: Option<Checkin>,
         idle: Option<Duration>,
         finish: Finish,
@@ -343,7 +356,7 @@ impl Body for RespBody {
                 Poll::Ready(Some(Err(e))) => {
                     // Mid-body: the caller must not take a truncated answer as whole (hyper aborts).
                     p.finish.exchange.flags = "UC";
-                    Poll::Ready(Some(Err(e.into())))
+                    Poll::Ready(Some(Err(e)))
                 }
                 Poll::Ready(None) => {
                     p.end();

@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
@@ -24,7 +24,7 @@ const READY_WAIT: Duration = Duration::from_millis(100);
 type Key = (usize, Option<Duration>, Duration);
 
 pub type AppSender = http1::SendRequest<ReqBody>;
-pub type AppSender2 = http2::SendRequest<ReqBody>;
+pub type AppSender2 = crate::http::h2_client::H2Client;
 
 static POOLS: Mutex<Vec<(Key, Weak<AppPool>)>> = Mutex::new(Vec::new());
 
@@ -49,7 +49,8 @@ pub struct AppPool {
 pub enum DialError {
     Timeout,
     Io(std::io::Error),
-    Handshake(hyper::Error),
+    /// The HTTP/1.1 or HTTP/2 set-up failed.
+    Handshake(String),
 }
 
 impl std::fmt::Display for DialError {
@@ -150,7 +151,7 @@ impl AppPool {
         let mut h2 = self.h2.lock().unwrap_or_else(|p| p.into_inner());
         h2.retain(|(_, _, s)| !s.is_closed());
         h2.iter()
-            .find(|(h, p, s)| h == host && *p == port && s.is_ready())
+            .find(|(h, p, _)| h == host && *p == port)
             .map(|(_, _, s)| s.clone())
     }
 
@@ -169,13 +170,9 @@ impl AppPool {
     /// A new h2c connection to the app, kept for the requests after this one.
     pub async fn dial_h2(&self, host: &str, port: u16) -> Result<AppSender2, DialError> {
         let stream = self.connect(host, port).await?;
-        let (sender, conn) = crate::http::h2::client_builder()
-            .handshake(TokioIo::new(stream))
+        let sender = crate::http::h2_client::handshake(stream, ())
             .await
-            .map_err(DialError::Handshake)?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+            .map_err(|e| DialError::Handshake(e.to_string()))?;
         let mut h2 = self.h2.lock().unwrap_or_else(|p| p.into_inner());
         h2.retain(|(h, p, s)| !(s.is_closed() || (h == host && *p == port)));
         h2.push((host.to_owned(), port, sender.clone()));
@@ -203,7 +200,7 @@ impl AppPool {
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(DialError::Handshake)?;
+            .map_err(|e| DialError::Handshake(e.to_string()))?;
         tokio::spawn(async move {
             let _ = conn.with_upgrades().await;
         });

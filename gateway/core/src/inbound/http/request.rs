@@ -26,6 +26,7 @@ use super::pool::{AppSender, DialError};
 use super::Conn;
 use crate::http::grpc;
 use crate::http::sniff::Codec;
+use crate::http::upstream_body::UpBody;
 use crate::relay::relay;
 use crate::state::{Level, Plan as State};
 
@@ -466,7 +467,7 @@ impl Conn {
                         self.stats.name,
                         app.address,
                         app.port,
-                        crate::http::h2::error_text(&e)
+                        e.text()
                     ),
                 );
                 if e.is_parse() {
@@ -538,39 +539,43 @@ impl Conn {
         req: Request<ReqBody>,
         host: &str,
         port: u16,
-    ) -> Result<(Option<AppSender>, Response<Incoming>), Failure> {
+    ) -> Result<(Option<AppSender>, Response<UpBody>), Failure> {
         let pool = &self.policy.pool;
         if self.app_h2 {
             // One multiplexed h2c connection per app address: nothing to check in or out per request.
-            let mut sender = pool
+            let sender = pool
                 .take_or_dial_h2(host, port)
                 .await
                 .map_err(Failure::Dial)?;
-            return match sender.try_send_request(req).await {
-                Ok(r) => Ok((None, r)),
-                Err(mut e) => match e.take_message() {
+            let r = match sender.send(req).await {
+                Ok(r) => r,
+                Err(e) => match e.request {
                     Some(req) => {
-                        let mut fresh = pool.dial_h2(host, port).await.map_err(Failure::Dial)?;
-                        let r = fresh.send_request(req).await.map_err(Failure::Send)?;
-                        Ok((None, r))
+                        let fresh = pool.dial_h2(host, port).await.map_err(Failure::Dial)?;
+                        fresh
+                            .send(req)
+                            .await
+                            .map_err(|e| Failure::Send(SendFailure::H2(e.error)))?
                     }
-                    None => Err(Failure::Send(e.into_error())),
+                    None => return Err(Failure::Send(SendFailure::H2(e.error))),
                 },
             };
+            return Ok((None, r.map(UpBody::H2)));
         }
         let mut sender = match pool.take(host, port).await {
             Some(s) => s,
             None => pool.dial(host, port).await.map_err(Failure::Dial)?,
         };
+        let h1 = |e| Failure::Send(SendFailure::H1(e));
         match sender.try_send_request(req).await {
-            Ok(r) => Ok((Some(sender), r)),
+            Ok(r) => Ok((Some(sender), r.map(UpBody::H1))),
             Err(mut e) => match e.take_message() {
                 Some(req) => {
                     let mut fresh = pool.dial(host, port).await.map_err(Failure::Dial)?;
-                    let r = fresh.send_request(req).await.map_err(Failure::Send)?;
-                    Ok((Some(fresh), r))
+                    let r = fresh.send_request(req).await.map_err(h1)?;
+                    Ok((Some(fresh), r.map(UpBody::H1)))
                 }
-                None => Err(Failure::Send(e.into_error())),
+                None => Err(h1(e.into_error())),
             },
         }
     }
@@ -600,7 +605,27 @@ impl Conn {
 
 enum Failure {
     Dial(DialError),
-    Send(hyper::Error),
+    Send(SendFailure),
+}
+
+/// The app's connection failed the request, on either client hop.
+enum SendFailure {
+    H1(hyper::Error),
+    H2(::h2::Error),
+}
+
+impl SendFailure {
+    /// The app's answer could not be parsed (HTTP/1.1; h2 resets a malformed answer's stream instead).
+    fn is_parse(&self) -> bool {
+        matches!(self, SendFailure::H1(e) if e.is_parse())
+    }
+
+    fn text(&self) -> String {
+        match self {
+            SendFailure::H1(e) => crate::http::h2::error_text(e),
+            SendFailure::H2(e) => crate::http::h2::error_text(e),
+        }
+    }
 }
 
 /// The header list as `http_head` and intentions take it: lower-case names (hyper's), values as received.

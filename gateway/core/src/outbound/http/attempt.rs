@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::{HeaderMap, Method, Request, Response, Uri};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use super::balancer::{now_ns, Pick};
@@ -17,6 +16,7 @@ use super::pool::{Conn, Sender};
 use super::retry::{Kind, RetryPolicy};
 use super::runtime::BREAKERS;
 use super::{HttpCluster, Plan};
+use crate::http::upstream_body::UpBody;
 use crate::outbound::dial::{dial_one_with, Timeouts};
 use crate::tls::MeshTls;
 
@@ -42,7 +42,7 @@ impl Attempts<'_> {
         &self,
         ex: &mut Exchange,
         mut payload: Payload,
-    ) -> Result<(Response<Incoming>, Conn), Fail> {
+    ) -> Result<(Response<UpBody>, Conn), Fail> {
         let c = self.cluster;
         let rt = &c.rt;
         let mut last: Option<usize> = None;
@@ -289,10 +289,7 @@ impl Attempts<'_> {
         let open = c.rt.pool.opened();
         if self.plan.h2 {
             // h2 whatever ALPN said, as Envoy's explicit-HTTP/2 cluster (http2-grpc.md §2.4, §7 item 5).
-            let (tx, conn) = match crate::http::h2::client_builder()
-                .handshake(TokioIo::new(s))
-                .await
-            {
+            let tx = match crate::http::h2_client::handshake(s, open).await {
                 Ok(x) => x,
                 Err(e) => {
                     self.cx
@@ -301,10 +298,6 @@ impl Attempts<'_> {
                     return Err(ConnErr::Failed);
                 }
             };
-            tokio::spawn(async move {
-                let _open = open;
-                let _ = conn.await;
-            });
             c.rt.pool.add_h2(&c.keys[i], &tx);
             return Ok(Conn {
                 tx: Sender::H2(tx),

@@ -14,6 +14,8 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use super::exchange::Exchange;
 use super::pool::{Conn, Pool};
+use crate::http::h2_client::BoxError;
+use crate::http::upstream_body::UpBody;
 
 /// What a retry may replay (proxy.py REPLAY_LIMIT).
 pub const REPLAY_LIMIT: usize = 256 * 1024;
@@ -173,7 +175,7 @@ impl Payload {
 
 enum Inner {
     Local(Option<Bytes>),
-    Upstream(Incoming),
+    Upstream(UpBody),
 }
 
 /// The response body sent downstream. At its end the upstream connection goes back to the pool; when it is
@@ -195,7 +197,7 @@ impl RespBody {
         }
     }
 
-    pub fn upstream(b: Incoming, conn: Conn, pool: Arc<Pool>, ex: Box<Exchange>) -> RespBody {
+    pub fn upstream(b: UpBody, conn: Conn, pool: Arc<Pool>, ex: Box<Exchange>) -> RespBody {
         RespBody {
             sent: 0,
             inner: Inner::Upstream(b),
@@ -216,12 +218,12 @@ impl RespBody {
 
 impl Body for RespBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let r = match &mut this.inner {
             Inner::Local(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),

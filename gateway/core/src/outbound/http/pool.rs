@@ -12,11 +12,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2, TrySendError};
+use hyper::client::conn::http1;
 use tokio::sync::Notify;
 
 use super::body::ReqBody;
+use crate::http::h2_client::H2Client;
+use crate::http::upstream_body::UpBody;
 
 /// Idle connections kept per endpoint; more are closed when returned (pool.py MAX_IDLE).
 pub const MAX_IDLE: usize = 64;
@@ -25,7 +26,16 @@ pub type Key = (String, u16);
 
 pub enum Sender {
     H1(http1::SendRequest<ReqBody>),
-    H2(http2::SendRequest<ReqBody>),
+    H2(H2Client),
+}
+
+/// A request that failed on its connection; given back when none of it went out (the connection was gone).
+pub struct Unsent(Option<Request<ReqBody>>);
+
+impl Unsent {
+    pub fn take_message(&mut self) -> Option<Request<ReqBody>> {
+        self.0.take()
+    }
 }
 
 impl Sender {
@@ -39,24 +49,32 @@ impl Sender {
     pub fn is_ready(&self) -> bool {
         match self {
             Sender::H1(s) => s.is_ready(),
-            Sender::H2(s) => s.is_ready(),
+            Sender::H2(s) => !s.is_closed(),
         }
     }
 
-    pub async fn ready(&mut self) -> hyper::Result<()> {
+    /// Err: the connection closed while it was idle.
+    pub async fn ready(&mut self) -> Result<(), ()> {
         match self {
-            Sender::H1(s) => s.ready().await,
-            Sender::H2(s) => s.ready().await,
+            Sender::H1(s) => s.ready().await.map_err(|_| ()),
+            Sender::H2(s) if s.is_closed() => Err(()),
+            Sender::H2(_) => Ok(()),
         }
     }
 
     pub async fn try_send_request(
         &mut self,
         req: Request<ReqBody>,
-    ) -> Result<Response<Incoming>, TrySendError<Request<ReqBody>>> {
+    ) -> Result<Response<UpBody>, Unsent> {
         match self {
-            Sender::H1(s) => s.try_send_request(req).await,
-            Sender::H2(s) => s.try_send_request(req).await,
+            Sender::H1(s) => match s.try_send_request(req).await {
+                Ok(r) => Ok(r.map(UpBody::H1)),
+                Err(mut e) => Err(Unsent(e.take_message())),
+            },
+            Sender::H2(s) => match s.send(req).await {
+                Ok(r) => Ok(r.map(UpBody::H2)),
+                Err(e) => Err(Unsent(e.request)),
+            },
         }
     }
 }
@@ -75,7 +93,7 @@ struct Idle {
 struct Inner {
     idle: HashMap<Key, Vec<Idle>>,
     /// The shared h2 connection of each endpoint (h2 clusters only).
-    h2: HashMap<Key, http2::SendRequest<ReqBody>>,
+    h2: HashMap<Key, H2Client>,
     /// Open connections made through this pool, busy or idle.
     total: usize,
     dialing: usize,
@@ -146,7 +164,7 @@ impl Pool {
     }
 
     /// A new h2 connection: every request to its endpoint shares it from now on.
-    pub fn add_h2(&self, key: &Key, s: &http2::SendRequest<ReqBody>) {
+    pub fn add_h2(&self, key: &Key, s: &H2Client) {
         self.lock().h2.insert(key.clone(), s.clone());
     }
 
