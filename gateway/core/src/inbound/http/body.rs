@@ -40,33 +40,34 @@ impl std::fmt::Display for IdleTimeout {
 impl std::error::Error for IdleTimeout {}
 
 /// A gap between two frames longer than the stream idle timeout (Envoy `stream_idle_timeout`). A frame only moves
-/// the deadline; the timer is set again only when it fires before it, so a busy stream does not take the timer
-/// out of the wheel and put it back at every frame.
+/// the deadline; the timer is made the first time the body has to wait (a body that is there at once, as most
+/// small ones are, never needs one), and set again only when it fires before the deadline.
 struct Idle {
     after: Duration,
     deadline: Instant,
-    timer: Pin<Box<Sleep>>,
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl Idle {
     fn new(after: Option<Duration>) -> Option<Idle> {
-        after.map(|after| {
-            let deadline = Instant::now() + after;
-            Idle {
-                after,
-                deadline,
-                timer: Box::pin(sleep_until(deadline)),
-            }
+        after.map(|after| Idle {
+            after,
+            deadline: Instant::now() + after,
+            timer: None,
         })
     }
 
     /// Polled when the inner body is pending: true means the stream went idle too long.
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        while self.timer.as_mut().poll(cx).is_ready() {
+        let deadline = self.deadline;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(sleep_until(deadline)));
+        while timer.as_mut().poll(cx).is_ready() {
             if Instant::now() >= self.deadline {
                 return true;
             }
-            self.timer.as_mut().reset(self.deadline);
+            timer.as_mut().reset(self.deadline);
         }
         false
     }

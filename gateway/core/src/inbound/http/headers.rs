@@ -109,8 +109,8 @@ pub fn request(
 /// `Upgrade` and says `Connection: upgrade`); with `Transfer-Encoding` a `Content-Length` beside it goes too
 /// (RFC 9112 §6.3; inbound only: hyper frames the body again for the caller).
 pub fn response(headers: &mut HeaderMap, switching: bool) {
-    if headers.contains_key("transfer-encoding") {
-        headers.remove("content-length");
+    if headers.contains_key(http::header::TRANSFER_ENCODING) {
+        headers.remove(http::header::CONTENT_LENGTH);
     }
     strip_hop_by_hop(headers, switching);
     if switching {

@@ -129,16 +129,24 @@ impl AppPool {
         loop {
             let cand = {
                 let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-                let now = Instant::now();
                 if let Some(t) = self.idle_timeout {
-                    idle.retain(|i| now.duration_since(i.since) < t);
+                    // Oldest first (put pushes at the back): the expired ones are a prefix.
+                    let now = Instant::now();
+                    while idle
+                        .front()
+                        .is_some_and(|i| now.duration_since(i.since) >= t)
+                    {
+                        idle.pop_front();
+                    }
                 }
-                idle.retain(|i| !i.sender.is_closed());
                 let at = idle
                     .iter()
                     .rposition(|i| i.host == host && i.port == port)?;
                 idle.remove(at)?
             };
+            if cand.sender.is_closed() {
+                continue; // the app closed it while idle: dropped, try the next
+            }
             let mut sender = cand.sender;
             if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, sender.ready()).await {
                 return Some(sender);
