@@ -2,8 +2,6 @@
 //! (l7-security.md §4, §6 items 16–19), on plain data so they can be fuzzed: the request-target form and the
 //! header list. Every refusal is a [`HeadError`]: a 400 with a bounded metric label.
 
-use std::collections::BTreeSet;
-
 use crate::normalize::UnderscoreAction;
 
 /// Why a request head is refused. Every variant is answered 400 ([`HeadError::status`]).
@@ -181,10 +179,37 @@ pub struct HeaderVerdict {
     pub drop: Vec<usize>,
     /// Lower-case names of hop-by-hop headers to remove before forwarding (l7-security.md §6.19, RFC 9110
     /// §7.6.1). `upgrade` is listed too: a websocket upgrade is served elsewhere, not by this path.
-    pub strip: BTreeSet<String>,
+    pub strip: Strip,
     /// `TE` named codings besides `trailers` and is in `strip`; forward `te: trailers` in its place (Envoy
     /// keeps only that token, `Utility::sanitizeConnectionHeader`). A `TE` of only `trailers` is not stripped.
     pub te_trailers: bool,
+}
+
+/// The names a verdict strips: the fixed hop-by-hop ones, `te` when its value says so, and what `Connection`
+/// nominated. Made per request, so the fixed part is not copied into a set each time.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Strip {
+    te: bool,
+    /// Lower-case, none of them `te` nor one of the fixed names.
+    nominated: Vec<String>,
+}
+
+impl Strip {
+    pub fn contains(&self, name: &str) -> bool {
+        if name == "te" {
+            return self.te;
+        }
+        HOP_BY_HOP.contains(&name) || self.nominated.iter().any(|n| n == name)
+    }
+
+    /// Every name stripped, each once.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        HOP_BY_HOP
+            .iter()
+            .copied()
+            .chain(self.te.then_some("te"))
+            .chain(self.nominated.iter().map(String::as_str))
+    }
 }
 
 /// Always hop-by-hop (l7-security.md §6.19); `te` is decided by its value.
@@ -222,10 +247,14 @@ pub fn check_request_headers(
     let nominated = connection_nominations(headers)?;
     check_host(headers)?;
     let (te_stripped, te_trailers) = te_disposition(headers);
-    let mut strip: BTreeSet<String> = HOP_BY_HOP.iter().map(|name| (*name).to_owned()).collect();
-    strip.extend(nominated.into_iter().filter(|name| name != "te"));
-    if te_stripped {
-        strip.insert("te".to_owned());
+    let mut strip = Strip {
+        te: te_stripped,
+        nominated: Vec::new(),
+    };
+    for name in nominated {
+        if name != "te" && !strip.contains(&name) {
+            strip.nominated.push(name);
+        }
     }
     Ok(HeaderVerdict {
         drop,

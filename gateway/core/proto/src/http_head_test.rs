@@ -1,4 +1,5 @@
 use super::*;
+use std::collections::BTreeSet;
 
 fn target(authority: Option<&str>, path: &str) -> Result<Target, HeadError> {
     Ok(Target {
@@ -17,7 +18,9 @@ fn allow(headers: &[(&str, &str)]) -> Result<HeaderVerdict, HeadError> {
 }
 
 fn stripped(verdict: &HeaderVerdict) -> Vec<&str> {
-    verdict.strip.iter().map(String::as_str).collect()
+    let mut names: Vec<&str> = verdict.strip.iter().collect();
+    names.sort_unstable();
+    names
 }
 
 #[test]

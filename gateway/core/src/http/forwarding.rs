@@ -27,6 +27,22 @@ pub const HOP_BY_HOP: [&str; 9] = [
     "proxy-authorization",
 ];
 
+/// Whether `name` (lower-case) is in [`HOP_BY_HOP`]: one match on the name instead of nine comparisons.
+pub fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+    )
+}
+
 /// Names a `Connection` option may never remove: they frame or route the message (envoyproxy/envoy#8623,
 /// l7-security.md §4 `Connection: Content-Length`).
 const NEVER_NOMINATED: [&str; 3] = ["content-length", "transfer-encoding", "host"];
@@ -223,6 +239,16 @@ mod tests {
 
     fn is_hex(s: &str) -> bool {
         s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    }
+
+    #[test]
+    fn is_hop_by_hop_is_the_list() {
+        for n in HOP_BY_HOP {
+            assert!(is_hop_by_hop(n), "{n}");
+        }
+        for n in ["host", "content-length", "x-te", "tee", "", "connectionx"] {
+            assert!(!is_hop_by_hop(n), "{n}");
+        }
     }
 
     #[test]

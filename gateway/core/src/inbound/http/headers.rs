@@ -8,8 +8,8 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use meshgw_proto::http_head::HeaderVerdict;
 
 use crate::http::forwarding::{
-    append, append_named, extend_forwarding, join, new_traceparent, request_id, strip_hop_by_hop,
-    FORWARDED, HOP_BY_HOP, TRACEPARENT, X_FORWARDED_FOR, X_REQUEST_ID,
+    append, append_named, extend_forwarding, is_hop_by_hop, join, new_traceparent, request_id,
+    strip_hop_by_hop, FORWARDED, TRACEPARENT, X_FORWARDED_FOR, X_REQUEST_ID,
 };
 
 /// What the request sent to the app carries for the access log.
@@ -46,7 +46,7 @@ pub fn request(
             "upgrade" if websocket => {}
             // A `TE` of only `trailers` goes on as it is (http_head decides; gRPC needs it, RFC 9113 §8.2.2).
             "te" if !verdict.strip.contains("te") => {}
-            n if HOP_BY_HOP.contains(&n) || verdict.strip.contains(n) => continue,
+            n if is_hop_by_hop(n) || verdict.strip.contains(n) => continue,
             // Envoy answers 100 itself and strips the header (l7-security.md §4); hyper sent the 100.
             "expect" => continue,
             "host" if authority.is_some() => continue,
