@@ -8,6 +8,7 @@
 //! (the peer's SETTINGS_MAX_CONCURRENT_STREAMS) rather than in this pool.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -102,6 +103,10 @@ struct Inner {
 #[derive(Default)]
 pub struct Pool {
     inner: Mutex<Inner>,
+    /// The cluster's idle timeout in ms (0: none yet): an idle connection older than this is never handed
+    /// out, though the sweep (every quarter of it) may not have closed it yet. The peer may be closing it at
+    /// that very moment, and Envoy's pool does not reuse a connection past its idle timeout either.
+    idle_limit_ms: AtomicU64,
     /// One h2 dial per endpoint at a time: the requests that arrive meanwhile wait for it and share the
     /// connection, instead of each opening its own (a burst of calls on a cold pool).
     h2_gates: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
@@ -112,6 +117,19 @@ pub struct Pool {
 impl Pool {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn set_idle_limit(&self, d: Duration) {
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        self.idle_limit_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// An idle connection that may still be handed out: open, ready, not idle past the limit.
+    fn usable(&self, i: &Idle) -> bool {
+        let limit = self.idle_limit_ms.load(Ordering::Relaxed);
+        !i.conn.tx.is_closed()
+            && i.conn.tx.is_ready()
+            && (limit == 0 || i.since.elapsed() < Duration::from_millis(limit))
     }
 
     pub fn take(&self, key: &Key) -> Option<Conn> {
@@ -127,7 +145,7 @@ impl Pool {
         }
         let list = g.idle.get_mut(key)?;
         while let Some(i) = list.pop() {
-            if !i.conn.tx.is_closed() && i.conn.tx.is_ready() {
+            if self.usable(&i) {
                 return Some(i.conn);
             }
         }
@@ -146,7 +164,7 @@ impl Pool {
         }
         for list in g.idle.values_mut() {
             while let Some(i) = list.pop() {
-                if !i.conn.tx.is_closed() && i.conn.tx.is_ready() {
+                if self.usable(&i) {
                     return Some(i.conn);
                 }
             }

@@ -217,6 +217,8 @@ impl ClusterRuntime {
         settings: Settings,
     ) -> Result<(Vec<Arc<HostState>>, Arc<Tables>), String> {
         *self.settings.lock().unwrap_or_else(|p| p.into_inner()) = settings;
+        self.pool
+            .set_idle_limit(Duration::from_millis(settings.idle_timeout_ms.max(1)));
         let sig: Vec<((String, u16), u32)> =
             keys.iter().cloned().zip(weights.iter().copied()).collect();
         let tables = {
