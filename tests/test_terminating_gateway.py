@@ -62,8 +62,11 @@ def _tls_server_files(d: Path, host: str) -> tuple[Path, Path, Path]:
 
 
 @contextlib.contextmanager
-def tls_echo(cert: Path, key: Path, prefix: bytes) -> Iterator[tuple[int, list[str]]]:
-    """A TLS echo server; yields its port and the SNI names it was asked for."""
+def tls_echo(
+    cert: Path, key: Path, prefix: bytes, resumed: list[bool] | None = None
+) -> Iterator[tuple[int, list[str]]]:
+    """A TLS echo server; yields its port and the SNI names it was asked for. ``resumed`` gets, per
+    connection, whether its handshake resumed an earlier session."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
     names: list[str] = []
@@ -82,6 +85,8 @@ def tls_echo(cert: Path, key: Path, prefix: bytes) -> Iterator[tuple[int, list[s
     def handle(conn: socket.socket) -> None:
         try:
             with ctx.wrap_socket(conn, server_side=True) as s:
+                if resumed is not None:
+                    resumed.append(s.session_reused)
                 while data := s.recv(65536):
                     s.sendall(prefix + data)
         except (OSError, ssl.SSLError):
@@ -93,7 +98,6 @@ def tls_echo(cert: Path, key: Path, prefix: bytes) -> Iterator[tuple[int, list[s
     finally:
         stop.set()
         srv.close()
-
 
 
 def test_mesh_callers_reach_external_services_through_a_terminating_gateway(tmp_path: Path) -> None:
@@ -147,5 +151,50 @@ def test_mesh_callers_reach_external_services_through_a_terminating_gateway(tmp_
             with socket.create_connection(("127.0.0.1", tgw_port), timeout=5) as s, pytest.raises(ssl.SSLError):
                 ctx.wrap_socket(s, server_hostname="nosuch.default.dc1.internal.test.consul").recv(1)
             wait_for(lambda: tgw.metric("meshgw_connections_denied_total", reason="tls_error") >= 1, 5, "counted")
+    finally:
+        mesh.close()
+
+
+def test_originated_tls_resumes_across_snapshots(tmp_path: Path) -> None:
+    # The gateway's TLS client to an external service keeps its session cache while the service's TLS settings
+    # stay the same: a new snapshot (here an intention edit) does not cost the next connection a full handshake.
+    mesh = Mesh(tmp_path)
+    ca_file, cert, key = _tls_server_files(tmp_path, "payments.example.com")
+    resumed: list[bool] = []
+    try:
+        with echo_app(b"billing:") as billing, tls_echo(cert, key, b"payments:", resumed) as (payments_port, _):
+            tgw_port = free_port()
+            mesh.sidecar(
+                "tgw",
+                inbound=False,
+                mode="terminating-gateway",
+                service={"name": "terminating-gateway"},
+                gateway={"bind": f"127.0.0.1:{tgw_port}"},
+                services=[
+                    {"name": "billing", "address": f"127.0.0.1:{billing.port}"},
+                    {
+                        "name": "payments",
+                        "address": f"127.0.0.1:{payments_port}",
+                        "ca_file": str(ca_file),
+                        "sni": "payments.example.com",
+                    },
+                ],
+            )
+            mesh.register("billing", tgw_port)
+            mesh.register("payments", tgw_port)
+            up_billing, up_payments = free_port(), free_port()
+            mesh.sidecar("web", inbound=False, upstreams={"payments": up_payments})
+            mesh.sidecar("intruder", inbound=False, upstreams={"billing": up_billing})
+            mesh.allow("web", "payments")
+            wait_for(lambda: echo_roundtrip(up_payments, b"a") == b"payments:a", 5, "the first connection")
+            # The server's session tickets reach the gateway after the handshake: a later connection resumes.
+            wait_for(lambda: echo_roundtrip(up_payments, b"b") == b"payments:b" and resumed[-1], 5, "a resumed one")
+            # A new snapshot at the gateway: intruder may now reach billing.
+            assert refused(up_billing)
+            mesh.allow("intruder", "billing")
+            wait_for(lambda: echo_roundtrip(up_billing, b"c") == b"billing:c", 10, "the edited intentions")
+            before = len(resumed)
+            assert echo_roundtrip(up_payments, b"d") == b"payments:d"
+            assert resumed[before:] == [True], "the first connection after the snapshot resumed"
     finally:
         mesh.close()

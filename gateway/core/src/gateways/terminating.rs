@@ -19,8 +19,8 @@ use crate::inbound::tcp::connect;
 use crate::listener::ListenerStats;
 use crate::policy::Intentions;
 use crate::relay::relay;
-use crate::snapshot::{EndpointSpec, ListenerKind, ListenerSpec};
-use crate::state::{Compiled, Level, Shared};
+use crate::snapshot::{EndpointSpec, ListenerKind, ListenerSpec, Origination};
+use crate::state::{Compiled, Level, Plan as State, Shared};
 use crate::stats::GaugeGuard;
 use crate::tls::{certified_key, origination_config, sni_server_config, MeshTls};
 
@@ -29,6 +29,9 @@ struct Linked {
     intentions: Intentions,
     endpoints: Vec<EndpointSpec>,
     origination: Option<Arc<rustls::ClientConfig>>,
+    /// What `origination` was made from: the next snapshot keeps the same configuration (and so its session
+    /// cache: TLS resumption to the external service) while these stay the same.
+    origination_spec: Option<Origination>,
     origination_sni: Option<String>,
     tls_required: bool,
     next: AtomicUsize,
@@ -48,6 +51,11 @@ impl Plan {
         };
         let mut leaves = Vec::new();
         let mut by_sni = HashMap::new();
+        let current = shared.current.load();
+        let previous = match current.plans.get(&l.bind).map(|p| &**p) {
+            Some(State::TerminatingGateway(p)) => Some(p),
+            _ => None,
+        };
         for s in services {
             if let (Some(c), Some(k)) = (&s.cert_pem, &s.key_pem) {
                 match certified_key(c, k, &format!("services: {}: leaf", s.service)) {
@@ -55,8 +63,13 @@ impl Plan {
                     Err(e) => shared.log(Level::Error, e),
                 }
             }
+            let kept = previous
+                .and_then(|p| p.by_sni.get(&s.sni.to_ascii_lowercase()))
+                .filter(|k| k.origination_spec.is_some() && k.origination_spec == s.origination)
+                .and_then(|k| k.origination.clone());
             let origination = match &s.origination {
                 None => None,
+                Some(_) if kept.is_some() => kept,
                 Some(o) => match origination_config(o) {
                     Ok(c) => Some(c),
                     Err(e) => {
@@ -77,6 +90,7 @@ impl Plan {
                     origination_sni: s.origination.as_ref().and_then(|o| o.sni.clone()),
                     tls_required: s.tls_required || s.origination.is_some(),
                     origination,
+                    origination_spec: s.origination.clone(),
                     next: AtomicUsize::new(0),
                 },
             );
