@@ -661,7 +661,10 @@ def perf_profile(h: l4.Harness, pair: l4.Pair, load: str, args: argparse.Namespa
     time.sleep(2.0)
     log(f"meshgw/{load}: perf record on both processes for {dur:g}s (not counted)")
     pids = ",".join(str(p.pid) for p in pair.procs)
-    argv = [perf, "record", "-F", "999", "-g", "-o", str(data), "-p", pids, "--", "sleep", f"{dur:g}"]
+    # DWARF call graphs: the release build keeps no frame pointers, so `-g` gave callers as 0xffff... (the
+    # per-stream futures inline into tokio's poll; the callers are what tells hyper's work from h2's and ours).
+    graph = ["--call-graph", "dwarf,16384"]
+    argv = [perf, "record", "-F", "999", *graph, "-o", str(data), "-p", pids, "--", "sleep", f"{dur:g}"]
     r = subprocess.run(h.pin(argv, h.load_cpus), capture_output=True, text=True, timeout=dur + 60)
     th.join(dur + 60)
     if not data.exists():
