@@ -19,7 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from mesh import Mesh, echo_app, echo_roundtrip, free_port, refused, wait_for
+from mesh import Mesh, Sidecar, echo_app, echo_roundtrip, free_port, refused, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -100,31 +100,38 @@ def tls_echo(
         srv.close()
 
 
+def _gateway(mesh: Mesh, ca_file: Path, billing_port: int, payments_port: int) -> tuple[Sidecar, int]:
+    """A terminating gateway for billing (plaintext) and payments (TLS it originates, verified against
+    ``ca_file``, SNI payments.example.com); both registered at the gateway's port, as Consul's health/connect
+    answers them. Returns the gateway and its port."""
+    tgw_port = free_port()
+    tgw = mesh.sidecar(
+        "tgw",
+        inbound=False,
+        mode="terminating-gateway",
+        service={"name": "terminating-gateway"},
+        gateway={"bind": f"127.0.0.1:{tgw_port}"},
+        services=[
+            {"name": "billing", "address": f"127.0.0.1:{billing_port}"},
+            {
+                "name": "payments",
+                "address": f"127.0.0.1:{payments_port}",
+                "ca_file": str(ca_file),
+                "sni": "payments.example.com",
+            },
+        ],
+    )
+    mesh.register("billing", tgw_port)
+    mesh.register("payments", tgw_port)
+    return tgw, tgw_port
+
+
 def test_mesh_callers_reach_external_services_through_a_terminating_gateway(tmp_path: Path) -> None:
     mesh = Mesh(tmp_path)
     ca_file, cert, key = _tls_server_files(tmp_path, "payments.example.com")
     try:
         with echo_app(b"billing:") as billing, tls_echo(cert, key, b"payments:") as (payments_port, sni_seen):
-            tgw_port = free_port()
-            tgw = mesh.sidecar(
-                "tgw",
-                inbound=False,
-                mode="terminating-gateway",
-                service={"name": "terminating-gateway"},
-                gateway={"bind": f"127.0.0.1:{tgw_port}"},
-                services=[
-                    {"name": "billing", "address": f"127.0.0.1:{billing.port}"},
-                    {
-                        "name": "payments",
-                        "address": f"127.0.0.1:{payments_port}",
-                        "ca_file": str(ca_file),
-                        "sni": "payments.example.com",
-                    },
-                ],
-            )
-            # The mesh reaches the linked services at the gateway (Consul's health/connect answers the same).
-            mesh.register("billing", tgw_port)
-            mesh.register("payments", tgw_port)
+            tgw, tgw_port = _gateway(mesh, ca_file, billing.port, payments_port)
             up_billing, up_payments, up_other = free_port(), free_port(), free_port()
             mesh.sidecar("web", inbound=False, upstreams={"billing": up_billing, "payments": up_payments})
             mesh.sidecar("intruder", inbound=False, upstreams={"billing": up_other})
@@ -163,25 +170,7 @@ def test_originated_tls_resumes_across_snapshots(tmp_path: Path) -> None:
     resumed: list[bool] = []
     try:
         with echo_app(b"billing:") as billing, tls_echo(cert, key, b"payments:", resumed) as (payments_port, _):
-            tgw_port = free_port()
-            mesh.sidecar(
-                "tgw",
-                inbound=False,
-                mode="terminating-gateway",
-                service={"name": "terminating-gateway"},
-                gateway={"bind": f"127.0.0.1:{tgw_port}"},
-                services=[
-                    {"name": "billing", "address": f"127.0.0.1:{billing.port}"},
-                    {
-                        "name": "payments",
-                        "address": f"127.0.0.1:{payments_port}",
-                        "ca_file": str(ca_file),
-                        "sni": "payments.example.com",
-                    },
-                ],
-            )
-            mesh.register("billing", tgw_port)
-            mesh.register("payments", tgw_port)
+            _gateway(mesh, ca_file, billing.port, payments_port)
             up_billing, up_payments = free_port(), free_port()
             mesh.sidecar("web", inbound=False, upstreams={"payments": up_payments})
             mesh.sidecar("intruder", inbound=False, upstreams={"billing": up_billing})

@@ -25,8 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::forwarding::strip_hop_by_hop;
 use super::h2::{CONNECTION_WINDOW, MAX_LOCAL_ERROR_RESETS, STREAM_WINDOW};
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use super::BoxError;
 
 /// hyper's client defaults, kept: streams opened before the peer's SETTINGS arrive, bytes buffered per stream.
 const INITIAL_MAX_SEND_STREAMS: usize = 100;

@@ -10,3 +10,6 @@ pub mod h2;
 pub mod h2_client;
 pub mod sniff;
 pub mod upstream_body;
+
+/// The error of a body either stack hands hyper: whatever the inner body's was, or a timeout of its own.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

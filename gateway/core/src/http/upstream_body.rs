@@ -7,7 +7,8 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
-use super::h2_client::{BoxError, H2Body};
+use super::h2_client::H2Body;
+use super::BoxError;
 
 pub enum UpBody {
     H1(Incoming),

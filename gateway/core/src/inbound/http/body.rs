@@ -24,9 +24,8 @@ use super::accesslog::{Exchange, Field};
 use super::metrics::{HttpStats, Timeout};
 use super::pool::Checkin;
 use crate::http::upstream_body::UpBody;
+use crate::http::BoxError;
 use crate::listener::ListenerStats;
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug)]
 struct IdleTimeout;

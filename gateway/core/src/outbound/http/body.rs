@@ -14,8 +14,8 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use super::exchange::Exchange;
 use super::pool::{Conn, Pool};
-use crate::http::h2_client::BoxError;
 use crate::http::upstream_body::UpBody;
+use crate::http::BoxError;
 
 /// What a retry may replay (proxy.py REPLAY_LIMIT).
 pub const REPLAY_LIMIT: usize = 256 * 1024;
