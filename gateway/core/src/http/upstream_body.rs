@@ -1,17 +1,20 @@
 //! The body of a response from upstream (the app, or another sidecar), whichever client hop brought it:
-//! hyper's HTTP/1.1 client, or the HTTP/2 stream the request task drove (crate::http::h2_client).
+//! the HTTP/1.1 connection (crate::http::h1_client) or the HTTP/2 stream (crate::http::h2_client) the request
+//! task drove.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
+
+use super::h1_client::H1Body;
 
 use super::h2_client::H2Body;
 use super::BoxError;
 
 pub enum UpBody {
-    H1(Incoming),
+    H1(H1Body),
     H2(H2Body),
 }
 
@@ -24,7 +27,7 @@ impl Body for UpBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            UpBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
+            UpBody::H1(b) => Pin::new(b).poll_frame(cx),
             UpBody::H2(b) => Pin::new(b).poll_frame(cx),
         }
     }

@@ -50,6 +50,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::http::forwarding::strip_hop_by_hop;
+use crate::http::h1_client::H1Client;
+use crate::http::upstream_body::UpBody;
 use crate::listener::ListenerStats;
 use crate::snapshot::{ListenerKind, ListenerSpec};
 use crate::state::Level;
@@ -241,7 +243,7 @@ impl Plan {
     }
 }
 
-type RespBody = Either<Incoming, Either<Full<Bytes>, Empty<Bytes>>>;
+type RespBody = Either<UpBody, Either<Full<Bytes>, Empty<Bytes>>>;
 
 fn local(status: StatusCode, text: &'static str, head: bool) -> Response<RespBody> {
     let body = if text.is_empty() || head {
@@ -358,11 +360,7 @@ impl Conn {
     }
 
     /// Dials the app for this one request and sends it; the response body streams from the app's connection.
-    async fn forward(
-        &self,
-        req: Request<Incoming>,
-        port: u16,
-    ) -> Result<Response<Incoming>, String> {
+    async fn forward(&self, req: Request<Incoming>, port: u16) -> Result<Response<UpBody>, String> {
         let stream = match tokio::time::timeout(
             self.plan().connect_timeout,
             TcpStream::connect((self.plan().app_address.as_str(), port)),
@@ -374,24 +372,20 @@ impl Conn {
             Ok(Ok(s)) => s,
         };
         let _ = stream.set_nodelay(true);
-        let io = TokioIo::new(stream);
+        // The same client hops as the inbound listener's (crate::http::h1_client, h2_client).
         if self.plan().http2 {
-            let (mut sender, conn) =
-                hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-                    .await
-                    .map_err(|e| e.to_string())?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            sender.send_request(req).await.map_err(|e| e.to_string())
-        } else {
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+            let sender = crate::http::h2_client::handshake(stream, ())
                 .await
                 .map_err(|e| e.to_string())?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            sender.send_request(req).await.map_err(|e| e.to_string())
+            match sender.send(req).await {
+                Ok(r) => Ok(r.map(UpBody::H2)),
+                Err(e) => Err(e.error.to_string()),
+            }
+        } else {
+            match H1Client::new(stream, ()).send(req).await {
+                Ok(r) => Ok(r.map(UpBody::H1)),
+                Err(e) => Err(e.error.to_string()),
+            }
         }
     }
 }

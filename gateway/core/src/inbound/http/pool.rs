@@ -5,25 +5,21 @@
 //! snapshots with the same settings, so a snapshot swap does not drop the warm connections.
 //!
 //! An `http2`/`grpc` app is reached over h2c with prior knowledge (http2-grpc.md §2.2): one connection per app
-//! address carries every stream (hyper's HTTP/2 sender is a handle to it), replaced when it closes.
+//! address carries every stream (an `H2Client` is a handle to it), replaced when it closes. An idle HTTP/1.1
+//! connection belongs to the pool alone; taking it checks, without waiting, that the app has not closed it.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::body::{ReqBody, ReqState};
-
-/// How long a connection handed back may take to become ready for the next request (it normally is at once:
-/// hyper's connection task only needs one turn after the response ended).
-const READY_WAIT: Duration = Duration::from_millis(100);
+use super::body::ReqState;
+use crate::http::h1_client::H1Client;
 
 type Key = (usize, Option<Duration>, Duration);
 
-pub type AppSender = http1::SendRequest<ReqBody>;
+pub type AppSender = H1Client;
 pub type AppSender2 = crate::http::h2_client::H2Client;
 
 static POOLS: Mutex<Vec<(Key, Weak<AppPool>)>> = Mutex::new(Vec::new());
@@ -76,7 +72,7 @@ impl Checkin {
     pub fn put_back(self) {
         // A request body not sent whole (the app answered early, or the caller's framing broke) leaves the
         // connection mid-message: it cannot carry another request.
-        if self.req.is_whole() && !self.sender.is_closed() {
+        if self.req.is_whole() && self.sender.is_ready() {
             self.pool.put(self.host, self.port, self.sender);
         }
     }
@@ -125,7 +121,7 @@ impl AppPool {
     }
 
     /// The newest idle connection to `host:port` that is still usable, or None.
-    pub async fn take(&self, host: &str, port: u16) -> Option<AppSender> {
+    pub fn take(&self, host: &str, port: u16) -> Option<AppSender> {
         loop {
             let cand = {
                 let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
@@ -144,13 +140,10 @@ impl AppPool {
                     .rposition(|i| i.host == host && i.port == port)?;
                 idle.remove(at)?
             };
-            if cand.sender.is_closed() {
-                continue; // the app closed it while idle: dropped, try the next
+            if cand.sender.is_ready() {
+                return Some(cand.sender);
             }
-            let mut sender = cand.sender;
-            if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, sender.ready()).await {
-                return Some(sender);
-            }
+            // The app closed it while idle (or sent something unasked): dropped, try the next.
         }
     }
 
@@ -202,17 +195,10 @@ impl AppPool {
         Ok(stream)
     }
 
-    /// A new connection to the app; its connection task runs until the app or the pool lets go of it.
+    /// A new connection to the app, driven by the requests that use it (crate::http::h1_client).
     pub async fn dial(&self, host: &str, port: u16) -> Result<AppSender, DialError> {
         let stream = self.connect(host, port).await?;
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| DialError::Handshake(e.to_string()))?;
-        tokio::spawn(async move {
-            let _ = conn.with_upgrades().await;
-        });
-        Ok(sender)
+        Ok(H1Client::new(stream, ()))
     }
 
     pub fn checkin(

@@ -27,7 +27,6 @@ use super::Conn;
 use crate::http::grpc;
 use crate::http::sniff::Codec;
 use crate::http::upstream_body::UpBody;
-use crate::relay::relay;
 use crate::state::{Level, Plan as State};
 
 /// A request that passed every check: what goes to the app.
@@ -499,7 +498,17 @@ impl Conn {
         }
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let (true, Some(down)) = (a.websocket, on_upgrade) {
-                self.tunnel(down, hyper::upgrade::on(&mut resp));
+                let Some(up) = crate::http::h1_client::take_upgrade(&mut resp) else {
+                    return self.fail(
+                        StatusCode::BAD_GATEWAY,
+                        local::BAD_RESPONSE,
+                        "UC",
+                        head,
+                        &state,
+                        ex,
+                    );
+                };
+                self.tunnel(down, up);
                 headers::response(resp.headers_mut(), true);
                 let (p, _) = resp.into_parts();
                 let mut finish = self.finish(ex, Some(state));
@@ -562,36 +571,37 @@ impl Conn {
             };
             return Ok((None, r.map(UpBody::H2)));
         }
-        let mut sender = match pool.take(host, port).await {
+        let sender = match pool.take(host, port) {
             Some(s) => s,
             None => pool.dial(host, port).await.map_err(Failure::Dial)?,
         };
         let h1 = |e| Failure::Send(SendFailure::H1(e));
-        match sender.try_send_request(req).await {
+        match sender.send(req).await {
             Ok(r) => Ok((Some(sender), r.map(UpBody::H1))),
-            Err(mut e) => match e.take_message() {
+            Err(e) => match e.request {
                 Some(req) => {
-                    let mut fresh = pool.dial(host, port).await.map_err(Failure::Dial)?;
-                    let r = fresh.send_request(req).await.map_err(h1)?;
+                    let fresh = pool.dial(host, port).await.map_err(Failure::Dial)?;
+                    let r = fresh.send(req).await.map_err(|e| h1(e.error))?;
                     Ok((Some(fresh), r.map(UpBody::H1)))
                 }
-                None => Err(h1(e.into_error())),
+                None => Err(h1(e.error)),
             },
         }
     }
 
     /// 101 from the app: both upgraded connections relayed as bytes (crate::relay), on their own task that the
     /// connection waits for before it counts as closed.
-    fn tunnel(&self, down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) {
+    fn tunnel(&self, down: hyper::upgrade::OnUpgrade, up: crate::http::h1_client::Upgraded) {
         self.recent.stop();
         let stats = self.stats.clone();
         let task = tokio::spawn(async move {
-            let (Ok(down), Ok(up)) = tokio::join!(down, up) else {
+            let Ok(down) = down.await else {
                 return;
             };
             let mut d = TokioIo::new(down);
-            let mut u = TokioIo::new(up);
-            relay(&mut d, &mut u, &stats).await;
+            let (from_down, from_up) = up.join(&mut d).await;
+            stats.bytes_received.add(from_down);
+            stats.bytes_sent.add(from_up);
         });
         *self.tunnel.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
     }
@@ -610,7 +620,7 @@ enum Failure {
 
 /// The app's connection failed the request, on either client hop.
 enum SendFailure {
-    H1(hyper::Error),
+    H1(crate::http::h1_client::Error),
     H2(::h2::Error),
 }
 

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::{HeaderMap, Method, Request, Response, Uri};
-use hyper_util::rt::TokioIo;
 
 use super::balancer::{now_ns, Pick};
 use super::body::Payload;
@@ -304,22 +303,8 @@ impl Attempts<'_> {
                 key: c.keys[i].clone(),
             });
         }
-        let (tx, conn) = match hyper::client::conn::http1::Builder::new()
-            .handshake(TokioIo::new(s))
-            .await
-        {
-            Ok(x) => x,
-            Err(e) => {
-                self.cx
-                    .stats
-                    .upstream_error("connect_failed", || format!("HTTP/1.1 set-up failed: {e}"));
-                return Err(ConnErr::Failed);
-            }
-        };
-        tokio::spawn(async move {
-            let _open = open;
-            let _ = conn.with_upgrades().await;
-        });
+        // Driven by the request task itself (crate::http::h1_client); `open` lives as long as the connection.
+        let tx = crate::http::h1_client::H1Client::new(s, open);
         Ok(Conn {
             tx: Sender::H1(tx),
             key: c.keys[i].clone(),

@@ -21,6 +21,7 @@ use super::retry::RetryPolicy;
 use super::rng;
 use super::router::{pick_split, RequestView};
 use super::runtime::BREAKERS;
+use crate::http::h1_client::{take_upgrade, Upgraded};
 
 /// An Upgrade request (WebSocket): after a 101 the connection becomes a tunnel (RFC 9110 §7.8).
 fn upgrade_of(h: &HeaderMap) -> Option<HeaderValue> {
@@ -37,13 +38,12 @@ fn upgrade_of(h: &HeaderMap) -> Option<HeaderValue> {
 }
 
 /// Both sides upgraded: bytes both ways until either ends (the one relay's half-close semantics).
-async fn tunnel(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) {
-    let (Ok(d), Ok(u)) = tokio::join!(down, up) else {
+async fn tunnel(down: hyper::upgrade::OnUpgrade, up: Upgraded) {
+    let Ok(d) = down.await else {
         return;
     };
     let mut d = TokioIo::new(d);
-    let mut u = TokioIo::new(u);
-    crate::relay::copy_both(&mut d, &mut u).await;
+    up.join(&mut d).await;
 }
 
 pub(super) async fn handle(mut req: Request<Incoming>, cx: Arc<ConnCtx>) -> Response<RespBody> {
@@ -210,7 +210,9 @@ pub(super) async fn handle(mut req: Request<Incoming>, cx: Arc<ConnCtx>) -> Resp
         Ok(Err(f)) => local(ex, f.status, f.text, f.flags, f.overloaded),
         Ok(Ok((mut resp, conn))) => {
             if let (StatusCode::SWITCHING_PROTOCOLS, Some(down)) = (resp.status(), down_upgrade) {
-                let up = hyper::upgrade::on(&mut resp);
+                let Some(up) = take_upgrade(&mut resp) else {
+                    return local(ex, 502, "upstream upgrade failed", "UC", None);
+                };
                 let value = resp.headers().get(http::header::UPGRADE).cloned();
                 let (mut rp, _) = resp.into_parts();
                 headers::forward_response(&mut rp.headers, &split.response);

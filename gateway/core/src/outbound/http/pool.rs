@@ -1,5 +1,5 @@
 //! Keep-alive connection pool of one cluster, keyed by endpoint (gateway/http/pool.py): HTTP/1.1 client
-//! connections (hyper) over mTLS. It counts open connections and dials in progress for the max_connections
+//! connections (crate::http::h1_client) over mTLS. It counts open connections and dials in progress for the max_connections
 //! breaker; a connection going back or going away wakes one request queued at that limit (Envoy's HTTP/1
 //! pool behaviour: requests wait as "pending" while the cluster is at its connection limit).
 //!
@@ -8,15 +8,15 @@
 //! (the peer's SETTINGS_MAX_CONCURRENT_STREAMS) rather than in this pool.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
-use hyper::client::conn::http1;
 use tokio::sync::Notify;
 
 use super::body::ReqBody;
+use crate::http::h1_client::H1Client;
 use crate::http::h2_client::H2Client;
 use crate::http::upstream_body::UpBody;
 
@@ -26,7 +26,7 @@ pub const MAX_IDLE: usize = 64;
 pub type Key = (String, u16);
 
 pub enum Sender {
-    H1(http1::SendRequest<ReqBody>),
+    H1(H1Client),
     H2(H2Client),
 }
 
@@ -42,7 +42,7 @@ impl Unsent {
 impl Sender {
     pub fn is_closed(&self) -> bool {
         match self {
-            Sender::H1(s) => s.is_closed(),
+            Sender::H1(s) => !s.is_ready(),
             Sender::H2(s) => s.is_closed(),
         }
     }
@@ -57,7 +57,8 @@ impl Sender {
     /// Err: the connection closed while it was idle.
     pub async fn ready(&mut self) -> Result<(), ()> {
         match self {
-            Sender::H1(s) => s.ready().await.map_err(|_| ()),
+            Sender::H1(s) if s.is_ready() => Ok(()),
+            Sender::H1(_) => Err(()),
             Sender::H2(s) if s.is_closed() => Err(()),
             Sender::H2(_) => Ok(()),
         }
@@ -68,9 +69,9 @@ impl Sender {
         req: Request<ReqBody>,
     ) -> Result<Response<UpBody>, Unsent> {
         match self {
-            Sender::H1(s) => match s.try_send_request(req).await {
+            Sender::H1(s) => match s.send(req).await {
                 Ok(r) => Ok(r.map(UpBody::H1)),
-                Err(mut e) => Err(Unsent(e.take_message())),
+                Err(e) => Err(Unsent(e.request)),
             },
             Sender::H2(s) => match s.send(req).await {
                 Ok(r) => Ok(r.map(UpBody::H2)),
@@ -95,14 +96,16 @@ struct Inner {
     idle: HashMap<Key, Vec<Idle>>,
     /// The shared h2 connection of each endpoint (h2 clusters only).
     h2: HashMap<Key, H2Client>,
-    /// Open connections made through this pool, busy or idle.
-    total: usize,
-    dialing: usize,
 }
 
 #[derive(Default)]
 pub struct Pool {
     inner: Mutex<Inner>,
+    /// Open connections made through this pool, busy or idle, and dials in progress. Atomics, not under
+    /// `inner`: a connection's count drops where the connection does, which may be inside `inner`'s lock (an
+    /// idle HTTP/1.1 connection found closed, or swept).
+    total: AtomicUsize,
+    dialing: AtomicUsize,
     /// The cluster's idle timeout in ms (0: none yet): an idle connection older than this is never handed
     /// out, though the sweep (every quarter of it) may not have closed it yet. The peer may be closing it at
     /// that very moment, and Envoy's pool does not reuse a connection past its idle timeout either.
@@ -127,9 +130,7 @@ impl Pool {
     /// An idle connection that may still be handed out: open, ready, not idle past the limit.
     fn usable(&self, i: &Idle) -> bool {
         let limit = self.idle_limit_ms.load(Ordering::Relaxed);
-        !i.conn.tx.is_closed()
-            && i.conn.tx.is_ready()
-            && (limit == 0 || i.since.elapsed() < Duration::from_millis(limit))
+        i.conn.tx.is_ready() && (limit == 0 || i.since.elapsed() < Duration::from_millis(limit))
     }
 
     pub fn take(&self, key: &Key) -> Option<Conn> {
@@ -206,19 +207,22 @@ impl Pool {
 
     /// (open connections, dials in progress)
     pub fn counts(&self) -> (usize, usize) {
-        let g = self.lock();
-        (g.total, g.dialing)
+        (
+            self.total.load(Ordering::Relaxed),
+            self.dialing.load(Ordering::Relaxed),
+        )
     }
 
     pub fn begin_dial(self: &Arc<Self>) -> DialGuard {
-        self.lock().dialing += 1;
+        self.dialing.fetch_add(1, Ordering::Relaxed);
         DialGuard(self.clone())
     }
 
-    /// Held by the connection's task for as long as it runs.
+    /// Held by the connection for as long as it is open. Weak: an idle HTTP/1.1 connection lives in the pool
+    /// itself, so a strong count would keep a pool no plan uses alive through its own connections.
     pub fn opened(self: &Arc<Self>) -> OpenGuard {
-        self.lock().total += 1;
-        OpenGuard(self.clone())
+        self.total.fetch_add(1, Ordering::Relaxed);
+        OpenGuard(Arc::downgrade(self))
     }
 
     pub fn close_idle(&self, older_than: Duration) {
@@ -241,23 +245,20 @@ pub struct DialGuard(Arc<Pool>);
 
 impl Drop for DialGuard {
     fn drop(&mut self) {
-        {
-            let mut g = self.0.lock();
-            g.dialing = g.dialing.saturating_sub(1);
-        }
+        self.0.dialing.fetch_sub(1, Ordering::Relaxed);
         self.0.freed.notify_one();
     }
 }
 
-pub struct OpenGuard(Arc<Pool>);
+pub struct OpenGuard(std::sync::Weak<Pool>);
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
-        {
-            let mut g = self.0.lock();
-            g.total = g.total.saturating_sub(1);
-        }
-        self.0.freed.notify_one();
+        let Some(pool) = self.0.upgrade() else {
+            return;
+        };
+        pool.total.fetch_sub(1, Ordering::Relaxed);
+        pool.freed.notify_one();
     }
 }
 
