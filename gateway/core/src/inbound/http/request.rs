@@ -489,7 +489,10 @@ impl Conn {
                 );
             }
         };
-        ex.head_time = Some(Instant::now());
+        if ex.started.is_some() {
+            // Only the access log reads it (its record is filled only while the log is on).
+            ex.head_time = Some(Instant::now());
+        }
         ex.status = resp.status().as_u16();
         ex.grpc_status = grpc::status_of(resp.headers());
         if self.policy.access_log.is_some() {

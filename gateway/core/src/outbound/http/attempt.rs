@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use http::{HeaderMap, Method, Request, Response, Uri};
 
-use super::balancer::{now_ns, Pick};
+use super::balancer::{now_ns, Pick, Policy};
 use super::body::Payload;
 use super::conn::ConnCtx;
 use super::exchange::{bad_body, Exchange, Fail};
@@ -111,10 +111,13 @@ impl Attempts<'_> {
             *req.headers_mut() = self.headers.clone();
             let host = &c.hosts[hi];
             ex.attach(host);
-            let t0 = Instant::now();
+            // Only the latency-aware policy reads the estimate: others skip the two clock reads and the lock.
+            let t0 = (c.tables.policy == Policy::PeakEwma).then(Instant::now);
             match conn.tx.try_send_request(req).await {
                 Ok(resp) => {
-                    host.observe_rtt(t0.elapsed());
+                    if let Some(t0) = t0 {
+                        host.observe_rtt(t0.elapsed());
+                    }
                     let status = resp.status().as_u16();
                     let grpc_retry = ex.grpc && self.policy.grpc_retriable(resp.headers());
                     if grpc_retry && self.may_retry(ex, Kind::Grpc, &payload) {
