@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod h1_response;
 pub mod h2_frames;
 pub mod http_head;
 pub mod intentions;

@@ -7,17 +7,12 @@
 //! that was not parsing, TLS or I/O. Here the task serving the caller writes the request and reads the answer
 //! itself; an idle connection is owned by its pool and checked (without blocking) when it is taken.
 //!
-//! The wire rules are hyper's client's, and where a peer's message is ambiguous, Envoy's refusals (RFC 9112):
-//! - the request's framing: `transfer-encoding` as given (made to end in `chunked`), else `content-length` as
-//!   given, else the body's exact length, else chunked (no body for GET/HEAD/CONNECT of unknown length);
-//! - the answer's framing (RFC 9112 §6.3): none for HEAD, 1xx, 204 and 304; chunked when `chunked` is the last
-//!   transfer coding; read to the close when another coding is last or no length is given; `content-length`
-//!   otherwise. Refused (a parse error, 502): `transfer-encoding` with `content-length` or in an HTTP/1.0
-//!   answer, `chunked` twice or not last, differing or malformed lengths, more than 100 fields or a head over
-//!   60 KiB (Envoy's `max_headers_count` and `max_response_headers_kb`), a malformed chunk line;
-//! - interim answers (100, 102, 103) are read past; a 101 is taken only for a request that asked to upgrade;
-//! - a connection is reused only after an HTTP/1.1 answer without `connection: close` was read whole, its
-//!   request sent whole, and nothing more arrived.
+//! Requests are framed as hyper's client frames them: `transfer-encoding` as given (made to end in `chunked`),
+//! else `content-length` as given, else the body's exact length, else chunked (no body for GET/HEAD/CONNECT of
+//! unknown length). Answers are framed by `meshgw_proto::h1_response` (RFC 9112 §6.3, with Envoy's refusals
+//! of what two parsers could frame differently; fuzzed); interim answers (100, 102, 103) are read past. A
+//! connection is reused only after an answer that allows it was read whole, its request sent whole, and
+//! nothing more arrived.
 
 use std::any::Any;
 use std::pin::Pin;
@@ -26,24 +21,19 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::header::{
-    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING,
-    UPGRADE,
+    HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING, UPGRADE,
 };
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
+use meshgw_proto::h1_response::{self as wire, Chunked, Field, Framing, Step};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::io::poll_read_buf;
 
 use super::BoxError;
 
-/// Envoy's `max_response_headers_kb` default (60 KiB) and `max_headers_count` (100).
-const MAX_HEAD: usize = 60 * 1024;
-const MAX_HEADERS: usize = 100;
-/// A chunk-size line, extensions included, longer than this is refused (the data it announces is not).
-const MAX_CHUNK_LINE: usize = 4096;
 /// Bytes asked of the socket per read.
 const READ_SIZE: usize = 16 * 1024;
 
@@ -346,24 +336,8 @@ fn encode_head(parts: &Parts, framing: ReqFraming, dst: &mut BytesMut) {
     dst.put_slice(b"\r\n");
 }
 
-/// All `content-length` values: Ok(None) when there is none; Err when they are malformed or differ (RFC 9110
-/// §8.6 allows a repeated identical value, as a list or as fields).
-fn content_length(h: &HeaderMap) -> Result<Option<u64>, ()> {
-    let mut found: Option<u64> = None;
-    for v in h.get_all(CONTENT_LENGTH) {
-        for part in v.as_bytes().split(|b| *b == b',') {
-            let p = part.trim_ascii();
-            if p.is_empty() || p.len() > 19 || !p.iter().all(u8::is_ascii_digit) {
-                return Err(());
-            }
-            let n = p.iter().fold(0u64, |acc, d| acc * 10 + u64::from(d - b'0'));
-            match found {
-                Some(m) if m != n => return Err(()),
-                _ => found = Some(n),
-            }
-        }
-    }
-    Ok(found)
+fn content_length(h: &HeaderMap) -> Result<Option<u64>, &'static str> {
+    wire::content_length(h.get_all(CONTENT_LENGTH).iter().map(HeaderValue::as_bytes))
 }
 
 /// The request's bytes on their way out: the encoded head, then the body framed as the head said.
@@ -476,21 +450,11 @@ impl Pump {
     }
 }
 
-/// How the answer's body is delimited (RFC 9112 §6.3).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum RespFraming {
-    Empty,
-    Length(u64),
-    Chunked,
-    Eof,
-    Upgrade,
-}
-
 struct Head {
     status: StatusCode,
     version: Version,
     headers: HeaderMap,
-    framing: RespFraming,
+    framing: Framing,
     keep_alive: bool,
 }
 
@@ -512,13 +476,10 @@ impl Exchange {
             }
             if !self.wire.rbuf.is_empty() {
                 match parse_head(&mut self.wire.rbuf, self.head_req, self.upgrade)? {
-                    Some(h) if h.status.is_informational() && h.framing != RespFraming::Upgrade => {
+                    Some(h) if h.status.is_informational() && h.framing != Framing::Upgrade => {
                         continue; // 100, 102, 103: read past
                     }
                     Some(h) => return Poll::Ready(Ok(h)),
-                    None if self.wire.rbuf.len() > MAX_HEAD => {
-                        return Poll::Ready(Err(Error::Parse("response head too large")))
-                    }
                     None => {}
                 }
             }
@@ -535,7 +496,7 @@ impl Exchange {
     fn into_response(self, head: Head, slot: &Slot) -> Response<H1Body> {
         let Exchange { mut wire, pump, .. } = self;
         let decoding = match head.framing {
-            RespFraming::Upgrade => {
+            Framing::Upgrade => {
                 let up = Upgraded {
                     pre: wire.rbuf.split().freeze(),
                     io: wire.io,
@@ -549,17 +510,17 @@ impl Exchange {
                     .insert(UpgradeSlot(Arc::new(Mutex::new(Some(up)))));
                 return resp;
             }
-            RespFraming::Empty | RespFraming::Length(0) => Decoding::Done,
-            RespFraming::Length(n) => Decoding::Length(n),
-            RespFraming::Chunked => Decoding::Chunked(Chunk::Size),
-            RespFraming::Eof => Decoding::Eof,
+            Framing::Empty | Framing::Length(0) => Decoding::Done,
+            Framing::Length(n) => Decoding::Length(n),
+            Framing::Chunked => Decoding::Chunked(Chunked::Size),
+            Framing::Eof => Decoding::Eof,
         };
         let mut body = H1Body {
             wire: Some(wire),
             slot: slot.clone(),
             pump: (!pump.done()).then_some(pump),
             decoding,
-            keep_alive: head.keep_alive && head.framing != RespFraming::Eof,
+            keep_alive: head.keep_alive,
         };
         if body.decoding == Decoding::Done {
             body.finish();
@@ -574,123 +535,44 @@ impl Exchange {
 
 /// One answer's head from `buf` (consumed), or None while it is incomplete.
 fn parse_head(buf: &mut BytesMut, head_req: bool, upgrade: bool) -> Result<Option<Head>, Error> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut r = httparse::Response::new(&mut fields);
-    let n = match r.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(Error::Parse("too many header fields")),
-        Err(_) => return Err(Error::Parse("malformed head")),
+    let Some(h) = wire::parse_head(buf, head_req, upgrade).map_err(Error::Parse)? else {
+        return Ok(None);
     };
-    let status = r
-        .code
-        .and_then(|c| StatusCode::from_u16(c).ok())
-        .ok_or(Error::Parse("bad status code"))?;
-    let version = if r.version == Some(1) {
-        Version::HTTP_11
-    } else {
-        Version::HTTP_10
-    };
-    // Names are parsed here; values are slices of the head, shared rather than copied.
-    let base = buf.as_ptr() as usize;
-    let mut list: Vec<(HeaderName, usize, usize)> = Vec::with_capacity(r.headers.len());
-    for h in r.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| Error::Parse("bad field name"))?;
-        let at = h.value.as_ptr() as usize - base;
-        list.push((name, at, at + h.value.len()));
-    }
-    let head = buf.split_to(n).freeze();
-    let mut headers = HeaderMap::with_capacity(list.len());
-    for (name, a, b) in list {
-        let v = HeaderValue::from_maybe_shared(head.slice(a..b))
-            .map_err(|_| Error::Parse("bad field value"))?;
-        headers.append(name, v);
-    }
-    let framing = response_framing(status, version, &headers, head_req, upgrade)?;
-    let keep_alive = keep_alive(version, &headers);
+    let status = StatusCode::from_u16(h.status).map_err(|_| Error::Parse("bad status code"))?;
+    // Values are slices of the head, shared rather than copied.
+    let head = buf.split_to(h.len).freeze();
+    let headers = fields(&head, &h.fields)?;
     Ok(Some(Head {
         status,
-        version,
+        version: if h.http11 {
+            Version::HTTP_11
+        } else {
+            Version::HTTP_10
+        },
         headers,
-        framing,
-        keep_alive,
+        framing: h.framing,
+        keep_alive: h.keep_alive,
     }))
 }
 
-fn tokens(h: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &[u8]> {
-    h.get_all(name)
-        .into_iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .map(<[u8]>::trim_ascii)
-        .filter(|t| !t.is_empty())
-}
-
-fn response_framing(
-    status: StatusCode,
-    version: Version,
-    h: &HeaderMap,
-    head_req: bool,
-    upgrade: bool,
-) -> Result<RespFraming, Error> {
-    if status == StatusCode::SWITCHING_PROTOCOLS {
-        return if upgrade {
-            Ok(RespFraming::Upgrade)
-        } else {
-            Err(Error::Parse("101 to a request that asked for no upgrade"))
-        };
+fn fields(raw: &Bytes, list: &[Field]) -> Result<HeaderMap, Error> {
+    let mut headers = HeaderMap::with_capacity(list.len());
+    for f in list {
+        let name = raw
+            .get(f.name.0..f.name.1)
+            .and_then(|n| HeaderName::from_bytes(n).ok())
+            .ok_or(Error::Parse("bad field name"))?;
+        let value = HeaderValue::from_maybe_shared(raw.slice(f.value.0..f.value.1))
+            .map_err(|_| Error::Parse("bad field value"))?;
+        headers.append(name, value);
     }
-    if head_req
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        return Ok(RespFraming::Empty);
-    }
-    if h.contains_key(TRANSFER_ENCODING) {
-        if version == Version::HTTP_10 {
-            return Err(Error::Parse("transfer-encoding in an HTTP/1.0 response"));
-        }
-        if h.contains_key(CONTENT_LENGTH) {
-            return Err(Error::Parse("both transfer-encoding and content-length"));
-        }
-        let codings: Vec<&[u8]> = tokens(h, TRANSFER_ENCODING).collect();
-        let chunked = |t: &&[u8]| t.eq_ignore_ascii_case(b"chunked");
-        return match codings.iter().position(chunked) {
-            Some(i) if i + 1 == codings.len() => Ok(RespFraming::Chunked),
-            Some(_) => Err(Error::Parse("chunked is not the last transfer coding")),
-            None => Ok(RespFraming::Eof),
-        };
-    }
-    match content_length(h) {
-        Ok(Some(n)) => Ok(RespFraming::Length(n)),
-        Ok(None) => Ok(RespFraming::Eof),
-        Err(()) => Err(Error::Parse("invalid content-length")),
-    }
-}
-
-fn keep_alive(version: Version, h: &HeaderMap) -> bool {
-    let mut close = false;
-    let mut keep = false;
-    for t in tokens(h, CONNECTION) {
-        close |= t.eq_ignore_ascii_case(b"close");
-        keep |= t.eq_ignore_ascii_case(b"keep-alive");
-    }
-    !close && (version == Version::HTTP_11 || keep)
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Chunk {
-    Size,
-    Data(u64),
-    DataEnd,
-    Trailers,
+    Ok(headers)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Decoding {
     Length(u64),
-    Chunked(Chunk),
+    Chunked(Chunked),
     Eof,
     Done,
 }
@@ -744,111 +626,27 @@ impl H1Body {
     }
 }
 
-/// The next step of a chunked body from `buf`: a frame, the end, or None when more bytes are needed.
-enum Step {
-    Frame(Frame<Bytes>),
-    End,
-    More,
-}
-
-fn chunk_step(state: &mut Chunk, buf: &mut BytesMut) -> Result<Step, Error> {
+/// The next frame of a chunked body from `buf`: Some(frame), Ok(None) at its end, Err(None) when more bytes
+/// are needed.
+fn chunk_frame(
+    state: &mut Chunked,
+    buf: &mut BytesMut,
+) -> Result<Option<Frame<Bytes>>, Option<Error>> {
     loop {
-        match *state {
-            Chunk::Size => {
-                let Some(i) = buf.iter().take(MAX_CHUNK_LINE).position(|b| *b == b'\n') else {
-                    if buf.len() >= MAX_CHUNK_LINE {
-                        return Err(Error::Parse("chunk-size line too long"));
-                    }
-                    return Ok(Step::More);
-                };
-                let size = chunk_size(&buf[..i])?;
-                buf.advance(i + 1);
-                *state = if size == 0 {
-                    Chunk::Trailers
-                } else {
-                    Chunk::Data(size)
-                };
+        match state.step(buf).map_err(|e| Some(Error::Parse(e)))? {
+            Step::Skip(n) => buf.advance(n),
+            Step::Data(n) => return Ok(Some(Frame::data(buf.split_to(n).freeze()))),
+            Step::Trailers { len, fields: list } => {
+                let raw = buf.split_to(len).freeze();
+                return Ok(Some(Frame::trailers(fields(&raw, &list).map_err(Some)?)));
             }
-            Chunk::Data(rem) => {
-                if buf.is_empty() {
-                    return Ok(Step::More);
-                }
-                let n = usize::try_from(rem).unwrap_or(usize::MAX).min(buf.len());
-                let data = buf.split_to(n).freeze();
-                let left = rem - n as u64;
-                *state = if left == 0 {
-                    Chunk::DataEnd
-                } else {
-                    Chunk::Data(left)
-                };
-                return Ok(Step::Frame(Frame::data(data)));
+            Step::End(n) => {
+                buf.advance(n);
+                return Ok(None);
             }
-            Chunk::DataEnd => {
-                if buf.len() < 2 {
-                    return Ok(Step::More);
-                }
-                if &buf[..2] != b"\r\n" {
-                    return Err(Error::Parse("chunk data not followed by CRLF"));
-                }
-                buf.advance(2);
-                *state = Chunk::Size;
-            }
-            Chunk::Trailers => {
-                let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                return match httparse::parse_headers(buf, &mut fields) {
-                    Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
-                        Err(Error::Parse("trailers too large"))
-                    }
-                    Ok(httparse::Status::Partial) => Ok(Step::More),
-                    Err(_) => Err(Error::Parse("malformed trailers")),
-                    Ok(httparse::Status::Complete((n, fields))) => {
-                        let mut t = HeaderMap::new();
-                        for f in fields {
-                            let (Ok(name), Ok(value)) = (
-                                HeaderName::from_bytes(f.name.as_bytes()),
-                                HeaderValue::from_bytes(f.value),
-                            ) else {
-                                return Err(Error::Parse("malformed trailers"));
-                            };
-                            t.append(name, value);
-                        }
-                        buf.advance(n);
-                        if t.is_empty() {
-                            Ok(Step::End)
-                        } else {
-                            Ok(Step::Frame(Frame::trailers(t)))
-                        }
-                    }
-                };
-            }
+            Step::More => return Err(None),
         }
     }
-}
-
-/// `chunk-size [ chunk-ext ] CRLF` (RFC 9112 §7.1), the line given without its LF: hex digits (at most 16),
-/// then nothing, or extensions after `;` (optionally after spaces), and the CR.
-fn chunk_size(line: &[u8]) -> Result<u64, Error> {
-    let line = line
-        .strip_suffix(b"\r")
-        .ok_or(Error::Parse("chunk-size line not ended by CRLF"))?;
-    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    if digits == 0 || digits > 16 {
-        return Err(Error::Parse("bad chunk size"));
-    }
-    let rest = line[digits..].trim_ascii_start();
-    if !(rest.is_empty() || rest.starts_with(b";")) {
-        return Err(Error::Parse("bad chunk size"));
-    }
-    let mut n = 0u64;
-    for d in &line[..digits] {
-        let v = match d {
-            b'0'..=b'9' => d - b'0',
-            b'a'..=b'f' => d - b'a' + 10,
-            _ => d - b'A' + 10,
-        };
-        n = (n << 4) | u64::from(v);
-    }
-    Ok(n)
 }
 
 impl Body for H1Body {
@@ -894,21 +692,21 @@ impl Body for H1Body {
                     }
                 }
                 Decoding::Chunked(mut state) => {
-                    let step = chunk_step(&mut state, &mut w.rbuf);
+                    let r = chunk_frame(&mut state, &mut w.rbuf);
                     this.decoding = Decoding::Chunked(state);
-                    match step {
-                        Err(e) => return this.fail(e),
-                        Ok(Step::Frame(f)) => {
+                    match r {
+                        Err(Some(e)) => return this.fail(e),
+                        Ok(Some(f)) => {
                             if f.is_trailers() {
                                 this.finish();
                             }
                             return Poll::Ready(Some(Ok(f)));
                         }
-                        Ok(Step::End) => {
+                        Ok(None) => {
                             this.finish();
                             return Poll::Ready(None);
                         }
-                        Ok(Step::More) => {}
+                        Err(None) => {}
                     }
                 }
                 Decoding::Eof => {

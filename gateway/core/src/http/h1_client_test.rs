@@ -380,16 +380,3 @@ async fn upgrade_hands_over_the_connection_and_early_bytes() {
     };
     let (_s, ()) = tokio::join!(server, client);
 }
-
-#[test]
-fn chunk_size_lines() {
-    assert_eq!(chunk_size(b"1a\r").ok(), Some(26));
-    assert_eq!(chunk_size(b"1A;name=v\r").ok(), Some(26));
-    assert_eq!(chunk_size(b"5 ;x\r").ok(), Some(5));
-    assert!(chunk_size(b"5").is_err(), "bare LF");
-    assert!(chunk_size(b"\r").is_err());
-    assert!(chunk_size(b"-1\r").is_err());
-    assert!(chunk_size(b"5x\r").is_err());
-    assert!(chunk_size(b"0x5\r").is_err());
-    assert!(chunk_size(b"11111111111111111\r").is_err(), "over 64 bits");
-}
