@@ -129,6 +129,30 @@ def refused(port: int, payload: bytes = b"x", timeout: float = 5.0) -> bool:
         return True
 
 
+def read_request(sock: socket.socket, buf: bytes) -> tuple[bytes, bytes, bytes] | None:
+    """A naive app's read of one request from ``buf`` then ``sock``: the head up to CRLFCRLF, then a
+    Content-Length body (nothing else frames it). (head, body, the bytes after them), or None when the
+    connection ends first. Apps that must see exactly what a proxy sent parse this way, so anything smuggled
+    past the proxy shows up as a request of its own."""
+    while b"\r\n\r\n" not in buf:
+        data = sock.recv(65536)
+        if not data:
+            return None
+        buf += data
+    head, _, buf = buf.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value.strip())
+    while len(buf) < length:
+        data = sock.recv(65536)
+        if not data:
+            return None
+        buf += data
+    return head, buf[:length], buf[length:]
+
+
 class Sidecar:
     def __init__(self, mesh: Mesh, name: str, cfg_path: Path, admin_port: int, log_path: Path):
         self.mesh = mesh

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
-from mesh import Mesh, free_port, wait_for
+from mesh import Mesh, free_port, read_request, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -62,26 +62,9 @@ class _Naive(socketserver.BaseRequestHandler):
         buf = b""
         sock.settimeout(10)
         try:
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    data = sock.recv(65536)
-                    if not data:
-                        return
-                    buf += data
-                head, _, buf = buf.partition(b"\r\n\r\n")
-                lines = head.split(b"\r\n")
-                method, target = lines[0].split(b" ")[:2]
-                length = 0
-                for line in lines[1:]:
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value.strip())
-                while len(buf) < length:
-                    data = sock.recv(65536)
-                    if not data:
-                        return
-                    buf += data
-                body, buf = buf[:length], buf[length:]
+            while (got := read_request(sock, buf)) is not None:
+                head, body, buf = got
+                method, target = head.split(b"\r\n")[0].split(b" ")[:2]
                 with seen.lock:
                     seen.requests.append((method.decode(), target.decode("latin-1"), body))
                 sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from mesh import Mesh, free_port
+from mesh import Mesh, free_port, read_request
 from test_hostile_http import INTENTIONS, _exchange, _status
 
 pytestmark = pytest.mark.slow
@@ -42,13 +42,8 @@ class _Scripted(socketserver.BaseRequestHandler):
         sock.settimeout(10)
         buf = b""
         try:
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    data = sock.recv(65536)
-                    if not data:
-                        return
-                    buf += data
-                head, _, buf = buf.partition(b"\r\n\r\n")
+            while (got := read_request(sock, buf)) is not None:
+                head, _, buf = got
                 target = head.split(b"\r\n")[0].split(b" ")[1].decode()
                 sock.sendall(ANSWERS.get(target, HONEST))
         except OSError:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from mesh import Mesh, Sidecar, free_port, wait_for
+from mesh import Mesh, Sidecar, free_port, read_request, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -29,24 +29,9 @@ class _App(socketserver.BaseRequestHandler):
         sock.settimeout(15)
         buf = b""
         try:
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    data = sock.recv(65536)
-                    if not data:
-                        return
-                    buf += data
-                head, _, buf = buf.partition(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n")[1:]:
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value.strip())
-                while len(buf) < length:
-                    data = sock.recv(65536)
-                    if not data:
-                        return  # the sidecar gave up on the caller's body: so does the app
-                    buf += data
-                buf = buf[length:]
+            # None: the connection ended, or the sidecar gave up on the caller's body (so does the app).
+            while (got := read_request(sock, buf)) is not None:
+                head, _, buf = got
                 if head.split(b" ")[1] == b"/stall":
                     sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf-")
                     time.sleep(10)

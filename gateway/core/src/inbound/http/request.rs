@@ -500,17 +500,8 @@ impl Conn {
             ex.upstream_host = format!("{}:{}", app.address, app.port);
         }
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            if let (true, Some(down)) = (a.websocket, on_upgrade) {
-                let Some(up) = crate::http::h1_client::take_upgrade(&mut resp) else {
-                    return self.fail(
-                        StatusCode::BAD_GATEWAY,
-                        local::BAD_RESPONSE,
-                        "UC",
-                        head,
-                        &state,
-                        ex,
-                    );
-                };
+            let up = crate::http::h1_client::take_upgrade(&mut resp);
+            if let (true, Some(down), Some(up)) = (a.websocket, on_upgrade, up) {
                 self.tunnel(down, up);
                 headers::response(resp.headers_mut(), true);
                 let (p, _) = resp.into_parts();
