@@ -182,6 +182,10 @@ where
         .max_headers(policy.max_headers)
         .max_header_size(policy.max_head_bytes)
         .max_buf_size(max_buf(policy))
+        // One buffer per answer (head and body copied together), not a vectored write: TLS takes a vectored write
+        // as a list it collects per call, and an answer is mostly small. Same-hour A/B of the HTTP/1.1 pair, both
+        // listeners: 31.0 -> 30.1 us per request.
+        .writev(false)
         .keep_alive(true);
     let served = b
         .serve_connection(io, service_fn(|req| conn.handle(req)))

@@ -86,6 +86,8 @@ pub async fn serve_connection(
     b.timer(TokioTimer::new())
         .keep_alive(true)
         .max_headers(plan.max_headers)
+        // As the inbound listener's (inbound/http/mod.rs): one buffer per answer.
+        .writev(false)
         .header_read_timeout(None);
     let idle_timeout = plan.idle_timeout;
     let idle = Arc::new(IdleTrack::default());
