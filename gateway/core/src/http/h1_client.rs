@@ -263,7 +263,7 @@ fn request_framing<B: Body>(parts: &Parts, body: &B) -> ReqFraming {
     if parts.headers.contains_key(TRANSFER_ENCODING) {
         return ReqFraming::Chunked;
     }
-    if let Some(n) = content_length(&parts.headers).ok().flatten() {
+    if let Some(n) = super::content_length(&parts.headers).ok().flatten() {
         return ReqFraming::Length(n);
     }
     if body.is_end_stream() {
@@ -334,10 +334,6 @@ fn encode_head(parts: &Parts, framing: ReqFraming, dst: &mut BytesMut) {
         ReqFraming::Chunked => dst.put_slice(b"transfer-encoding: chunked\r\n"),
     }
     dst.put_slice(b"\r\n");
-}
-
-fn content_length(h: &HeaderMap) -> Result<Option<u64>, &'static str> {
-    wire::content_length(h.get_all(CONTENT_LENGTH).iter().map(HeaderValue::as_bytes))
 }
 
 /// The request's bytes on their way out: the encoded head, then the body framed as the head said.

@@ -33,6 +33,12 @@ async fn read_request(s: &mut DuplexStream, body: usize) -> String {
     String::from_utf8(got).unwrap()
 }
 
+/// The server side of one exchange: reads a request (no body), writes `raw`.
+async fn reply(s: &mut DuplexStream, raw: &[u8]) {
+    read_request(s, 0).await;
+    s.write_all(raw).await.unwrap();
+}
+
 async fn body_of(resp: Response<H1Body>) -> Result<(Bytes, Option<HeaderMap>), BoxError> {
     let c = resp.into_body().collect().await?;
     let t = c.trailers().cloned();
@@ -104,10 +110,11 @@ async fn chunked_answer_with_extensions_and_trailers() {
 async fn head_answer_has_no_body_and_interim_answers_are_read_past() {
     let (c, mut s) = client();
     let server = async {
-        read_request(&mut s, 0).await;
-        s.write_all(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n")
-            .await
-            .unwrap();
+        reply(
+            &mut s,
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n",
+        )
+        .await;
         s
     };
     let client = async {
@@ -134,8 +141,7 @@ async fn close_and_read_to_end_answers_are_not_reused() {
     ] {
         let (c, mut s) = client();
         let server = async {
-            read_request(&mut s, 0).await;
-            s.write_all(answer).await.unwrap();
+            reply(&mut s, answer).await;
             drop(s);
         };
         let client = async {
@@ -163,8 +169,7 @@ async fn ambiguous_or_malformed_answers_are_parse_errors() {
     for answer in cases {
         let (c, mut s) = client();
         let server = async {
-            read_request(&mut s, 0).await;
-            s.write_all(answer).await.unwrap();
+            reply(&mut s, answer).await;
             s
         };
         let client = async {
@@ -218,8 +223,7 @@ async fn malformed_chunks_fail_the_body_and_close() {
     ] {
         let (c, mut s) = client();
         let server = async {
-            read_request(&mut s, 0).await;
-            s.write_all(answer).await.unwrap();
+            reply(&mut s, answer).await;
             drop(s);
         };
         let client = async {

@@ -254,26 +254,13 @@ impl H2Body {
             left: if done {
                 Some(0)
             } else {
-                content_length(headers)
+                super::content_length(headers).ok().flatten()
             },
             data_done: false,
             done,
             recv,
         }
     }
-}
-
-/// The length a response head gives (every `content-length` value the same), as hyper reads it.
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    let mut len: Option<u64> = None;
-    for v in headers.get_all(CONTENT_LENGTH) {
-        let n = v.to_str().ok()?.trim().parse::<u64>().ok()?;
-        match len {
-            Some(l) if l != n => return None,
-            _ => len = Some(n),
-        }
-    }
-    len
 }
 
 impl Body for H2Body {

@@ -13,5 +13,15 @@ pub mod h2_client;
 pub mod sniff;
 pub mod upstream_body;
 
+/// Every `content-length` value of a head, read once for both client hops by meshgw-proto's rule (plain
+/// digits; repeated values, as fields or a list, must agree): Ok(None) when there is none.
+pub fn content_length(h: &http::HeaderMap) -> Result<Option<u64>, &'static str> {
+    meshgw_proto::h1_response::content_length(
+        h.get_all(http::header::CONTENT_LENGTH)
+            .iter()
+            .map(http::HeaderValue::as_bytes),
+    )
+}
+
 /// The error of a body either stack hands hyper: whatever the inner body's was, or a timeout of its own.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

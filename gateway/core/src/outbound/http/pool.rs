@@ -57,8 +57,9 @@ impl Sender {
     /// Err: the connection closed while it was idle.
     pub async fn ready(&mut self) -> Result<(), ()> {
         match self {
-            Sender::H1(s) if s.is_ready() => Ok(()),
-            Sender::H1(_) => Err(()),
+            // Checked as it left the pool (`usable`), with no wait since; `send` checks once more and gives
+            // the request back unsent if the peer closed it in between.
+            Sender::H1(_) => Ok(()),
             Sender::H2(s) if s.is_closed() => Err(()),
             Sender::H2(_) => Ok(()),
         }
