@@ -209,9 +209,17 @@ enable_pki() {  # MOUNT MAX_TTL
     say "pki mount $1/ tuned: max_lease_ttl=$2"
 }
 
+# A CA's name: its time and a random suffix, so two CAs made in the same second (setup, then rotate-ca at once)
+# never share a subject. Same-named roots make a log line, or anything matching the issuer's name, ambiguous.
+ca_stamp() {
+    echo "$(date -u +%Y%m%d%H%M%S)-$RANDOM"
+}
+
 new_root() {  # MOUNT PATH(root/generate/internal|issuers/generate/root/internal) -> prints issuer id
-    write_field issuer_id "$1/$2" common_name="meshgw root CA $TD $(date -u +%Y%m%d%H%M%S)" \
-        uri_sans="spiffe://$TD" key_type="$CA_KEY_TYPE" ttl="$CA_TTL" issuer_name="root-$(date -u +%Y%m%d%H%M%S)-$RANDOM"
+    local stamp
+    stamp=$(ca_stamp)
+    write_field issuer_id "$1/$2" common_name="meshgw root CA $TD $stamp" \
+        uri_sans="spiffe://$TD" key_type="$CA_KEY_TYPE" ttl="$CA_TTL" issuer_name="root-$stamp"
 }
 
 # new_intermediate PATH(intermediate/generate/internal|issuers/generate/intermediate/internal) IMPORT(intermediate/set-signed|issuers/import/bundle)
@@ -220,7 +228,7 @@ new_root() {  # MOUNT PATH(root/generate/internal|issuers/generate/root/internal
 new_intermediate() {
     local id ids bundle_field=certificate
     [ "$2" = issuers/import/bundle ] && bundle_field=pem_bundle
-    write_field csr "$MOUNT/$1" common_name="meshgw intermediate CA $TD $(date -u +%Y%m%d%H%M%S)" \
+    write_field csr "$MOUNT/$1" common_name="meshgw intermediate CA $TD $(ca_stamp)" \
         uri_sans="spiffe://$TD" key_type="$CA_KEY_TYPE" >"$TMP/int.csr"
     write_field certificate "$ROOT_MOUNT/root/sign-intermediate" csr=@"$TMP/int.csr" format=pem_bundle \
         ttl="$INT_TTL" use_csr_values=true >"$TMP/int-bundle.pem"
