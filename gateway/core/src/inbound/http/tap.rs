@@ -132,29 +132,30 @@ impl Recent {
     /// What hyper's parsing hides about the head of `method target` as received: whether the target went on
     /// with `#`, and (asked only with `Transfer-Encoding`) whether the head also had a `Content-Length`, which
     /// hyper removes before the service sees it (l7-security.md §4, §6.16 want 400 for both). Requests are
-    /// looked up in the order hyper hands them over, each search starting after the previous request line.
+    /// looked up in the order hyper hands them over, each search starting after the previous request's head.
     pub fn lookup(&self, method: &str, target: &str, want_length: bool) -> Raw {
         let mut r = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let needle: Vec<u8> = [method.as_bytes(), b" ", target.as_bytes()].concat();
         let cursor = r.cursor.min(r.bytes.len());
         let hay = r.bytes.make_contiguous();
         let Some(hay) = hay.get(cursor..) else {
             return Raw::default();
         };
-        let found = hay
-            .windows(needle.len() + 1)
-            .position(|w| w.starts_with(&needle) && matches!(w.last(), Some(b'#') | Some(b' ')));
-        let Some(at) = found else {
+        let Some(at) = find_line(hay, method.as_bytes(), target.as_bytes()) else {
             return Raw::default();
         };
-        let line_end = at + needle.len();
+        let line_end = at + method.len() + 1 + target.len();
+        let rest = hay.get(line_end..).unwrap_or_default();
+        let head = head_len(rest);
         let raw = Raw {
-            fragment: hay.get(line_end) == Some(&b'#'),
-            content_length: want_length && head_has_length(hay.get(line_end..).unwrap_or_default()),
+            fragment: rest.first() == Some(&b'#'),
+            content_length: want_length
+                && head_has_length(rest.get(..head.unwrap_or(rest.len())).unwrap_or_default()),
         };
-        // What came before this request line is of no more use: keep the ring small between requests (an
-        // upload's bytes otherwise stay allocated for the connection's life).
-        let used = (cursor + line_end).min(r.bytes.len());
+        // What came before the next request line is of no more use: the rest of this head goes too, so the
+        // next lookup starts where the next request does (after a body-less request, at the ring's start)
+        // instead of scanning this head again. The ring stays small between requests (an upload's bytes
+        // otherwise stay allocated for the connection's life).
+        let used = (cursor + line_end + head.unwrap_or(0)).min(r.bytes.len());
         r.bytes.drain(..used);
         r.cursor = 0;
         let (len, cap) = (r.bytes.len(), r.bytes.capacity());
@@ -165,28 +166,57 @@ impl Recent {
     }
 }
 
+/// Where `method SP target` starts in `hay`, followed by `#` or a space (a longer target is another request).
+/// Candidates are the places holding the method's first byte, so a head that is not the request line costs one
+/// byte scan, not a comparison at every offset.
+fn find_line(hay: &[u8], method: &[u8], target: &[u8]) -> Option<usize> {
+    let first = *method.first()?;
+    let len = method.len() + 1 + target.len();
+    let mut from = 0;
+    loop {
+        let at = from + hay.get(from..)?.iter().position(|&b| b == first)?;
+        let line = hay.get(at..=at + len)?; // too short here means too short at every later offset too
+        let (m, rest) = line.split_at(method.len());
+        if m == method
+            && rest.first() == Some(&b' ')
+            && rest.get(1..=target.len()) == Some(target)
+            && matches!(line.last(), Some(b'#' | b' '))
+        {
+            return Some(at);
+        }
+        from = at + 1;
+    }
+}
+
+/// The length of what is left of a head in `rest` (the request line's tail, the fields, the empty line), if
+/// its end is there. Lines end with LF, optionally after CR, as hyper's parser (httparse) takes them.
+fn head_len(rest: &[u8]) -> Option<usize> {
+    let mut start = 0;
+    loop {
+        let nl = start + rest.get(start..)?.iter().position(|&b| b == b'\n')?;
+        let line = rest.get(start..nl)?;
+        if start > 0 && (line.is_empty() || line == b"\r") {
+            return Some(nl + 1);
+        }
+        start = nl + 1;
+    }
+}
+
 #[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Raw {
     pub fragment: bool,
     pub content_length: bool,
 }
 
-/// A `content-length:` line before the head's end (names carry no whitespace before the colon: hyper
-/// refuses them).
-fn head_has_length(rest: &[u8]) -> bool {
-    let end = rest
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or(rest.len());
-    rest.get(..end)
-        .unwrap_or_default()
-        .split(|&b| b == b'\n')
-        .any(|line| {
-            line.len() >= 15
-                && line
-                    .get(..15)
-                    .is_some_and(|n| n.eq_ignore_ascii_case(b"content-length:"))
-        })
+/// A `content-length:` line in the head's rest (names carry no whitespace before the colon: hyper refuses
+/// them).
+fn head_has_length(head: &[u8]) -> bool {
+    head.split(|&b| b == b'\n').any(|line| {
+        line.len() >= 15
+            && line
+                .get(..15)
+                .is_some_and(|n| n.eq_ignore_ascii_case(b"content-length:"))
+    })
 }
 
 pub struct Tap<T> {

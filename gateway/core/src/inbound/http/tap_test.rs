@@ -61,3 +61,36 @@ fn finds_fragments_in_order_and_stays_bounded() {
         }
     );
 }
+
+#[test]
+fn pipelined_heads_with_bare_line_feeds_are_found_in_order() {
+    let r = Recent::new(4096);
+    // httparse takes LF alone as a line end: the first head ends at its empty line, not at a later CRLF CRLF.
+    r.record(
+        b"GET /a HTTP/1.1\nHost: a\n\nGET /a#f HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\n\r\n",
+    );
+    assert!(!r.lookup("GET", "/a", false).fragment);
+    assert!(r.lookup("GET", "/a", false).fragment);
+    assert!(!r.lookup("GET", "/b", false).fragment);
+    assert!(r.0.lock().unwrap().bytes.is_empty());
+}
+
+#[test]
+fn a_longer_target_is_another_request_and_a_length_after_the_head_is_not_this_ones() {
+    let r = Recent::new(4096);
+    r.record(b"GET /ab HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /a#x HTTP/1.1\r\nContent-Length: 1\r\n\r\n");
+    assert_eq!(r.lookup("GET", "/ab", true), Raw::default());
+    assert_eq!(
+        r.lookup("GET", "/a", true),
+        Raw {
+            fragment: true,
+            content_length: true
+        }
+    );
+    // The match needs the whole `method SP target` and what follows it.
+    let r = Recent::new(4096);
+    r.record(b"GET /a");
+    assert_eq!(r.lookup("GET", "/a", false), Raw::default());
+    r.record(b"#x HTTP/1.1\r\n\r\n");
+    assert!(r.lookup("GET", "/a", false).fragment);
+}
