@@ -122,11 +122,16 @@ pub fn extend_forwarding(xff: &mut Vec<u8>, fwd: Option<&mut Vec<u8>>, client_ip
 }
 
 /// The request's `x-request-id`: the caller's non-empty one, else a new one (then `true`: the caller adds it).
-pub fn request_id(incoming: Option<&[u8]>) -> (String, bool) {
+pub fn request_id(incoming: Option<&HeaderValue>) -> (HeaderValue, bool) {
     match incoming.filter(|v| !v.is_empty()) {
-        Some(v) => (String::from_utf8_lossy(v).into_owned(), false),
+        Some(v) => (v.clone(), false),
         None => (new_request_id(), true),
     }
+}
+
+/// A field value as the access log writes it.
+pub fn lossy(v: &HeaderValue) -> String {
+    String::from_utf8_lossy(v.as_bytes()).into_owned()
 }
 
 thread_local! {
@@ -151,68 +156,71 @@ fn next() -> u64 {
     })
 }
 
-/// Lower-case hex of `v`, most significant nibble first, `digits` of them.
-fn hex_into(out: &mut String, v: u64, digits: u32) {
+/// Lower-case hex of `v`, most significant nibble first, one digit per byte of `out`.
+fn hex_into(out: &mut [u8], v: u64) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for i in (0..digits).rev() {
-        out.push(char::from(HEX[((v >> (i * 4)) & 0xF) as usize]));
+    let n = out.len();
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = HEX[((v >> ((n - 1 - i) * 4)) & 0xF) as usize];
     }
+}
+
+/// A value made of hex digits and dashes: always a valid field value (the fallback is never taken).
+fn made_value(b: &[u8]) -> HeaderValue {
+    HeaderValue::from_bytes(b).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// A UUID version 4 (RFC 9562 §5.4) as Envoy makes for x-request-id.
-pub fn new_request_id() -> String {
+pub fn new_request_id() -> HeaderValue {
     let hi = (next() & !(0xF << 12)) | (0x4 << 12);
     let lo = (next() & !(0x3 << 62)) | (0x2 << 62);
-    let mut s = String::with_capacity(36);
-    hex_into(&mut s, hi >> 32, 8);
-    s.push('-');
-    hex_into(&mut s, hi >> 16, 4);
-    s.push('-');
-    hex_into(&mut s, hi, 4);
-    s.push('-');
-    hex_into(&mut s, lo >> 48, 4);
-    s.push('-');
-    hex_into(&mut s, lo, 12);
-    s
+    let mut s = [b'-'; 36];
+    hex_into(&mut s[0..8], hi >> 32);
+    hex_into(&mut s[9..13], hi >> 16);
+    hex_into(&mut s[14..18], hi);
+    hex_into(&mut s[19..23], lo >> 48);
+    hex_into(&mut s[24..36], lo);
+    made_value(&s)
 }
 
 /// W3C trace context: keep the trace id and flags, new span id per hop; start a trace when none arrives.
-pub fn new_traceparent(incoming: Option<&[u8]>) -> String {
+pub fn new_traceparent(incoming: Option<&[u8]>) -> HeaderValue {
     let span = next().max(1); // an all-zero id is invalid (W3C trace-context §3.2.2.4)
-    if let Some(v) = incoming.and_then(|v| std::str::from_utf8(v.trim_ascii()).ok()) {
-        let mut parts = v.split('-');
+    if let Some(v) = incoming.map(<[u8]>::trim_ascii) {
+        let mut parts = v.split(|&b| b == b'-');
         if let (Some(version), Some(trace), Some(parent), Some(flags)) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         {
-            let hex = |x: &str| x.bytes().all(|b| b.is_ascii_hexdigit());
-            if trace.len() == 32
-                && parent.len() == 16
-                && hex(trace)
-                && hex(version)
-                && trace != "00000000000000000000000000000000"
-                && flags.len() >= 2
-            {
-                let f = flags.get(..2).unwrap_or("01");
-                let mut s = String::with_capacity(version.len() + 53);
-                s.push_str(version);
-                s.push('-');
-                s.push_str(trace);
-                s.push('-');
-                hex_into(&mut s, span, 16);
-                s.push('-');
-                s.push_str(f);
-                return s;
+            let hex = |x: &[u8]| x.iter().all(u8::is_ascii_hexdigit);
+            // trace-flags is two hex digits (W3C trace-context §3.2.2.5); a later version may append fields.
+            let flags = flags.get(..2).filter(|f| hex(f));
+            if let (32, 16, true, true, true, Some(flags)) = (
+                trace.len(),
+                parent.len(),
+                hex(trace),
+                hex(version),
+                trace.iter().any(|&b| b != b'0'),
+                flags,
+            ) {
+                let mut s = Vec::with_capacity(version.len() + 53);
+                s.extend_from_slice(version);
+                s.push(b'-');
+                s.extend_from_slice(trace);
+                s.push(b'-');
+                let at = s.len();
+                s.resize(at + 16, b'0');
+                hex_into(&mut s[at..], span);
+                s.push(b'-');
+                s.extend_from_slice(flags);
+                return made_value(&s);
             }
         }
     }
-    let mut s = String::with_capacity(55);
-    s.push_str("00-");
-    hex_into(&mut s, next(), 16);
-    hex_into(&mut s, next().max(1), 16);
-    s.push('-');
-    hex_into(&mut s, span, 16);
-    s.push_str("-01");
-    s
+    let mut s = *b"00-0123456789abcdef0123456789abcdef-0123456789abcdef-01";
+    hex_into(&mut s[3..19], next());
+    hex_into(&mut s[19..35], next().max(1));
+    hex_into(&mut s[36..52], span);
+    made_value(&s)
 }
 
 /// Adds a field; names and values came through hyper's parser or are made here: a failure drops the line,
@@ -255,6 +263,7 @@ mod tests {
     fn request_ids_are_uuid_v4() {
         for _ in 0..100 {
             let id = new_request_id();
+            let id = id.to_str().unwrap();
             let parts: Vec<&str> = id.split('-').collect();
             assert_eq!(
                 parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
@@ -273,21 +282,41 @@ mod tests {
     fn traceparent_keeps_the_trace_and_makes_a_span() {
         let incoming = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let t = new_traceparent(Some(incoming));
+        let t = t.to_str().unwrap();
         assert_eq!(t.len(), 55);
         assert!(t.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
         assert!(t.ends_with("-01"));
         assert_ne!(&t[36..52], "00f067aa0ba902b7");
         assert!(is_hex(&t[36..52]));
         let fresh = new_traceparent(None);
+        let fresh = fresh.to_str().unwrap();
         assert_eq!(fresh.len(), 55);
         assert!(fresh.starts_with("00-") && fresh.ends_with("-01"));
         assert!(is_hex(&fresh[3..35]) && is_hex(&fresh[36..52]));
         // Not UTF-8, or a zero trace id: a new trace.
-        assert!(new_traceparent(Some(b"\xff\xfe")).starts_with("00-"));
+        assert!(new_traceparent(Some(b"\xff\xfe"))
+            .as_bytes()
+            .starts_with(b"00-"));
         let zero = new_traceparent(Some(
             b"00-00000000000000000000000000000000-00f067aa0ba902b7-01",
         ));
-        assert_ne!(&zero[3..35], "00000000000000000000000000000000");
+        assert_ne!(&zero.as_bytes()[3..35], b"00000000000000000000000000000000");
+        // Flags that are not two hex digits: not a traceparent to continue.
+        let bad = new_traceparent(Some(
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-\x7f1",
+        ));
+        assert!(!bad
+            .as_bytes()
+            .starts_with(b"00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert_eq!(bad.len(), 55);
+        // A later version's extra fields are not carried; its trace and flags are.
+        let v = new_traceparent(Some(
+            b"cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-the-future-holds",
+        ));
+        assert!(v
+            .as_bytes()
+            .starts_with(b"cc-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(v.as_bytes().ends_with(b"-01"));
     }
 
     #[test]

@@ -15,8 +15,8 @@ use crate::http::forwarding::{
 /// What the request sent to the app carries for the access log.
 pub struct Sent {
     pub headers: HeaderMap,
-    pub request_id: String,
-    pub traceparent: String,
+    pub request_id: HeaderValue,
+    pub traceparent: HeaderValue,
 }
 
 /// The field a `received` entry was read from; `None` for one made here (HTTP/2's `:authority` as `host`).
@@ -37,7 +37,7 @@ pub fn request(
     let mut xff: Vec<u8> = Vec::new();
     let mut fwd: Vec<u8> = Vec::new();
     let mut trace: Option<&[u8]> = None;
-    let mut incoming_id: Option<&[u8]> = None;
+    let mut incoming_id: Option<HeaderValue> = None;
     for (i, (name, value)) in received.iter().enumerate() {
         if verdict.drop.contains(&i) {
             continue; // DROP_HEADER: gone before anything looks at it (l7-security.md §6.18)
@@ -64,7 +64,10 @@ pub fn request(
             }
             // The first non-empty one is the caller's id (an empty one is relayed as it is).
             "x-request-id" if incoming_id.is_none() && !value.is_empty() => {
-                incoming_id = Some(value);
+                incoming_id = match typed.get(i) {
+                    Some(Some((_, v))) => Some((*v).clone()),
+                    _ => HeaderValue::from_bytes(value).ok(),
+                };
             }
             _ => {}
         }
@@ -86,12 +89,12 @@ pub fn request(
     if !fwd.is_empty() {
         append_named(&mut out, &FORWARDED, &fwd);
     }
-    let (request_id, made) = request_id(incoming_id);
+    let (request_id, made) = request_id(incoming_id.as_ref());
     if made {
-        append_named(&mut out, &X_REQUEST_ID, request_id.as_bytes());
+        out.append(X_REQUEST_ID.clone(), request_id.clone());
     }
     let traceparent = new_traceparent(trace);
-    append_named(&mut out, &TRACEPARENT, traceparent.as_bytes());
+    out.append(TRACEPARENT.clone(), traceparent.clone());
     if verdict.te_trailers {
         append(&mut out, "te", b"trailers");
     }
@@ -119,16 +122,21 @@ pub fn response(headers: &mut HeaderMap, switching: bool) {
 }
 
 /// A websocket upgrade, the only kind Consul configures (`upgrade_configs [websocket]`, l7-security.md §0).
-pub fn is_websocket(received: &[(&str, &[u8])]) -> bool {
-    let upgrade = received
-        .iter()
-        .any(|(n, v)| *n == "upgrade" && v.trim_ascii().eq_ignore_ascii_case(b"websocket"));
-    let conn = received.iter().any(|(n, v)| {
-        *n == "connection"
-            && v.split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
-    });
-    upgrade && conn
+/// `fields` are (lower-case name, value) pairs: the checked list, or a request's header map as it came.
+pub fn is_websocket<'a>(fields: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> bool {
+    let (mut upgrade, mut connection) = (false, false);
+    for (n, v) in fields {
+        match n {
+            "upgrade" => upgrade |= v.trim_ascii().eq_ignore_ascii_case(b"websocket"),
+            "connection" => {
+                connection |= v
+                    .split(|&b| b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
+            }
+            _ => {}
+        }
+    }
+    upgrade && connection
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ use super::local::{self, answer};
 use super::metrics::Timeout;
 use super::pool::{AppSender, DialError};
 use super::Conn;
+use crate::http::forwarding::lossy;
 use crate::http::grpc;
 use crate::http::sniff::Codec;
 use crate::http::upstream_body::UpBody;
@@ -146,10 +147,12 @@ impl Conn {
         };
         let mut ex = ex;
         ex.grpc = grpc;
-        let websocket = {
-            let received = received(req.headers());
-            req.method() == Method::GET && headers::is_websocket(&received)
-        };
+        let websocket = req.method() == Method::GET
+            && headers::is_websocket(
+                req.headers()
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_bytes())),
+            );
         let on_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
         let resp = match self.admit(&parts, &target, raw, websocket) {
@@ -371,8 +374,11 @@ impl Conn {
         head: bool,
         mut ex: Exchange,
     ) -> Response<RespBody> {
-        ex.request_id = a.sent.request_id.clone();
-        ex.traceparent = a.sent.traceparent.clone();
+        if self.policy.access_log.is_some() {
+            // Only the access log reads them (its record is filled only while the log is on).
+            ex.request_id = lossy(&a.sent.request_id);
+            ex.traceparent = lossy(&a.sent.traceparent);
+        }
         let mut headers = a.sent.headers;
         let uri = if self.app_h2 {
             // h2c to the app: `:authority` from Host (RFC 9113 §8.3.1), `:scheme` http (plaintext hop).
@@ -632,12 +638,8 @@ impl SendFailure {
     }
 }
 
-/// The header list as `http_head` and intentions take it: lower-case names (hyper's), values as received.
-fn received(h: &http::HeaderMap) -> Vec<(&str, &[u8])> {
-    h.iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect()
-}
-
-/// [`received`] (without `host` for HTTP/2), and beside each entry the field it was read from: the request to
+/// The header list as `http_head` and intentions take it: lower-case names (hyper's), values as received,
+/// without `host` for HTTP/2. Beside each entry the field it was read from: the request to
 /// the app reuses those (reference-counted) instead of parsing each name and copying each value again.
 fn received_typed(h: &http::HeaderMap, h2: bool) -> (Vec<(&str, &[u8])>, Vec<headers::Typed<'_>>) {
     let mut list = Vec::with_capacity(h.len() + 1);

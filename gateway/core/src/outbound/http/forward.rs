@@ -21,6 +21,7 @@ use super::retry::RetryPolicy;
 use super::rng;
 use super::router::{pick_split, RequestView};
 use super::runtime::BREAKERS;
+use crate::http::forwarding::lossy;
 use crate::http::h1_client::{take_upgrade, Upgraded};
 
 /// An Upgrade request (WebSocket): after a 101 the connection becomes a tunnel (RFC 9110 §7.8).
@@ -169,8 +170,8 @@ pub(super) async fn handle(mut req: Request<Incoming>, cx: Arc<ConnCtx>) -> Resp
         hdrs.insert(http::header::UPGRADE, u.clone());
     }
     if let Some(l) = &mut ex.log {
-        l.request_id = sent.request_id;
-        l.traceparent = sent.traceparent;
+        l.request_id = lossy(&sent.request_id);
+        l.traceparent = lossy(&sent.traceparent);
     }
     let policy = route
         .retry

@@ -58,8 +58,8 @@ impl HeaderRules {
 
 /// What the access log says was sent: (x-request-id, traceparent).
 pub struct Sent {
-    pub request_id: String,
-    pub traceparent: String,
+    pub request_id: HeaderValue,
+    pub traceparent: HeaderValue,
 }
 
 /// The request head as it goes upstream (headers.py render_request_head).
@@ -97,16 +97,12 @@ pub fn forward_request(h: &mut HeaderMap, client_ip: &str, rules: &HeaderRules) 
     if let Some(Ok(v)) = fwd.as_deref().map(HeaderValue::from_bytes) {
         h.insert(FORWARDED.clone(), v);
     }
-    let (request_id, made) = request_id(h.get(&X_REQUEST_ID).map(HeaderValue::as_bytes));
+    let (request_id, made) = request_id(h.get(&X_REQUEST_ID));
     if made {
-        if let Ok(v) = HeaderValue::from_str(&request_id) {
-            h.insert(X_REQUEST_ID.clone(), v);
-        }
+        h.insert(X_REQUEST_ID.clone(), request_id.clone());
     }
     let traceparent = new_traceparent(incoming_trace.as_ref().map(HeaderValue::as_bytes));
-    if let Ok(v) = HeaderValue::from_str(&traceparent) {
-        h.insert(TRACEPARENT.clone(), v);
-    }
+    h.insert(TRACEPARENT.clone(), traceparent.clone());
     Sent {
         request_id,
         traceparent,
