@@ -4,6 +4,7 @@
 use pyo3::prelude::*;
 
 pub mod cluster;
+mod driver_wake;
 pub mod gateways;
 pub mod http;
 pub mod identity;

@@ -57,7 +57,9 @@ impl Core {
             .name("meshgw-data".into())
             .spawn(move || {
                 rt.block_on(async {
+                    let near = tokio::spawn(crate::driver_wake::hold_near());
                     let _ = rx.await;
+                    near.abort();
                 });
                 rt.shutdown_timeout(Duration::from_millis(100));
             })
