@@ -76,8 +76,17 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     let mut nominated: Vec<HeaderName> = Vec::new();
     for v in h.get_all(CONNECTION) {
         for token in v.as_bytes().split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            // The usual options (`keep-alive`, `close`, `upgrade`) name no field left to remove: not parsed
+            // into a name (an allocation each) to be removed again.
+            if token.eq_ignore_ascii_case(b"close")
+                || std::str::from_utf8(token)
+                    .is_ok_and(|t| HOP_BY_HOP.iter().any(|h| t.eq_ignore_ascii_case(h)))
+            {
+                continue;
+            }
             // HeaderName::from_bytes lower-cases as it parses (http's `parse_hdr`).
-            if let Ok(n) = HeaderName::from_bytes(token.trim_ascii()) {
+            if let Ok(n) = HeaderName::from_bytes(token) {
                 if !NEVER_NOMINATED.contains(&n.as_str()) {
                     nominated.push(n);
                 }
@@ -121,14 +130,6 @@ pub fn extend_forwarding(xff: &mut Vec<u8>, fwd: Option<&mut Vec<u8>>, client_ip
     }
 }
 
-/// The request's `x-request-id`: the caller's non-empty one, else a new one (then `true`: the caller adds it).
-pub fn request_id(incoming: Option<&HeaderValue>) -> (HeaderValue, bool) {
-    match incoming.filter(|v| !v.is_empty()) {
-        Some(v) => (v.clone(), false),
-        None => (new_request_id(), true),
-    }
-}
-
 /// A field value as the access log writes it.
 pub fn lossy(v: &HeaderValue) -> String {
     String::from_utf8_lossy(v.as_bytes()).into_owned()
@@ -165,9 +166,11 @@ fn hex_into(out: &mut [u8], v: u64) {
     }
 }
 
-/// A value made of hex digits and dashes: always a valid field value (the fallback is never taken).
-fn made_value(b: &[u8]) -> HeaderValue {
-    HeaderValue::from_bytes(b).unwrap_or_else(|_| HeaderValue::from_static(""))
+/// A value made of hex digits and dashes: always a valid field value (the fallback is never taken). The bytes
+/// become the value's own, not copied (`len == capacity`: bytes keeps the allocation as it is).
+fn made_value(b: Vec<u8>) -> HeaderValue {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(b))
+        .unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// A UUID version 4 (RFC 9562 §5.4) as Envoy makes for x-request-id.
@@ -180,7 +183,7 @@ pub fn new_request_id() -> HeaderValue {
     hex_into(&mut s[14..18], hi);
     hex_into(&mut s[19..23], lo >> 48);
     hex_into(&mut s[24..36], lo);
-    made_value(&s)
+    made_value(s.to_vec())
 }
 
 /// W3C trace context: keep the trace id and flags, new span id per hop; start a trace when none arrives.
@@ -212,7 +215,7 @@ pub fn new_traceparent(incoming: Option<&[u8]>) -> HeaderValue {
                 hex_into(&mut s[at..], span);
                 s.push(b'-');
                 s.extend_from_slice(flags);
-                return made_value(&s);
+                return made_value(s);
             }
         }
     }
@@ -220,7 +223,7 @@ pub fn new_traceparent(incoming: Option<&[u8]>) -> HeaderValue {
     hex_into(&mut s[3..19], next());
     hex_into(&mut s[19..35], next().max(1));
     hex_into(&mut s[36..52], span);
-    made_value(&s)
+    made_value(s.to_vec())
 }
 
 /// Adds a field; names and values came through hyper's parser or are made here: a failure drops the line,

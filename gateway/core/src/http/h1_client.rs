@@ -23,8 +23,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::header::{
     HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING, UPGRADE,
 };
-use http::request::Parts;
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
@@ -181,22 +180,43 @@ impl H1Client {
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
+        let (parts, body) = req.into_parts();
+        let head = ReqHead {
+            method: &parts.method,
+            uri: &parts.uri,
+            headers: &parts.headers,
+        };
+        match self.send_head(head, body).await {
+            Ok(r) => Ok(r),
+            Err((body, error)) => Err(SendError {
+                request: body.map(|b| Request::from_parts(parts, b)),
+                error,
+            }),
+        }
+    }
+
+    /// [`send`](Self::send) from a borrowed head: the caller keeps its fields for another attempt instead of
+    /// cloning them for each (the clone of a field made for the request costs an allocation). On error the
+    /// body comes back when none of the request went out.
+    pub async fn send_head<B>(
+        &self,
+        head: ReqHead<'_>,
+        body: B,
+    ) -> Result<Response<H1Body>, (Option<B>, Error)>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
         let wire = {
             let mut taken = lock(&self.slot).take();
             match taken.take_if(|w| w.idle_ok()) {
                 Some(w) => w,
-                None => {
-                    return Err(SendError {
-                        request: Some(req),
-                        error: Error::Closed,
-                    })
-                }
+                None => return Err((Some(body), Error::Closed)),
             }
         };
-        let (parts, body) = req.into_parts();
-        let framing = request_framing(&parts, &body);
+        let framing = request_framing(&head, &body);
         let mut out = BytesMut::with_capacity(512);
-        encode_head(&parts, framing, &mut out);
+        encode_head(&head, framing, &mut out);
         let expects_body = !matches!(framing, ReqFraming::None);
         let mut x = Exchange {
             wire,
@@ -206,8 +226,8 @@ impl H1Client {
                 body: None,
                 framing,
             },
-            head_req: parts.method == Method::HEAD,
-            upgrade: parts.headers.contains_key(UPGRADE),
+            head_req: *head.method == Method::HEAD,
+            upgrade: head.headers.contains_key(UPGRADE),
         };
         // The head goes out first, the body not yet touched: a connection the peer closed meanwhile gives the
         // request back whole.
@@ -217,26 +237,25 @@ impl H1Client {
                 Error::Io(_) => Error::Closed,
                 e => e,
             };
-            return Err(SendError {
-                request: Some(Request::from_parts(parts, body)),
-                error,
-            });
+            return Err((Some(body), error));
         }
         if expects_body {
             x.pump.body = Some(body.map_err(Into::into).boxed_unsync());
         }
-        drop(parts);
         let head = match std::future::poll_fn(|cx| x.poll_head(cx)).await {
             Ok(h) => h,
-            Err(error) => {
-                return Err(SendError {
-                    request: None,
-                    error,
-                })
-            }
+            Err(error) => return Err((None, error)),
         };
         Ok(x.into_response(head, &self.slot))
     }
+}
+
+/// A request's head as [`H1Client::send_head`] writes it.
+#[derive(Clone, Copy)]
+pub struct ReqHead<'a> {
+    pub method: &'a Method,
+    pub uri: &'a Uri,
+    pub headers: &'a HeaderMap,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -259,24 +278,24 @@ fn bodiless_method(m: &Method) -> bool {
     )
 }
 
-fn request_framing<B: Body>(parts: &Parts, body: &B) -> ReqFraming {
+fn request_framing<B: Body>(parts: &ReqHead<'_>, body: &B) -> ReqFraming {
     if parts.headers.contains_key(TRANSFER_ENCODING) {
         return ReqFraming::Chunked;
     }
-    if let Some(n) = super::content_length(&parts.headers).ok().flatten() {
+    if let Some(n) = super::content_length(parts.headers).ok().flatten() {
         return ReqFraming::Length(n);
     }
     if body.is_end_stream() {
-        return if bodiless_method(&parts.method) {
+        return if bodiless_method(parts.method) {
             ReqFraming::None
         } else {
             ReqFraming::Length(0)
         };
     }
     match body.size_hint().exact() {
-        Some(0) if bodiless_method(&parts.method) => ReqFraming::None,
+        Some(0) if bodiless_method(parts.method) => ReqFraming::None,
         Some(n) => ReqFraming::Length(n),
-        None if matches!(parts.method, Method::GET | Method::HEAD | Method::CONNECT) => {
+        None if matches!(*parts.method, Method::GET | Method::HEAD | Method::CONNECT) => {
             ReqFraming::Length(0)
         }
         None => ReqFraming::Chunked,
@@ -285,7 +304,7 @@ fn request_framing<B: Body>(parts: &Parts, body: &B) -> ReqFraming {
 
 /// The request line and fields. `content-length` and `transfer-encoding` are written from `framing`; a given
 /// `transfer-encoding` keeps its codings and gets `chunked` last if it lacks it (hyper's rule).
-fn encode_head(parts: &Parts, framing: ReqFraming, dst: &mut BytesMut) {
+fn encode_head(parts: &ReqHead<'_>, framing: ReqFraming, dst: &mut BytesMut) {
     dst.put_slice(parts.method.as_str().as_bytes());
     dst.put_u8(b' ');
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -303,7 +322,7 @@ fn encode_head(parts: &Parts, framing: ReqFraming, dst: &mut BytesMut) {
         }
     }
     let mut te_chunked = false;
-    for (name, value) in &parts.headers {
+    for (name, value) in parts.headers {
         if name == CONTENT_LENGTH {
             continue;
         }

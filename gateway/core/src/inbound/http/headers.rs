@@ -8,15 +8,33 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use meshgw_proto::http_head::HeaderVerdict;
 
 use crate::http::forwarding::{
-    append, append_named, extend_forwarding, is_hop_by_hop, join, new_traceparent, request_id,
-    strip_hop_by_hop, FORWARDED, TRACEPARENT, X_FORWARDED_FOR, X_REQUEST_ID,
+    append, append_named, extend_forwarding, is_hop_by_hop, join, lossy, new_request_id,
+    new_traceparent, strip_hop_by_hop, FORWARDED, TRACEPARENT, X_FORWARDED_FOR, X_REQUEST_ID,
 };
 
-/// What the request sent to the app carries for the access log.
+/// The request head for the app.
 pub struct Sent {
     pub headers: HeaderMap,
-    pub request_id: HeaderValue,
-    pub traceparent: HeaderValue,
+}
+
+impl Sent {
+    /// The request's id for the access log: the caller's first non-empty one, or the one made here.
+    pub fn request_id(&self) -> String {
+        let id = self
+            .headers
+            .get_all(&X_REQUEST_ID)
+            .iter()
+            .find(|v| !v.is_empty());
+        id.map(lossy).unwrap_or_default()
+    }
+
+    /// The traceparent with this hop's span, for the access log.
+    pub fn traceparent(&self) -> String {
+        self.headers
+            .get(&TRACEPARENT)
+            .map(lossy)
+            .unwrap_or_default()
+    }
 }
 
 /// The field a `received` entry was read from; `None` for one made here (HTTP/2's `:authority` as `host`).
@@ -37,7 +55,7 @@ pub fn request(
     let mut xff: Vec<u8> = Vec::new();
     let mut fwd: Vec<u8> = Vec::new();
     let mut trace: Option<&[u8]> = None;
-    let mut incoming_id: Option<HeaderValue> = None;
+    let mut has_id = false;
     for (i, (name, value)) in received.iter().enumerate() {
         if verdict.drop.contains(&i) {
             continue; // DROP_HEADER: gone before anything looks at it (l7-security.md §6.18)
@@ -63,12 +81,7 @@ pub fn request(
                 continue;
             }
             // The first non-empty one is the caller's id (an empty one is relayed as it is).
-            "x-request-id" if incoming_id.is_none() && !value.is_empty() => {
-                incoming_id = match typed.get(i) {
-                    Some(Some((_, v))) => Some((*v).clone()),
-                    _ => HeaderValue::from_bytes(value).ok(),
-                };
-            }
+            "x-request-id" if !value.is_empty() => has_id = true,
             _ => {}
         }
         match typed.get(i) {
@@ -89,23 +102,18 @@ pub fn request(
     if !fwd.is_empty() {
         append_named(&mut out, &FORWARDED, &fwd);
     }
-    let (request_id, made) = request_id(incoming_id.as_ref());
-    if made {
-        out.append(X_REQUEST_ID.clone(), request_id.clone());
+    // The values made here go into the head only: a clone of one costs an allocation (bytes promotes it).
+    if !has_id {
+        out.append(X_REQUEST_ID.clone(), new_request_id());
     }
-    let traceparent = new_traceparent(trace);
-    out.append(TRACEPARENT.clone(), traceparent.clone());
+    out.append(TRACEPARENT.clone(), new_traceparent(trace));
     if verdict.te_trailers {
         append(&mut out, "te", b"trailers");
     }
     if websocket {
         append(&mut out, "connection", b"upgrade");
     }
-    Sent {
-        headers: out,
-        request_id,
-        traceparent,
-    }
+    Sent { headers: out }
 }
 
 /// The app's response headers for the caller: hop-by-hop fields and their nominations removed (a 101 keeps

@@ -87,6 +87,8 @@ fn forwarding_headers() {
     assert_eq!(get(&s, "x-forwarded-for"), ["1.1.1.1, 2.2.2.2, 10.0.0.9"]);
     assert_eq!(get(&s, "forwarded"), ["for=1.1.1.1, for=10.0.0.9"]);
     assert_eq!(get(&s, "x-request-id"), ["abc"]);
+    assert_eq!(s.request_id(), "abc");
+    assert_eq!(s.traceparent(), get(&s, "traceparent")[0]);
     assert_eq!(get(&s, "host"), ["evil.example"]);
     let tp = get(&s, "traceparent")[0];
     assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && tp.ends_with("-01"));
@@ -98,9 +100,15 @@ fn made_ids_are_well_formed() {
     let s = sent(&[("host", "api")], None);
     let id = get(&s, "x-request-id")[0];
     assert_eq!(id.len(), 36);
+    assert_eq!(s.request_id(), id);
+    // An empty id is relayed as it is, and the access log names the one made beside it.
+    let s = sent(&[("host", "api"), ("x-request-id", "")], None);
+    assert_eq!(get(&s, "x-request-id").len(), 2);
+    assert_eq!(s.request_id().len(), 36);
     assert_eq!(id.as_bytes()[14], b'4');
     assert!(matches!(id.as_bytes()[19], b'8' | b'9' | b'a' | b'b'));
-    let tp: Vec<&str> = s.traceparent.to_str().unwrap().split('-').collect();
+    let tp = s.traceparent();
+    let tp: Vec<&str> = tp.split('-').collect();
     assert_eq!(
         (tp[0], tp[1].len(), tp[2].len(), tp[3]),
         ("00", 32, 16, "01")

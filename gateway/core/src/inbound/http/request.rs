@@ -24,7 +24,6 @@ use super::local::{self, answer};
 use super::metrics::Timeout;
 use super::pool::{AppSender, DialError};
 use super::Conn;
-use crate::http::forwarding::lossy;
 use crate::http::grpc;
 use crate::http::sniff::Codec;
 use crate::http::upstream_body::UpBody;
@@ -376,8 +375,8 @@ impl Conn {
     ) -> Response<RespBody> {
         if self.policy.access_log.is_some() {
             // Only the access log reads them (its record is filled only while the log is on).
-            ex.request_id = lossy(&a.sent.request_id);
-            ex.traceparent = lossy(&a.sent.traceparent);
+            ex.request_id = a.sent.request_id();
+            ex.traceparent = a.sent.traceparent();
         }
         let mut headers = a.sent.headers;
         let uri = if self.app_h2 {

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{HeaderMap, Method, Request, Response, Uri};
+use http::{HeaderMap, Method, Response, Uri};
 
 use super::balancer::{now_ns, Pick, Policy};
 use super::body::Payload;
@@ -15,6 +15,7 @@ use super::pool::{Conn, Sender};
 use super::retry::{Kind, RetryPolicy};
 use super::runtime::BREAKERS;
 use super::{HttpCluster, Plan};
+use crate::http::h1_client::ReqHead;
 use crate::http::upstream_body::UpBody;
 use crate::outbound::dial::{dial_one_with, Timeouts};
 use crate::tls::MeshTls;
@@ -105,15 +106,17 @@ impl Attempts<'_> {
                     "UC",
                 ));
             };
-            let mut req = Request::new(body);
-            *req.method_mut() = self.method.clone();
-            *req.uri_mut() = self.uri.clone();
-            *req.headers_mut() = self.headers.clone();
+            // The head stays here for another attempt: the HTTP/1.1 hop writes it from a borrow.
+            let head = ReqHead {
+                method: &self.method,
+                uri: &self.uri,
+                headers: &self.headers,
+            };
             let host = &c.hosts[hi];
             ex.attach(host);
             // Only the latency-aware policy reads the estimate: others skip the two clock reads and the lock.
             let t0 = (c.tables.policy == Policy::PeakEwma).then(Instant::now);
-            match conn.tx.try_send_request(req).await {
+            match conn.tx.try_send(head, body).await {
                 Ok(resp) => {
                     if let Some(t0) = t0 {
                         host.observe_rtt(t0.elapsed());
@@ -141,9 +144,9 @@ impl Attempts<'_> {
                 }
                 Err(mut e) => {
                     ex.detach();
-                    if let Some(req) = e.take_message() {
+                    if let Some(body) = e.take_body() {
                         // Never sent (the connection closed first): as a connect failure, safe for any method.
-                        payload.put_back(req.into_body());
+                        payload.put_back(body);
                         rt.host_result(host, 503, &c.outlier, &self.cx.shared);
                         if self.may_retry(ex, Kind::ConnectFailure, &payload) {
                             self.backoff(ex).await;

@@ -21,7 +21,7 @@ use super::retry::RetryPolicy;
 use super::rng;
 use super::router::{pick_split, RequestView};
 use super::runtime::BREAKERS;
-use crate::http::forwarding::lossy;
+use crate::http::forwarding::{lossy, TRACEPARENT, X_REQUEST_ID};
 use crate::http::h1_client::{take_upgrade, Upgraded};
 
 /// An Upgrade request (WebSocket): after a 101 the connection becomes a tunnel (RFC 9110 §7.8).
@@ -60,12 +60,17 @@ pub(super) async fn handle(mut req: Request<Incoming>, cx: Arc<ConnCtx>) -> Resp
         plan.m.not_ready.inc();
         return local(ex, 503, "no healthy upstream (not_ready)", "UH", None);
     };
-    let host = req
-        .headers()
-        .get(http::header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()));
+    // Read as text only where it is used: an ingress picks its chain by it, an HTTP/2 upstream gets it as
+    // `:authority`, a caller without Host (HTTP/2) gives its `:authority` as Host.
+    let host = (plan.ingress || plan.h2 || !req.headers().contains_key(http::header::HOST))
+        .then(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+                .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        })
+        .flatten();
     let Some(ci) = (if plan.ingress {
         plan.chain_for(host.as_deref())
             .and_then(|c| plan.chains.iter().position(|x| std::ptr::eq(x, c)))
@@ -75,12 +80,10 @@ pub(super) async fn handle(mut req: Request<Incoming>, cx: Arc<ConnCtx>) -> Resp
         return local(ex, 404, "no service for this host", "NR", None);
     };
     let chain = &plan.chains[ci];
-    let pq = req
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
-    let (path, query) = pq.split_once('?').unwrap_or((pq.as_str(), ""));
+    // The target as received (reference-counted, not copied): routed on, and sent as it is unless rewritten.
+    let received_pq = req.uri().path_and_query().cloned();
+    let pq = received_pq.as_ref().map_or("/", |p| p.as_str());
+    let (path, query) = pq.split_once('?').unwrap_or((pq, ""));
     let view = RequestView {
         method: req.method().as_str(),
         path: path.as_bytes(),
@@ -120,12 +123,13 @@ pub(super) async fn handle(mut req: Request<Incoming>, cx: Arc<ConnCtx>) -> Resp
         request_hash(&cluster.hash, req.headers(), query.as_bytes(), &cx.peer_ip)
     };
     let (parts, body) = req.into_parts();
-    let target = match &route.prefix_rewrite {
+    let rewritten = match &route.prefix_rewrite {
         Some(rw) if pq.starts_with(route.match_prefix.as_str()) => {
-            format!("{rw}{}", &pq[route.match_prefix.len()..])
+            Some(format!("{rw}{}", &pq[route.match_prefix.len()..]))
         }
-        _ => pq.clone(),
+        _ => None,
     };
+    let target = rewritten.as_deref().unwrap_or(pq);
     let mut hdrs = parts.headers;
     let uri = if plan.h2 {
         // HTTP/2 upstream: `:authority` from Host (or the caller's own `:authority`), `:scheme` as the app spoke
@@ -135,13 +139,13 @@ pub(super) async fn handle(mut req: Request<Incoming>, cx: Arc<ConnCtx>) -> Resp
         Uri::builder()
             .scheme("http")
             .authority(authority.as_str())
-            .path_and_query(target.as_str())
+            .path_and_query(target)
             .build()
             .or_else(|_| {
                 Uri::builder()
                     .scheme("http")
                     .authority(cluster.name.as_str())
-                    .path_and_query(target.as_str())
+                    .path_and_query(target)
                     .build()
             })
             .ok()
@@ -152,16 +156,23 @@ pub(super) async fn handle(mut req: Request<Incoming>, cx: Arc<ConnCtx>) -> Resp
                 hdrs.insert(http::header::HOST, h);
             }
         }
-        Some(Uri::try_from(target.as_str()).unwrap_or_else(|_| {
-            Uri::try_from(pq.as_str()).unwrap_or_else(|_| Uri::from_static("/"))
-        }))
+        let origin = |pq: http::uri::PathAndQuery| {
+            let mut parts = http::uri::Parts::default();
+            parts.path_and_query = Some(pq);
+            Uri::from_parts(parts).ok()
+        };
+        Some(match (&rewritten, &received_pq) {
+            (None, Some(pq)) => origin(pq.clone()).unwrap_or_else(|| Uri::from_static("/")),
+            _ => Uri::try_from(target)
+                .unwrap_or_else(|_| Uri::try_from(pq).unwrap_or_else(|_| Uri::from_static("/"))),
+        })
     };
     let Some(uri) = uri else {
         return local(ex, 400, "invalid request target", "", None);
     };
     // hyper answers Expect: 100-continue itself when the body is read; the upstream must not wait for it.
     hdrs.remove(http::header::EXPECT);
-    let sent = headers::forward_request(&mut hdrs, &cx.peer_ip, &split.request);
+    headers::forward_request(&mut hdrs, &cx.peer_ip, &split.request);
     if let Some(u) = &upgrade {
         hdrs.insert(
             http::header::CONNECTION,
@@ -170,8 +181,10 @@ pub(super) async fn handle(mut req: Request<Incoming>, cx: Arc<ConnCtx>) -> Resp
         hdrs.insert(http::header::UPGRADE, u.clone());
     }
     if let Some(l) = &mut ex.log {
-        l.request_id = lossy(&sent.request_id);
-        l.traceparent = lossy(&sent.traceparent);
+        // What forward_request left in the head: the id it kept or made, the span it made.
+        let field = |n: &http::HeaderName| hdrs.get(n).map(lossy).unwrap_or_default();
+        l.request_id = field(&X_REQUEST_ID);
+        l.traceparent = field(&TRACEPARENT);
     }
     let policy = route
         .retry

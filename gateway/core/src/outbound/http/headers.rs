@@ -9,8 +9,8 @@ use http::HeaderMap;
 
 use super::spec::HeaderRulesSpec;
 use crate::http::forwarding::{
-    extend_forwarding, join, new_traceparent, request_id, strip_hop_by_hop, FORWARDED, TRACEPARENT,
-    X_FORWARDED_FOR, X_REQUEST_ID,
+    extend_forwarding, join, new_request_id, new_traceparent, strip_hop_by_hop, FORWARDED,
+    TRACEPARENT, X_FORWARDED_FOR, X_REQUEST_ID,
 };
 
 /// Header changes compiled once per snapshot: names to drop, then fields to add.
@@ -57,13 +57,8 @@ impl HeaderRules {
 }
 
 /// What the access log says was sent: (x-request-id, traceparent).
-pub struct Sent {
-    pub request_id: HeaderValue,
-    pub traceparent: HeaderValue,
-}
-
 /// The request head as it goes upstream (headers.py render_request_head).
-pub fn forward_request(h: &mut HeaderMap, client_ip: &str, rules: &HeaderRules) -> Sent {
+pub fn forward_request(h: &mut HeaderMap, client_ip: &str, rules: &HeaderRules) {
     // `TE: trailers` is the one TE a proxy keeps (RFC 9113 §8.2.2; gRPC needs it end to end, and Envoy keeps it,
     // http2-grpc.md §5.5); any other TE goes with the hop-by-hop fields.
     let te_trailers = h.get_all(http::header::TE).iter().any(|v| {
@@ -97,16 +92,12 @@ pub fn forward_request(h: &mut HeaderMap, client_ip: &str, rules: &HeaderRules) 
     if let Some(Ok(v)) = fwd.as_deref().map(HeaderValue::from_bytes) {
         h.insert(FORWARDED.clone(), v);
     }
-    let (request_id, made) = request_id(h.get(&X_REQUEST_ID));
-    if made {
-        h.insert(X_REQUEST_ID.clone(), request_id.clone());
+    // Left in the head only: a clone of a made value costs an allocation (bytes promotes it to shared).
+    if h.get(&X_REQUEST_ID).is_none_or(HeaderValue::is_empty) {
+        h.insert(X_REQUEST_ID.clone(), new_request_id());
     }
     let traceparent = new_traceparent(incoming_trace.as_ref().map(HeaderValue::as_bytes));
-    h.insert(TRACEPARENT.clone(), traceparent.clone());
-    Sent {
-        request_id,
-        traceparent,
-    }
+    h.insert(TRACEPARENT.clone(), traceparent);
 }
 
 /// The response head as it goes downstream: hop-by-hop removed (an outbound response never keeps `Upgrade`:

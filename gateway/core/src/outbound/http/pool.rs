@@ -16,7 +16,7 @@ use http::{Request, Response};
 use tokio::sync::Notify;
 
 use super::body::ReqBody;
-use crate::http::h1_client::H1Client;
+use crate::http::h1_client::{H1Client, ReqHead};
 use crate::http::h2_client::H2Client;
 use crate::http::upstream_body::UpBody;
 
@@ -30,11 +30,12 @@ pub enum Sender {
     H2(H2Client),
 }
 
-/// A request that failed on its connection; given back when none of it went out (the connection was gone).
-pub struct Unsent(Option<Request<ReqBody>>);
+/// A request that failed on its connection; its body is given back when none of it went out (the connection
+/// was gone).
+pub struct Unsent(Option<ReqBody>);
 
 impl Unsent {
-    pub fn take_message(&mut self) -> Option<Request<ReqBody>> {
+    pub fn take_body(&mut self) -> Option<ReqBody> {
         self.0.take()
     }
 }
@@ -65,19 +66,29 @@ impl Sender {
         }
     }
 
-    pub async fn try_send_request(
+    /// Sends a request whose head the caller keeps (an attempt may be followed by another). Err carries the
+    /// body back when none of the request went out (the connection was gone).
+    pub async fn try_send(
         &mut self,
-        req: Request<ReqBody>,
+        head: ReqHead<'_>,
+        body: ReqBody,
     ) -> Result<Response<UpBody>, Unsent> {
         match self {
-            Sender::H1(s) => match s.send(req).await {
+            Sender::H1(s) => match s.send_head(head, body).await {
                 Ok(r) => Ok(r.map(UpBody::H1)),
-                Err(e) => Err(Unsent(e.request)),
+                Err((body, _)) => Err(Unsent(body)),
             },
-            Sender::H2(s) => match s.send(req).await {
-                Ok(r) => Ok(r.map(UpBody::H2)),
-                Err(e) => Err(Unsent(e.request)),
-            },
+            Sender::H2(s) => {
+                // h2 takes the head by value.
+                let mut req = Request::new(body);
+                *req.method_mut() = head.method.clone();
+                *req.uri_mut() = head.uri.clone();
+                *req.headers_mut() = head.headers.clone();
+                match s.send(req).await {
+                    Ok(r) => Ok(r.map(UpBody::H2)),
+                    Err(e) => Err(Unsent(e.request.map(Request::into_body))),
+                }
+            }
         }
     }
 }
