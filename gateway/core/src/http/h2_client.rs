@@ -79,24 +79,24 @@ impl H2Client {
         self.closed.load(Ordering::Acquire)
     }
 
-    /// Sends `req` on a new stream and waits for the response head.
-    pub async fn send<B>(&self, req: Request<B>) -> Result<Response<H2Body>, SendError<B>>
+    /// Sends `req` on a new stream and waits for the response head. Takes this handle (each request holds its
+    /// own copy, from the pool): cloning h2's `SendRequest` again per request locked the connection's stream
+    /// state once more to count the handle, and once more to drop it.
+    pub async fn send<B>(&mut self, req: Request<B>) -> Result<Response<H2Body>, SendError<B>>
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError> + Send,
     {
         // Waits while the peer's SETTINGS_MAX_CONCURRENT_STREAMS is reached; an error here means the
         // connection is gone and nothing was sent.
-        let mut tx = match self.tx.clone().ready().await {
-            Ok(tx) => tx,
-            Err(error) => {
-                self.closed.store(true, Ordering::Release);
-                return Err(SendError {
-                    request: Some(req),
-                    error,
-                });
-            }
-        };
+        if let Err(error) = poll_fn(|cx| self.tx.poll_ready(cx)).await {
+            self.closed.store(true, Ordering::Release);
+            return Err(SendError {
+                request: Some(req),
+                error,
+            });
+        }
+        let tx = &mut self.tx;
         let (mut parts, body) = req.into_parts();
         prepare_head(&parts.method, &mut parts.headers, &body);
         let eos = body.is_end_stream();

@@ -374,7 +374,7 @@ impl Conn {
         let _ = stream.set_nodelay(true);
         // The same client hops as the inbound listener's (crate::http::h1_client, h2_client).
         if self.plan().http2 {
-            let sender = crate::http::h2_client::handshake(stream, ())
+            let mut sender = crate::http::h2_client::handshake(stream, ())
                 .await
                 .map_err(|e| e.to_string())?;
             match sender.send(req).await {

@@ -551,7 +551,7 @@ impl Conn {
         let pool = &self.policy.pool;
         if self.app_h2 {
             // One multiplexed h2c connection per app address: nothing to check in or out per request.
-            let sender = pool
+            let mut sender = pool
                 .take_or_dial_h2(host, port)
                 .await
                 .map_err(Failure::Dial)?;
@@ -559,7 +559,7 @@ impl Conn {
                 Ok(r) => r,
                 Err(e) => match e.request {
                     Some(req) => {
-                        let fresh = pool.dial_h2(host, port).await.map_err(Failure::Dial)?;
+                        let mut fresh = pool.dial_h2(host, port).await.map_err(Failure::Dial)?;
                         fresh
                             .send(req)
                             .await
