@@ -9,5 +9,6 @@ pub mod http_head;
 pub mod intentions;
 pub mod matchers;
 pub mod normalize;
+pub mod raw_head;
 pub mod sni;
 pub mod spiffe;

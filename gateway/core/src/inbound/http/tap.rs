@@ -1,11 +1,7 @@
-//! Envoy refuses any `#` in a request target with 400 (`http_reject_path_with_fragment`, l7-security.md §1.2
-//! step 1, §6.3), but the `http` crate under hyper silently cuts the fragment off while parsing the target, so
-//! the service never sees it. This tap keeps the most recent bytes the caller sent (bounded) and the service
-//! looks its request line up there: `METHOD SP target` followed by `#` is a fragment. The same lookup finds a
-//! `Content-Length` that hyper removed because `Transfer-Encoding` came with it (Envoy: 400).
-//!
-//! Security does not rest on this: without it the fragment-free target is what is both authorized and forwarded
-//! (l7-security.md §6.7). It makes the answer Envoy's (400) instead of forwarding the target without fragment.
+//! The inbound listener's tap: it keeps the most recent bytes the caller sent (bounded), so the service can ask
+//! what hyper's parsing hides about a request head as it arrived (a fragment, a Content-Length hyper removed:
+//! `meshgw_proto::raw_head`, where the reading is done and fuzzed). It also counts the bytes each way, the time
+//! of the last one, and on HTTP/2 feeds the peer's frames to the control-frame budget.
 
 use std::collections::VecDeque;
 use std::io;
@@ -13,6 +9,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
+use meshgw_proto::raw_head;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// What a connection of small requests keeps allocated.
@@ -140,65 +137,24 @@ impl Recent {
         let Some(hay) = hay.get(cursor..) else {
             return Raw::default();
         };
-        let Some(at) = find_line(hay, method.as_bytes(), target.as_bytes()) else {
+        let Some(f) = raw_head::find(hay, method.as_bytes(), target.as_bytes(), want_length) else {
             return Raw::default();
-        };
-        let line_end = at + method.len() + 1 + target.len();
-        let rest = hay.get(line_end..).unwrap_or_default();
-        let head = head_len(rest);
-        let raw = Raw {
-            fragment: rest.first() == Some(&b'#'),
-            content_length: want_length
-                && head_has_length(rest.get(..head.unwrap_or(rest.len())).unwrap_or_default()),
         };
         // What came before the next request line is of no more use: the rest of this head goes too, so the
         // next lookup starts where the next request does (after a body-less request, at the ring's start)
         // instead of scanning this head again. The ring stays small between requests (an upload's bytes
         // otherwise stay allocated for the connection's life).
-        let used = (cursor + line_end + head.unwrap_or(0)).min(r.bytes.len());
+        let used = (cursor + f.used).min(r.bytes.len());
         r.bytes.drain(..used);
         r.cursor = 0;
         let (len, cap) = (r.bytes.len(), r.bytes.capacity());
         if cap > SMALL && len < cap / 4 {
             r.bytes.shrink_to(SMALL.max(len));
         }
-        raw
-    }
-}
-
-/// Where `method SP target` starts in `hay`, followed by `#` or a space (a longer target is another request).
-/// Candidates are the places holding the method's first byte, so a head that is not the request line costs one
-/// byte scan, not a comparison at every offset.
-fn find_line(hay: &[u8], method: &[u8], target: &[u8]) -> Option<usize> {
-    let first = *method.first()?;
-    let len = method.len() + 1 + target.len();
-    let mut from = 0;
-    loop {
-        let at = from + hay.get(from..)?.iter().position(|&b| b == first)?;
-        let line = hay.get(at..=at + len)?; // too short here means too short at every later offset too
-        let (m, rest) = line.split_at(method.len());
-        if m == method
-            && rest.first() == Some(&b' ')
-            && rest.get(1..=target.len()) == Some(target)
-            && matches!(line.last(), Some(b'#' | b' '))
-        {
-            return Some(at);
+        Raw {
+            fragment: f.fragment,
+            content_length: f.content_length,
         }
-        from = at + 1;
-    }
-}
-
-/// The length of what is left of a head in `rest` (the request line's tail, the fields, the empty line), if
-/// its end is there. Lines end with LF, optionally after CR, as hyper's parser (httparse) takes them.
-fn head_len(rest: &[u8]) -> Option<usize> {
-    let mut start = 0;
-    loop {
-        let nl = start + rest.get(start..)?.iter().position(|&b| b == b'\n')?;
-        let line = rest.get(start..nl)?;
-        if start > 0 && (line.is_empty() || line == b"\r") {
-            return Some(nl + 1);
-        }
-        start = nl + 1;
     }
 }
 
@@ -206,17 +162,6 @@ fn head_len(rest: &[u8]) -> Option<usize> {
 pub struct Raw {
     pub fragment: bool,
     pub content_length: bool,
-}
-
-/// A `content-length:` line in the head's rest (names carry no whitespace before the colon: hyper refuses
-/// them).
-fn head_has_length(head: &[u8]) -> bool {
-    head.split(|&b| b == b'\n').any(|line| {
-        line.len() >= 15
-            && line
-                .get(..15)
-                .is_some_and(|n| n.eq_ignore_ascii_case(b"content-length:"))
-    })
 }
 
 pub struct Tap<T> {

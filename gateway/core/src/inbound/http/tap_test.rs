@@ -1,6 +1,6 @@
 use super::*;
 
-/// No panic on any byte soup (the fuzz crate links only meshgw-proto; this parser lives with its I/O).
+/// No panic on any byte soup through the ring and its bounds (the reading itself is fuzzed: raw_head).
 #[test]
 fn arbitrary_bytes_never_panic() {
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
