@@ -47,13 +47,19 @@ impl Attempts<'_> {
         let rt = &c.rt;
         let mut last: Option<usize> = None;
         loop {
+            let any_ejected = rt.ejected.load(Ordering::Relaxed) > 0;
             let picked = c.tables.pick(&Pick {
                 hosts: &c.hosts,
                 rr: &rt.rr,
                 hash: self.hash,
                 exclude: last,
-                now: now_ns(),
-                any_ejected: rt.ejected.load(Ordering::Relaxed) > 0,
+                // Read only for an ejection's end or the latency estimate's decay: no clock read otherwise.
+                now: if any_ejected || c.tables.policy == Policy::PeakEwma {
+                    now_ns()
+                } else {
+                    0
+                },
+                any_ejected,
             });
             let Some(i) = picked else {
                 self.plan.m.no_healthy.inc();
