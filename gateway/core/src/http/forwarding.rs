@@ -80,8 +80,9 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
             // The usual options (`keep-alive`, `close`, `upgrade`) name no field left to remove: not parsed
             // into a name (an allocation each) to be removed again.
             if token.eq_ignore_ascii_case(b"close")
-                || std::str::from_utf8(token)
-                    .is_ok_and(|t| HOP_BY_HOP.iter().any(|h| t.eq_ignore_ascii_case(h)))
+                || HOP_BY_HOP
+                    .iter()
+                    .any(|h| token.eq_ignore_ascii_case(h.as_bytes()))
             {
                 continue;
             }

@@ -156,13 +156,8 @@ pub(super) async fn handle(mut req: Request<Incoming>, cx: Arc<ConnCtx>) -> Resp
                 hdrs.insert(http::header::HOST, h);
             }
         }
-        let origin = |pq: http::uri::PathAndQuery| {
-            let mut parts = http::uri::Parts::default();
-            parts.path_and_query = Some(pq);
-            Uri::from_parts(parts).ok()
-        };
         Some(match (&rewritten, &received_pq) {
-            (None, Some(pq)) => origin(pq.clone()).unwrap_or_else(|| Uri::from_static("/")),
+            (None, Some(pq)) => Uri::from(pq.clone()),
             _ => Uri::try_from(target)
                 .unwrap_or_else(|_| Uri::try_from(pq).unwrap_or_else(|_| Uri::from_static("/"))),
         })
