@@ -28,7 +28,9 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 def describe() -> str:
     from gateway import _core
 
-    return f"data plane: the Rust core {_core.__version__} (tokio, rustls/aws-lc-rs, hyper)"
+    profile = getattr(_core, "__pgo_profile__", "")
+    build = f"profile-guided build, profile {profile}" if profile else "built without a PGO profile"
+    return f"data plane: the Rust core {_core.__version__} (tokio, rustls/aws-lc-rs, hyper; {build})"
 
 
 class CoreDataPlane:

@@ -21,6 +21,7 @@ if [ "$1" = -vV ]; then
     exit 0
 fi
 printf '%s\\n' "$@" > "$FAKE_OUT"
+printf '%s' "${MESHGW_PGO_PROFILE-unset}" > "$FAKE_OUT.env"
 """
 
 
@@ -41,12 +42,18 @@ def pgo_copy(tmp_path: Path) -> Path:
 def run(pgo: Path, *args: str, llvm: str = "22", **env: str) -> list[str]:
     out = pgo.parent / "args"
     out.unlink(missing_ok=True)
-    e = {**os.environ, "FAKE_OUT": str(out), "FAKE_LLVM": llvm, **env}
+    e = {**os.environ, "FAKE_OUT": str(out), "FAKE_LLVM": llvm}
     e.pop("MESHGW_PGO", None)
+    e.pop("MESHGW_PGO_PROFILE", None)
     e.update(env)
     r = subprocess.run([str(pgo / "rustc-pgo"), str(pgo.parent / "rustc"), *args], env=e, capture_output=True)
     assert r.returncode == 0, r.stderr
     return out.read_text().splitlines()
+
+
+def told_profile(pgo: Path) -> str:
+    """MESHGW_PGO_PROFILE as the compiler saw it (the core reads it back with option_env!)."""
+    return (pgo.parent / "args.env").read_text()
 
 
 RELEASE = ["--crate-name", "h2", "--edition=2021", "src/lib.rs", "-C", "opt-level=3", "-C", "lto"]
@@ -62,6 +69,8 @@ def test_committed_profile_and_config_are_in_place() -> None:
 
 def test_optimized_crates_get_the_profile(pgo_copy: Path) -> None:
     assert run(pgo_copy, *RELEASE) == [*RELEASE, f"-Cprofile-use={pgo_copy / 'meshgw.profdata'}"]
+    cksum = subprocess.run(["cksum"], stdin=(pgo_copy / "meshgw.profdata").open("rb"), capture_output=True, text=True)
+    assert told_profile(pgo_copy) == cksum.stdout.split()[0]
 
 
 @pytest.mark.parametrize(
@@ -81,6 +90,7 @@ def test_optimized_crates_get_the_profile(pgo_copy: Path) -> None:
 )
 def test_everything_else_goes_through_unchanged(pgo_copy: Path, args: list[str]) -> None:
     assert run(pgo_copy, *args) == args
+    assert told_profile(pgo_copy) == "unset"
 
 
 def test_off_switch_and_an_older_llvm_build_without_it(pgo_copy: Path) -> None:
@@ -93,3 +103,12 @@ def test_off_switch_and_an_older_llvm_build_without_it(pgo_copy: Path) -> None:
 def test_no_profile_builds_without_it(pgo_copy: Path) -> None:
     (pgo_copy / "meshgw.profdata").unlink()
     assert run(pgo_copy, *RELEASE) == RELEASE
+
+
+def test_the_installed_core_was_built_with_the_profile() -> None:
+    """The product's build path (pip → maturin → cargo) goes through the wrapper: .cargo/config.toml is found."""
+    if os.environ.get("MESHGW_PGO") == "off":
+        pytest.skip("built with MESHGW_PGO=off")
+    from gateway import _core
+
+    assert getattr(_core, "__pgo_profile__", ""), "the core was built without the PGO profile"
