@@ -37,7 +37,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     // The checksum of the PGO profile this crate was compiled with (gateway/core/pgo/rustc-pgo sets it when it
     // applies one), empty without: what the build is, for the admin port and the benches' reports.
-    m.add("__pgo_profile__", option_env!("MESHGW_PGO_PROFILE").unwrap_or(""))?;
+    m.add(
+        "__pgo_profile__",
+        option_env!("MESHGW_PGO_PROFILE").unwrap_or(""),
+    )?;
     m.add_class::<py_core::Core>()?;
     m.add_function(wrap_pyfunction!(py_core::check_origination, m)?)?;
     m.add_function(wrap_pyfunction!(access_log_fields, m)?)?;
