@@ -134,13 +134,7 @@ def start_meshgw(h: l4.Harness, certs: l4.Certs, app_port: int, timeout: float, 
     h.wait_http(admin_in, "/ready", procs, timeout, "meshgw inbound side /ready")
     h.wait_http(admin_up, "/ready", procs, timeout, "meshgw upstream side /ready")
     h.wait_port(front, procs, timeout, "meshgw upstream listener")
-    rev = subprocess.run(
-        ["git", "-C", str(l4.REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "-C", str(l4.REPO), "status", "--porcelain", "--", "gateway", "connect"], capture_output=True, text=True
-    ).stdout.strip()
-    info = {"version": f"git {rev}{' +uncommitted' if dirty else ''}", "python": platform.python_version()}
+    info = {"version": l4.meshgw_version(), "python": platform.python_version()}
     return l4.Pair(front, back, procs, info, {"upstream": pf, "inbound": pb})
 
 

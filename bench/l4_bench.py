@@ -589,18 +589,12 @@ def start_meshgw(h: Harness, certs: Certs, app_port: int, timeout: float, varian
     h.wait_http(admin_up, "/ready", procs, timeout, "meshgw upstream side /ready")
     h.wait_port(back, procs, timeout, "meshgw inbound listener")
     h.wait_port(front, procs, timeout, "meshgw upstream listener")
-    rev = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "-C", str(REPO), "status", "--porcelain", "--", "gateway", "connect"], capture_output=True, text=True
-    ).stdout.strip()
     return Pair(
         front,
         back,
         procs,
         {
-            "version": f"git {rev}{' +uncommitted' if dirty else ''}",
+            "version": meshgw_version(),
             "python": platform.python_version(),
             "data_path": subprocess.run(
                 [sys.executable, "-c", "from gateway import dataplane; print(dataplane.describe())"],
@@ -611,6 +605,26 @@ def start_meshgw(h: Harness, certs: Certs, app_port: int, timeout: float, varian
         },
         {"upstream": pf, "inbound": pb},
     )
+
+
+def meshgw_version() -> str:
+    """The meshgw under test: its commit (and whether the tree differs from it), and whether its core is the
+    profile-guided build, as the core says itself (README, "The data plane"): a figure without the profile is
+    another build's."""
+    rev = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", str(REPO), "status", "--porcelain", "--", "gateway", "connect"], capture_output=True, text=True
+    ).stdout.strip()
+    profile = subprocess.run(
+        [sys.executable, "-c", "from gateway import _core; print(getattr(_core, '__pgo_profile__', ''))"],
+        capture_output=True,
+        text=True,
+        cwd=str(REPO),
+    ).stdout.strip()
+    build = f"PGO profile {profile}" if profile else "no PGO profile"
+    return f"git {rev}{' +uncommitted' if dirty else ''}, {build}"
 
 
 def load_envoy_helpers() -> Any:

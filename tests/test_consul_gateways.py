@@ -128,7 +128,7 @@ def test_sidecar_reaches_another_datacenter_through_mesh_gateways(
             assert svc["Kind"] == "mesh-gateway" and svc["ID"] == "mesh-gateway-dc1" and svc["Port"] == gw1_port
             assert svc["TaggedAddresses"]["wan"] == {"Address": "127.0.0.1", "Port": gw1_port}
 
-            wait_for(lambda: echo_roundtrip(up, b"hi", timeout=3) == b"api@dc2:hi", 20, "web -> gw1 -> gw2 -> api")
+            wait_for(lambda: _answer(up) == b"api@dc2:hi", 20, "web -> gw1 -> gw2 -> api")
             assert gw1.metric("meshgw_gateway_connections_routed_total", route="remote") >= 1
             assert gw2.metric("meshgw_gateway_connections_routed_total", route="local") >= 1
             # dc2's gateway learnt api's sidecar from its own catalog, dc1's learnt dc2's gateway over the WAN.
