@@ -617,13 +617,12 @@ def meshgw_version() -> str:
     dirty = subprocess.run(
         ["git", "-C", str(REPO), "status", "--porcelain", "--", "gateway", "connect"], capture_output=True, text=True
     ).stdout.strip()
-    profile = subprocess.run(
-        [sys.executable, "-c", "from gateway import _core; print(getattr(_core, '__pgo_profile__', ''))"],
+    build = subprocess.run(
+        [sys.executable, "-c", "from gateway import dataplane; print(dataplane.build())"],
         capture_output=True,
         text=True,
         cwd=str(REPO),
     ).stdout.strip()
-    build = f"PGO profile {profile}" if profile else "no PGO profile"
     return f"git {rev}{' +uncommitted' if dirty else ''}, {build}"
 
 

@@ -28,9 +28,16 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 def describe() -> str:
     from gateway import _core
 
-    profile = getattr(_core, "__pgo_profile__", "")
-    build = f"profile-guided build, profile {profile}" if profile else "built without a PGO profile"
-    return f"data plane: the Rust core {_core.__version__} (tokio, rustls/aws-lc-rs, hyper; {build})"
+    return f"data plane: the Rust core {_core.__version__} (tokio, rustls/aws-lc-rs, hyper; {build()})"
+
+
+def build() -> str:
+    """Whether the core is the profile-guided build (README, "The data plane"), as it says itself: the checksum
+    of the profile it was compiled with (gateway/core/pgo/rustc-pgo), empty without one."""
+    from gateway import _core
+
+    profile = _core.__pgo_profile__
+    return f"profile-guided build, profile {profile}" if profile else "built without a PGO profile"
 
 
 class CoreDataPlane:
