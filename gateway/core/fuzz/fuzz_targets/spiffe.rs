@@ -10,10 +10,9 @@ use meshgw_proto::spiffe::{
     parse_mesh_sni, parse_service_uri, service_sni, service_uri, MeshTarget, ServiceId,
 };
 
-/// A DNS-style label Consul would write, and that gateway/sni.py's first-`.internal.` split cannot confuse.
+/// A DNS-style label Consul would write; `internal` and `internal-v1` are labels like any other.
 fn plain_label(s: &str) -> bool {
     !s.is_empty()
-        && s != "internal"
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }

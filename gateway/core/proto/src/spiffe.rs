@@ -179,19 +179,18 @@ impl MeshTarget {
 /// partition, and `<dc>.internal.<td>` (consul.md §5.2; C:agent/connect/sni.go). Case-insensitive; trailing
 /// dots (a fully-qualified name) are ignored.
 ///
-/// Exactly `gateway/sni.py`'s rules, including one quirk: the name is split at the *first* `.internal.`
-/// (then the first `.internal-v1.`), so a name with an earlier label `internal` (a namespace, subset or
-/// datacenter of that name) does not parse in the `internal` form.
+/// The name is read from its end: the trust domain is known, so the label before it says the form, and a
+/// label `internal` or `internal-v1` elsewhere (a namespace, partition, subset or datacenter of that name)
+/// is only a label. Envoy's mesh gateway matches the whole name ServiceSNI wrote (C:agent/xds/listeners.go,
+/// `server_names`), so this reads every name it would match, and no other.
 pub fn parse_mesh_sni(sni: &str, trust_domain: &str) -> Option<MeshTarget> {
     let lowered = sni.to_lowercase();
     let sni = lowered.trim_end_matches('.');
     let td = trust_domain.to_lowercase();
-    let (head, with_partition) = match sni.split_once(".internal.") {
-        Some((head, tail)) if tail == td => (head, false),
-        _ => match sni.split_once(".internal-v1.") {
-            Some((head, tail)) if tail == td => (head, true),
-            _ => return None,
-        },
+    let rest = sni.strip_suffix(td.as_str())?.strip_suffix('.')?;
+    let (head, with_partition) = match rest.strip_suffix(".internal") {
+        Some(head) => (head, false),
+        None => (rest.strip_suffix(".internal-v1")?, true),
     };
     let labels: Vec<&str> = head.split('.').collect();
     if labels.iter().any(|l| l.is_empty()) {

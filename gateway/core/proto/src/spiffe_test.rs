@@ -51,12 +51,31 @@ fn mesh_sni_cases() {
         (format!("api..dc2.internal.{TD}"), None),
         (format!("internal.{TD}"), None),
         (String::new(), None),
-        // the first-`.internal.` quirk kept from gateway/sni.py
-        (format!("api.internal.dc2.internal.{TD}"), None),
+        // labels named like the form markers are read from the trust domain's end
+        (
+            format!("api.internal.dc2.internal.{TD}"),
+            t("dc2", "api", "", "internal", "default"),
+        ),
+        (
+            format!("internal.internal.internal.internal.{TD}"),
+            t("internal", "internal", "", "internal", "default"),
+        ),
+        // a partition named `internal-v1`
+        (
+            format!("api.ns.internal-v1.dc1.internal-v1.{TD}"),
+            t("dc1", "api", "", "ns", "internal-v1"),
+        ),
+        (format!("dc2.internal.internal.{TD}"), None),
+        (format!("api.default.dc2.internal.x{TD}"), None),
     ];
     for (sni, want) in cases {
         assert_eq!(parse_mesh_sni(&sni, TD), want, "{sni}");
     }
+    // the fuzzer's find (session 12): the partition label equals the form's marker
+    assert_eq!(
+        parse_mesh_sni("--.w.internal-v1.-.internal-v1.2.internalz", "2.internalz"),
+        t("-", "--", "", "w", "internal-v1")
+    );
     assert_eq!(
         parse_mesh_sni("dc2.internal.TEST.consul", "Test.Consul"),
         t("dc2", "", "", "default", "default")
