@@ -11,6 +11,7 @@ from typing import Any
 import h2.config
 import h2.connection
 import h2.events
+from hpack import NeverIndexedHeaderTuple
 
 
 class H2App:
@@ -54,7 +55,9 @@ class H2App:
                     return
                 for ev in conn.receive_data(data):
                     if isinstance(ev, h2.events.RequestReceived):
-                        streams[ev.stream_id] = {"headers": dict(ev.headers), "body": b""}
+                        # Which fields came "never indexed" (RFC 7541 §6.2.3): hpack gives those their own type.
+                        never = sorted(k for k, _ in (h for h in ev.headers if isinstance(h, NeverIndexedHeaderTuple)))
+                        streams[ev.stream_id] = {"headers": dict(ev.headers), "body": b"", "never_indexed": never}
                     elif isinstance(ev, h2.events.DataReceived):
                         streams[ev.stream_id]["body"] += ev.data
                         conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
@@ -99,6 +102,7 @@ class H2App:
             "authority": h.get(":authority"),
             "headers": {k: v for k, v in h.items() if not k.startswith(":")},
             "body": req["body"].decode(errors="replace"),
+            "never_indexed": req["never_indexed"],
         }
         self.requests.append(seen)
         body = json.dumps(seen).encode()
