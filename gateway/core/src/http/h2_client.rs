@@ -23,7 +23,7 @@ use http::{Method, Request, Response};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::forwarding::{strip_hop_by_hop, TRACEPARENT, X_REQUEST_ID};
+use super::forwarding::strip_hop_by_hop;
 use super::h2::{CONNECTION_WINDOW, MAX_LOCAL_ERROR_RESETS, STREAM_WINDOW};
 use super::BoxError;
 
@@ -37,7 +37,7 @@ const MAX_HEADER_LIST: u32 = 256 * 1024;
 pub struct H2Client {
     tx: SendRequest<Bytes>,
     closed: Arc<AtomicBool>,
-    /// The per-request fields went out indexed once: their names are in the peer's HPACK table.
+    /// The per-request fields went out indexed once: their names are in the peer's HPACK table (http::hpack).
     named: Arc<AtomicBool>,
 }
 
@@ -106,7 +106,7 @@ impl H2Client {
         let (mut parts, body) = req.into_parts();
         prepare_head(&parts.method, &mut parts.headers, &body);
         let named = self.named.load(Ordering::Relaxed);
-        if never_index_per_request(&mut parts.headers, named) && !named {
+        if super::hpack::per_request(&mut parts.headers, named) && !named {
             self.named.store(true, Ordering::Relaxed);
         }
         let eos = body.is_end_stream();
@@ -173,24 +173,6 @@ fn prepare_head<B: Body>(method: &Method, headers: &mut HeaderMap, body: &B) {
             headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
         }
     }
-}
-
-/// `x-request-id` and `traceparent` carry a value made for this one request: indexing it would only fill the
-/// peer's HPACK table (each insertion evicts older entries, whose fields must then go out as literals again)
-/// and make every later encode compare against the stale ids (RFC 7541 §7.1.3 lets an encoder keep a value out
-/// of the table; HAProxy indexes no field at all). So they go out never indexed, except on the connection's
-/// first request: that one puts the two names in the table, for later requests to refer to (the h2 encoder
-/// names a never-indexed field by a table entry of the same name when there is one).
-/// Says whether the request carried either field.
-fn never_index_per_request(headers: &mut HeaderMap, named: bool) -> bool {
-    let mut carried = false;
-    for name in [&X_REQUEST_ID, &TRACEPARENT] {
-        if let Some(v) = headers.get_mut(name) {
-            v.set_sensitive(named);
-            carried = true;
-        }
-    }
-    carried
 }
 
 /// The request body onto the stream, as the peer's window allows; a broken body resets the stream, and a reset

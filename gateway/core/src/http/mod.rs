@@ -1,7 +1,7 @@
 //! HTTP pieces the inbound and the outbound stacks share: forwarding headers (`forwarding`), access-log
 //! records (`accesslog`), ported once from gateway/http/headers.py and gateway/accesslog.py; the codec choice
 //! of a connection (`sniff`), HTTP/2 settings and abuse accounting (`h2`), the client hops driven by the request's
-//! own task (`h1_client`, `h2_client`) and the body they bring back (`upstream_body`), and gRPC's view of local
+//! own task (`h1_client`, `h2_client`), the fields they keep out of HPACK tables (`hpack`), and the body they bring back (`upstream_body`), and gRPC's view of local
 //! answers (`grpc`).
 
 pub mod accesslog;
@@ -10,6 +10,7 @@ pub mod grpc;
 pub mod h1_client;
 pub mod h2;
 pub mod h2_client;
+pub mod hpack;
 pub mod sniff;
 pub mod upstream_body;
 
