@@ -56,7 +56,7 @@ class H2App:
                 for ev in conn.receive_data(data):
                     if isinstance(ev, h2.events.RequestReceived):
                         # Which fields came "never indexed" (RFC 7541 §6.2.3): hpack gives those their own type.
-                        never = sorted(k for k, _ in (h for h in ev.headers if isinstance(h, NeverIndexedHeaderTuple)))
+                        never = sorted(h[0] for h in ev.headers if isinstance(h, NeverIndexedHeaderTuple))
                         streams[ev.stream_id] = {"headers": dict(ev.headers), "body": b"", "never_indexed": never}
                     elif isinstance(ev, h2.events.DataReceived):
                         streams[ev.stream_id]["body"] += ev.data

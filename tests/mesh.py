@@ -281,8 +281,10 @@ class Mesh:
         upstreams: dict[str, int] | None = None,
         start: bool = True,
         dc: str = "dc1",
+        upstream: dict[str, Any] | None = None,
         **extra: Any,
     ) -> Sidecar:
+        """``upstream``: settings for every entry of ``upstreams`` (``protocol``, timeouts, ...)."""
         admin = free_port()
         cfg: dict[str, Any] = {
             "datacenter": dc,
@@ -301,7 +303,9 @@ class Mesh:
             cfg["inbound"] = {"bind": f"127.0.0.1:{port}", **(inbound if isinstance(inbound, dict) else {})}
             self.register(name, port, dc=dc)
         if upstreams:
-            cfg["upstreams"] = [{"service": s, "bind": f"127.0.0.1:{p}"} for s, p in upstreams.items()]
+            cfg["upstreams"] = [
+                {"service": s, "bind": f"127.0.0.1:{p}", **(upstream or {})} for s, p in upstreams.items()
+            ]
         for k, v in extra.items():
             if isinstance(v, dict) and isinstance(cfg.get(k), dict):
                 cfg[k] = _merge(cfg[k], v)

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-import yaml
 from grpc_app import Client, EchoApp
 from mesh import Mesh, free_port, wait_for
 
@@ -58,11 +57,7 @@ class Pair:
 def _web(mesh: Mesh, api_upstream: dict[str, object]) -> int:
     up = free_port()
     log = {"path": "access.log", "fields": ["path", "status", "grpc_status"]}
-    sc = mesh.sidecar("web", upstreams={"api": up}, start=False, access_log=log)
-    cfg = yaml.safe_load(sc.cfg_path.read_text())
-    cfg["upstreams"][0].update({"protocol": "grpc", **api_upstream})
-    sc.cfg_path.write_text(yaml.safe_dump(cfg))
-    sc.start()
+    mesh.sidecar("web", upstreams={"api": up}, access_log=log, upstream={"protocol": "grpc", **api_upstream})
     return up
 
 

@@ -11,7 +11,6 @@ import json
 from typing import Any
 
 import pytest
-import yaml
 from h2_app import H2App
 from mesh import Mesh, free_port
 
@@ -21,21 +20,12 @@ PER_REQUEST = ["traceparent", "x-request-id"]
 CALLER_TRACE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
-def _web(mesh: Mesh) -> int:
-    up = free_port()
-    sc = mesh.sidecar("web", upstreams={"api": up}, start=False)
-    cfg = yaml.safe_load(sc.cfg_path.read_text())
-    cfg["upstreams"][0]["protocol"] = "http2"
-    sc.cfg_path.write_text(yaml.safe_dump(cfg))
-    sc.start()
-    return up
-
-
 def test_per_request_fields_go_out_never_indexed_after_the_first_request(mesh: Mesh) -> None:
     mesh.allow("web", "api")
     with H2App() as app:
         mesh.sidecar("api", app.port, service={"protocol": "http2"})
-        up = _web(mesh)
+        up = free_port()
+        mesh.sidecar("web", upstreams={"api": up}, upstream={"protocol": "http2"})
         conn = http.client.HTTPConnection("127.0.0.1", up, timeout=10)
         seen: list[dict[str, Any]] = []
         for i in range(4):

@@ -59,14 +59,7 @@ def pair(mesh: Mesh) -> Iterator[Pair]:
     with http_app("api") as app:
         mesh.sidecar("api", app.port, service={"protocol": "http"}, inbound={"request_timeout": "1s"})
         up = free_port()
-        mesh.sidecar("web", upstreams={"api": up}, start=False)  # written, then patched: the upstream speaks http
-        sc = mesh.sidecars[-1]
-        import yaml
-
-        cfg = yaml.safe_load(sc.cfg_path.read_text())
-        cfg["upstreams"][0].update({"protocol": "http", "request_timeout": "2s"})
-        sc.cfg_path.write_text(yaml.safe_dump(cfg))
-        sc.start()
+        mesh.sidecar("web", upstreams={"api": up}, upstream={"protocol": "http", "request_timeout": "2s"})
         yield Pair(mesh, app, up)
 
 
@@ -89,13 +82,7 @@ def test_l7_intentions_allow_deny_and_first_match(pair: Pair) -> None:
 
 def test_l4_deny_applies_per_request_on_http(pair: Pair, mesh: Mesh) -> None:
     up = free_port()
-    sc = mesh.sidecar("intruder", upstreams={"api": up}, start=False)
-    import yaml
-
-    cfg = yaml.safe_load(sc.cfg_path.read_text())
-    cfg["upstreams"][0]["protocol"] = "http"
-    sc.cfg_path.write_text(yaml.safe_dump(cfg))
-    sc.start()
+    mesh.sidecar("intruder", upstreams={"api": up}, upstream={"protocol": "http"})
     conn = http.client.HTTPConnection("127.0.0.1", up, timeout=10)
     conn.request("GET", "/")
     assert conn.getresponse().status == 403
@@ -207,13 +194,7 @@ def test_upstream_timeout_gives_504(pair: Pair) -> None:
 
 def test_no_healthy_upstream_gives_503(mesh: Mesh) -> None:
     up = free_port()
-    sc = mesh.sidecar("web", upstreams={"ghost": up}, start=False)
-    import yaml
-
-    cfg = yaml.safe_load(sc.cfg_path.read_text())
-    cfg["upstreams"][0]["protocol"] = "http"
-    sc.cfg_path.write_text(yaml.safe_dump(cfg))
-    sc.start()
+    sc = mesh.sidecar("web", upstreams={"ghost": up}, upstream={"protocol": "http"})
     conn = http.client.HTTPConnection("127.0.0.1", up, timeout=10)
     conn.request("GET", "/")
     r = conn.getresponse()

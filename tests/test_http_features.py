@@ -59,11 +59,8 @@ def instances(
 def web(mesh: Mesh, upstream: dict[str, Any] | None = None, name: str = "web", **extra: Any) -> tuple[Sidecar, int]:
     """A client-side sidecar with an http upstream to ``api`` (plus any upstream settings given)."""
     port = free_port()
-    sc = mesh.sidecar(name, inbound=False, upstreams={"api": port}, start=False, **extra)
-    cfg = yaml.safe_load(sc.cfg_path.read_text())
-    cfg["upstreams"][0].update({"protocol": "http", **(upstream or {})})
-    sc.cfg_path.write_text(yaml.safe_dump(cfg))
-    sc.start()
+    settings = {"protocol": "http", **(upstream or {})}
+    sc = mesh.sidecar(name, inbound=False, upstreams={"api": port}, upstream=settings, **extra)
     return sc, port
 
 

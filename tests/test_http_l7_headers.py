@@ -7,7 +7,6 @@ import http.client
 from collections.abc import Iterator
 
 import pytest
-import yaml
 from http_app import http_app
 from mesh import Mesh, free_port
 
@@ -46,11 +45,7 @@ def upstream(mesh: Mesh) -> Iterator[int]:
     with http_app("api") as app:
         mesh.sidecar("api", app.port, service={"protocol": "http"})
         up = free_port()
-        sc = mesh.sidecar("web", upstreams={"api": up}, start=False)
-        cfg = yaml.safe_load(sc.cfg_path.read_text())
-        cfg["upstreams"][0]["protocol"] = "http"
-        sc.cfg_path.write_text(yaml.safe_dump(cfg))
-        sc.start()
+        mesh.sidecar("web", upstreams={"api": up}, upstream={"protocol": "http"})
         yield up
 
 

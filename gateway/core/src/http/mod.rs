@@ -1,8 +1,8 @@
 //! HTTP pieces the inbound and the outbound stacks share: forwarding headers (`forwarding`), access-log
 //! records (`accesslog`), ported once from gateway/http/headers.py and gateway/accesslog.py; the codec choice
 //! of a connection (`sniff`), HTTP/2 settings and abuse accounting (`h2`), the client hops driven by the request's
-//! own task (`h1_client`, `h2_client`), the fields they keep out of HPACK tables (`hpack`), and the body they bring back (`upstream_body`), and gRPC's view of local
-//! answers (`grpc`).
+//! own task (`h1_client`, `h2_client`), the fields they keep out of HPACK tables (`hpack`), the body they bring
+//! back (`upstream_body`), and gRPC's view of local answers (`grpc`).
 
 pub mod accesslog;
 pub mod forwarding;
