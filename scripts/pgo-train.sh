@@ -36,13 +36,23 @@ say "1/4 instrumented build"
 CARGO_TARGET_DIR="$core/target/pgo-gen" RUSTFLAGS="-Cprofile-generate=$raw" \
     .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 
+stamp="$out/stamp"
+touch "$stamp"
 say "2/4 training traffic through a meshgw pair"
 bench/run.sh --variants meshgw --duration 4 --conn-duration 3 --rate-duration 2 --out "$out/l4.json"
 bench/run.sh --h2 --variants meshgw --warmup 1 --duration 4 --clients 4 --streams 8 --out "$out/h2.json"
 .venv/bin/python bench/http_bench.py --variants meshgw --warmup 1 --duration 4 --connections 16 \
     --rate 3000 --rate-duration 2 --out "$out/http.json"
 
-say "3/4 merging $(find "$raw" -name '*.profraw' | wc -l) raw profiles"
+# The sidecars write their counts when they exit. None written means the training ran another build (a bench
+# script reinstalled the optimized one over the instrumented): merging what the build itself left would commit
+# a profile without the data path in it.
+trained=$(find "$raw" -name '*.profraw' -newer "$stamp" | wc -l)
+if [ "$trained" -eq 0 ]; then
+    say "no profile was written during the training traffic: the instrumented build did not run; nothing merged"
+    exit 1
+fi
+say "3/4 merging $(find "$raw" -name '*.profraw' | wc -l) raw profiles ($trained written by the training)"
 # --sparse: functions the training never ran get no profile, so they are compiled as without one (not as cold).
 "$profdata" merge --sparse -o "$core/pgo/meshgw.profdata" "$raw"/*.profraw
 # The LLVM that wrote it: an older rustc's LLVM might not read it (gateway/core/pgo/rustc-pgo checks).
