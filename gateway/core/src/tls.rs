@@ -144,7 +144,12 @@ impl MeshTls {
 
     /// A leaf outside its validity refuses everything: fail safe, never plaintext (design.md).
     pub fn valid_now(&self) -> bool {
-        let now = std::time::SystemTime::now()
+        self.valid_at(std::time::SystemTime::now())
+    }
+
+    /// [`MeshTls::valid_now`] at `now`, a wall-clock time the caller read.
+    pub fn valid_at(&self, now: std::time::SystemTime) -> bool {
+        let now = now
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);

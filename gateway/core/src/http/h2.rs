@@ -128,12 +128,13 @@ impl ResetWatch {
         Arc::new(ResetWatch::default())
     }
 
-    /// Held by a stream's handler; dropped unanswered early, it counts as premature.
-    pub fn stream(self: &Arc<Self>) -> StreamGuard {
+    /// Held by a stream's handler; dropped unanswered early, it counts as premature. `opened`: the handler's
+    /// own first clock read (one read per request serves both).
+    pub fn stream(self: &Arc<Self>, opened: Instant) -> StreamGuard {
         self.streams.fetch_add(1, Ordering::Relaxed);
         StreamGuard {
             watch: self.clone(),
-            opened: Instant::now(),
+            opened,
             answered: false,
         }
     }
@@ -216,13 +217,21 @@ tokio::task_local! {
 /// window is shut, so a timer inside the body never fires for a peer that stalls flow control (http2-grpc.md
 /// §5.8, "flow-control stalls"). The body arms this watch and moves it on with each frame; when it expires the
 /// stream's task is dropped, which resets the stream (RST_STREAM CANCEL) and lets go of the upstream side.
+///
+/// Arming and moving only mark the watch ([`MOVED`]): the stream's task reads the clock once, after the poll
+/// that marked it, when that poll leaves the stream waiting. A body that ends within the poll (most small ones)
+/// costs no clock read at all, where one per mark was four per answer.
 #[derive(Default)]
 pub struct StreamWatch {
-    /// Nanoseconds on `balancer::now_ns`'s clock; 0 = not armed.
+    /// Nanoseconds on `balancer::now_ns`'s clock; 0 = not armed; [`MOVED`] = armed, the time not read yet.
     deadline: AtomicU64,
     idle_ns: AtomicU64,
-    on_expiry: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    /// Counted when the watch expires (the listener's stream idle timeouts).
+    on_expiry: std::sync::OnceLock<Counter>,
 }
+
+/// A watch armed or moved on since its task last read the clock.
+const MOVED: u64 = u64::MAX;
 
 impl StreamWatch {
     /// The watch of the current HTTP/2 stream task, if this runs in one.
@@ -230,29 +239,38 @@ impl StreamWatch {
         STREAM.try_with(Arc::clone).ok()
     }
 
-    /// Arms the watch: `idle` without [`StreamWatch::touch`] ends the stream, after calling `on_expiry`.
-    pub fn arm(&self, idle: Duration, on_expiry: Box<dyn FnOnce() + Send>) {
+    /// Arms the watch: `idle` without [`StreamWatch::touch`] ends the stream, counted in `expired`.
+    pub fn arm(&self, idle: Duration, expired: &Counter) {
         self.idle_ns.store(
             u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
-        if let Ok(mut f) = self.on_expiry.lock() {
-            *f = Some(on_expiry);
-        }
+        // Armed once per stream: a second arm keeps the first counter (the same listener's).
+        let _ = self.on_expiry.set(expired.clone());
         self.touch();
     }
 
     pub fn touch(&self) {
-        let idle = self.idle_ns.load(Ordering::Relaxed);
-        if idle > 0 {
-            self.deadline
-                .store(now_ns().saturating_add(idle).max(1), Ordering::Relaxed);
+        if self.idle_ns.load(Ordering::Relaxed) > 0 {
+            self.deadline.store(MOVED, Ordering::Relaxed);
         }
     }
 
     /// The body ended: nothing left to watch.
     pub fn disarm(&self) {
         self.deadline.store(0, Ordering::Relaxed);
+    }
+
+    /// The deadline, with a mark made since the last read turned into one from now.
+    fn deadline(&self) -> u64 {
+        let at = self.deadline.load(Ordering::Relaxed);
+        if at != MOVED {
+            return at;
+        }
+        let idle = self.idle_ns.load(Ordering::Relaxed);
+        let at = now_ns().saturating_add(idle).clamp(1, MOVED - 1);
+        self.deadline.store(at, Ordering::Relaxed);
+        at
     }
 }
 
@@ -285,7 +303,7 @@ impl<F: std::future::Future> std::future::Future for Watched<F> {
             return Poll::Ready(());
         }
         loop {
-            let at = this.watch.deadline.load(Ordering::Relaxed);
+            let at = this.watch.deadline();
             if at == 0 {
                 this.sleep = None;
                 return Poll::Pending;
@@ -308,11 +326,10 @@ impl<F: std::future::Future> std::future::Future for Watched<F> {
             if sleep.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            let now = this.watch.deadline.load(Ordering::Relaxed);
+            let now = this.watch.deadline();
             if now != 0 && now <= now_ns() {
-                let f = this.watch.on_expiry.lock().ok().and_then(|mut f| f.take());
-                if let Some(f) = f {
-                    f();
+                if let Some(c) = this.watch.on_expiry.get() {
+                    c.inc();
                 }
                 return Poll::Ready(()); // dropping the stream's task resets the stream
             }
@@ -330,7 +347,7 @@ mod tests {
     fn premature_resets_trip_at_half_of_five_hundred() {
         let w = ResetWatch::new();
         for i in 0..PREMATURE_MIN_STREAMS {
-            let mut g = w.stream();
+            let mut g = w.stream(Instant::now());
             if i % 2 == 0 {
                 g.answered();
             }
@@ -338,7 +355,7 @@ mod tests {
         assert!(w.tripped(), "250 of 500 streams reset unanswered");
         let calm = ResetWatch::new();
         for i in 0..2000 {
-            let mut g = calm.stream();
+            let mut g = calm.stream(Instant::now());
             if i % 3 != 0 {
                 g.answered();
             }

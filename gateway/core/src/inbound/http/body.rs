@@ -38,12 +38,14 @@ impl std::fmt::Display for IdleTimeout {
 
 impl std::error::Error for IdleTimeout {}
 
-/// A gap between two frames longer than the stream idle timeout (Envoy `stream_idle_timeout`). A frame only moves
-/// the deadline; the timer is made the first time the body has to wait (a body that is there at once, as most
-/// small ones are, never needs one), and set again only when it fires before the deadline.
+/// A gap between two frames longer than the stream idle timeout (Envoy `stream_idle_timeout`). A frame only marks
+/// the body as moved; the clock is read when the body next has to wait, right after (a body that is there at
+/// once, as most small ones are, never reads it), the timer is made the first time it waits, and set again only
+/// when it fires before the deadline.
 struct Idle {
     after: Duration,
-    deadline: Instant,
+    /// None: moved since the last wait (or never waited); the idle time starts at the next wait.
+    deadline: Option<Instant>,
     timer: Option<Pin<Box<Sleep>>>,
 }
 
@@ -51,28 +53,29 @@ impl Idle {
     fn new(after: Option<Duration>) -> Option<Idle> {
         after.map(|after| Idle {
             after,
-            deadline: Instant::now() + after,
+            deadline: None,
             timer: None,
         })
     }
 
     /// Polled when the inner body is pending: true means the stream went idle too long.
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        let deadline = self.deadline;
+        let after = self.after;
+        let deadline = *self.deadline.get_or_insert_with(|| Instant::now() + after);
         let timer = self
             .timer
             .get_or_insert_with(|| Box::pin(sleep_until(deadline)));
         while timer.as_mut().poll(cx).is_ready() {
-            if Instant::now() >= self.deadline {
+            if Instant::now() >= deadline {
                 return true;
             }
-            timer.as_mut().reset(self.deadline);
+            timer.as_mut().reset(deadline);
         }
         false
     }
 
     fn touch(&mut self) {
-        self.deadline = Instant::now() + self.after;
+        self.deadline = None;
     }
 }
 
@@ -104,6 +107,11 @@ impl ReqState {
         self.ended.notify_waiters();
     }
 
+    /// Read to its end (whatever its framing).
+    pub fn is_done(&self) -> bool {
+        self.done.load(Ordering::Acquire)
+    }
+
     /// The body was read to its end without a framing error.
     pub fn is_whole(&self) -> bool {
         self.done.load(Ordering::Acquire)
@@ -113,6 +121,10 @@ impl ReqState {
 
     /// Resolves once the whole request body has been read (never, if it never is).
     pub async fn complete(&self) {
+        // Most requests (every GET) ended with their head: no waiter to register and take off again.
+        if self.done.load(Ordering::Acquire) {
+            return;
+        }
         loop {
             let ended = self.ended.notified();
             tokio::pin!(ended);
@@ -282,10 +294,11 @@ impl RespBody {
         idle: Option<Duration>,
         finish: Finish,
     ) -> RespBody {
-        let watch = idle.and_then(|d| {
+        // An answer without a body is over already: nothing to watch.
+        let ended = inner.is_end_stream();
+        let watch = idle.filter(|_| !ended).and_then(|d| {
             let w = crate::http::h2::StreamWatch::current()?;
-            let http = finish.http.clone();
-            w.arm(d, Box::new(move || http.timeout(Timeout::StreamIdle)));
+            w.arm(d, finish.http.timeout_counter(Timeout::StreamIdle)?);
             Some(w)
         });
         let mut p = Proxied {
@@ -295,7 +308,7 @@ impl RespBody {
             finish,
             watch,
         };
-        if p.inner.is_end_stream() {
+        if ended {
             p.end();
         }
         RespBody::Proxied(Box::new(p))
@@ -342,14 +355,16 @@ impl Body for RespBody {
                             p.finish.exchange.grpc_status = Some(s);
                         }
                     }
-                    if let Some(i) = p.idle.as_mut() {
-                        i.touch();
-                    }
-                    if let Some(w) = &p.watch {
-                        w.touch();
-                    }
                     if p.inner.is_end_stream() {
                         p.end();
+                    } else {
+                        // Only a body that goes on needs its idle time moved.
+                        if let Some(i) = p.idle.as_mut() {
+                            i.touch();
+                        }
+                        if let Some(w) = &p.watch {
+                            w.touch();
+                        }
                     }
                     Poll::Ready(Some(Ok(f)))
                 }

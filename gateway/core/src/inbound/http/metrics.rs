@@ -134,6 +134,11 @@ impl HttpStats {
             c.inc();
         }
     }
+
+    /// The counter [`HttpCounters::timeout`] moves for `kind`.
+    pub fn timeout_counter(&self, kind: Timeout) -> Option<&Counter> {
+        self.timeouts.get(kind as usize)
+    }
 }
 
 #[cfg(test)]

@@ -34,6 +34,8 @@ struct Admitted {
     path: String,
     sent: headers::Sent,
     websocket: bool,
+    /// The exchange's first clock read (its route timeout starts there when the request ended with its head).
+    started: Instant,
 }
 
 /// Why the pipeline answered itself.
@@ -102,7 +104,7 @@ impl Conn {
     ) -> Result<Response<RespBody>, Infallible> {
         let started = Instant::now();
         // HTTP/2: a stream the caller resets before its answer counts towards Rapid Reset (http::h2).
-        let mut stream = self.resets.as_ref().map(|r| r.stream());
+        let mut stream = self.resets.as_ref().map(|r| r.stream(started));
         let head = req.method() == Method::HEAD;
         let h2 = self.codec == Codec::Http2;
         let target = match req.uri().scheme() {
@@ -154,7 +156,7 @@ impl Conn {
             );
         let on_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
-        let resp = match self.admit(&parts, &target, raw, websocket) {
+        let resp = match self.admit(&parts, &target, raw, websocket, started) {
             Err(r) => self.refuse(r, head, ex),
             // Boxed: a refused request's future need not carry (and move) the forwarding state.
             Ok(a) => Box::pin(self.forward(&parts, a, body, on_upgrade, head, ex)).await,
@@ -175,6 +177,7 @@ impl Conn {
         target: &str,
         raw: super::tap::Raw,
         websocket: bool,
+        started: Instant,
     ) -> Result<Admitted, Refusal> {
         // Consul leaves accept_http_10 false: 426 from the codec (l7-security.md §4, §6.16).
         let h2 = self.codec == Codec::Http2;
@@ -298,6 +301,7 @@ impl Conn {
             path,
             sent,
             websocket,
+            started,
         })
     }
 
@@ -412,6 +416,10 @@ impl Conn {
         let timed = async {
             // The route timeout runs from the end of the request, as Envoy's (and the Python path's) does.
             match self.policy.request_timeout {
+                // A request that ended with its head (every GET) ended when it began: no clock read.
+                Some(t) if state.is_done() => {
+                    tokio::time::sleep_until((a.started + t).into()).await;
+                }
                 Some(t) => {
                     state.complete().await;
                     tokio::time::sleep(t).await;

@@ -18,9 +18,14 @@ use super::spec::LbSpec;
 
 /// Monotonic nanoseconds since the first call, never 0 (0 means "not ejected").
 pub fn now_ns() -> u64 {
+    ns_at(Instant::now())
+}
+
+/// `t` on [`now_ns`]'s clock (for a caller that read the clock already).
+pub fn ns_at(t: Instant) -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
-    let e = EPOCH.get_or_init(Instant::now);
-    u64::try_from(e.elapsed().as_nanos()).unwrap_or(u64::MAX) + 1
+    let e = EPOCH.get_or_init(|| t);
+    u64::try_from(t.saturating_duration_since(*e).as_nanos()).unwrap_or(u64::MAX) + 1
 }
 
 /// Linkerd's defaults (linkerd/app/outbound: `default_rtt` 30 ms for a new endpoint, decay 10 s).

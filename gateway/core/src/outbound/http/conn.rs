@@ -125,7 +125,7 @@ pub async fn serve_connection(
     }
     let svc = service_fn(move |req| {
         let cx = cx.clone();
-        async move { Ok::<_, Infallible>(handle(req, cx).await) }
+        async move { Ok::<_, Infallible>(handle(req, cx, std::time::Instant::now()).await) }
     });
     let conn = b.serve_connection(io, svc).with_upgrades();
     tokio::pin!(conn);
@@ -177,10 +177,11 @@ async fn serve_h2(
     let svc_resets = resets.clone();
     let svc = service_fn(move |req| {
         let cx = cx.clone();
-        let mut stream = svc_resets.stream();
+        let started = std::time::Instant::now();
+        let mut stream = svc_resets.stream(started);
         // A pointer moves through hyper's stream task, not the request's whole state (see http::h2::Exec).
         Box::pin(async move {
-            let r = handle(req, cx).await;
+            let r = handle(req, cx, started).await;
             stream.answered();
             Ok::<_, Infallible>(r)
         })

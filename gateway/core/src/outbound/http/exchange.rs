@@ -12,7 +12,7 @@ use http::{HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
 use super::accesslog::{self, Record};
-use super::balancer::{now_ns, HostState};
+use super::balancer::{ns_at, HostState};
 use super::body::{RespBody, Tap};
 use super::conn::{ConnCtx, IdleTrack};
 use super::runtime::class_index;
@@ -48,7 +48,12 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    pub(super) fn new(plan: &Arc<Plan>, cx: &ConnCtx, req: &Request<Incoming>) -> Exchange {
+    pub(super) fn new(
+        plan: &Arc<Plan>,
+        cx: &ConnCtx,
+        req: &Request<Incoming>,
+        started: Instant,
+    ) -> Exchange {
         let log = plan.access_fields.as_ref().map(|_| {
             let hv = |n: &str| {
                 req.headers()
@@ -78,7 +83,7 @@ impl Exchange {
         Exchange {
             plan: plan.clone(),
             shared: cx.shared.clone(),
-            started: Instant::now(),
+            started,
             start_wall: SystemTime::now(),
             head_at: None,
             status: 0,
@@ -137,9 +142,11 @@ impl Exchange {
 impl Drop for Exchange {
     fn drop(&mut self) {
         self.detach();
-        self.idle.last_ns.store(now_ns(), Ordering::Relaxed);
+        // One clock read for both: the connection's last activity and the exchange's duration.
+        let now = Instant::now();
+        self.idle.last_ns.store(ns_at(now), Ordering::Relaxed);
         self.idle.inflight.fetch_sub(1, Ordering::Relaxed);
-        let elapsed = self.started.elapsed();
+        let elapsed = now.saturating_duration_since(self.started);
         if let (true, Some(s)) = (self.grpc, self.grpc_status) {
             self.plan.m.grpc.count(s);
         }

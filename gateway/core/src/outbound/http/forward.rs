@@ -5,6 +5,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
@@ -47,7 +48,12 @@ async fn tunnel(down: hyper::upgrade::OnUpgrade, up: Upgraded) {
     up.join(&mut d).await;
 }
 
-pub(super) async fn handle(mut req: Request<Incoming>, cx: Arc<ConnCtx>) -> Response<RespBody> {
+/// `started`: the exchange's first clock read, taken by the listener (it also times the HTTP/2 stream's guard).
+pub(super) async fn handle(
+    mut req: Request<Incoming>,
+    cx: Arc<ConnCtx>,
+    started: Instant,
+) -> Response<RespBody> {
     let (snap, plan) = cx.current();
     let down_version = req.version();
     if req.version() == Version::HTTP_10 {
@@ -55,8 +61,9 @@ pub(super) async fn handle(mut req: Request<Incoming>, cx: Arc<ConnCtx>) -> Resp
     }
     let upgrade = upgrade_of(req.headers());
     let down_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
-    let mut ex = Box::new(Exchange::new(&plan, &cx, &req));
-    let Some(tls) = snap.tls.clone().filter(|t| t.valid_now()) else {
+    let mut ex = Box::new(Exchange::new(&plan, &cx, &req, started));
+    // The exchange's wall-clock start serves the leaf's validity check too (one clock read, not two).
+    let Some(tls) = snap.tls.clone().filter(|t| t.valid_at(ex.start_wall)) else {
         plan.m.not_ready.inc();
         return local(ex, 503, "no healthy upstream (not_ready)", "UH", None);
     };
