@@ -114,15 +114,13 @@ impl ReqState {
 
     /// The body was read to its end without a framing error.
     pub fn is_whole(&self) -> bool {
-        self.done.load(Ordering::Acquire)
-            && !self.broken.load(Ordering::Relaxed)
-            && !self.idle.load(Ordering::Relaxed)
+        self.is_done() && !self.broken.load(Ordering::Relaxed) && !self.idle.load(Ordering::Relaxed)
     }
 
     /// Resolves once the whole request body has been read (never, if it never is).
     pub async fn complete(&self) {
         // Most requests (every GET) ended with their head: no waiter to register and take off again.
-        if self.done.load(Ordering::Acquire) {
+        if self.is_done() {
             return;
         }
         loop {
@@ -130,7 +128,7 @@ impl ReqState {
             tokio::pin!(ended);
             // Registered before the flag is read: a set_done in between still wakes this waiter.
             ended.as_mut().enable();
-            if self.done.load(Ordering::Acquire) {
+            if self.is_done() {
                 return;
             }
             ended.await;
